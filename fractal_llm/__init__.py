@@ -1,0 +1,1 @@
+"""fractal-llm: map where LLM fine-tuning stops working, and measure how fractal that border is."""

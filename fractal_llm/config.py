@@ -1,0 +1,299 @@
+"""TrainConfig: every knob of one grid point, validated before any model or data is touched.
+
+Field names keep the seed study's names so its users' commands and sweep YAMLs carry over.
+A bad value raises ConfigError naming the field, the value and what is allowed.
+"""
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+GROUPS = ("matrix", "embedding", "unembedding")
+
+# Names users type for parameter groups -> our canonical group names.
+GROUP_ALIASES = {
+    "matrix": "matrix", "matrices": "matrix", "blocks": "matrix", "transformer": "matrix",
+    "embedding": "embedding", "embeddings": "embedding", "embed": "embedding", "wte": "embedding",
+    "unembedding": "unembedding", "unembed": "unembedding", "lm_head": "unembedding", "head": "unembedding",
+}
+
+CHOICES = {
+    "model_family": ("gpt", "mlp"),
+    "lr_schedule": ("cosine", "constant"),
+    "dtype": ("auto", "float32", "bfloat16"),
+    "device": ("auto", "cpu", "cuda"),
+    "nonlinearity": ("tanh", "relu", "linear"),
+    "init_offset_mode": ("init", "every_step"),
+}
+
+# Allowed ranges: (low, high, low_inclusive, high_inclusive); None = unbounded.
+RANGES = {
+    "max_seq_len": (2, None, True, True),
+    "device_batch_size": (1, None, True, True),
+    "embedding_lr_mult": (0.0, None, False, True),
+    "unembedding_lr_mult": (0.0, None, False, True),
+    "weight_decay": (0.0, None, True, True),
+    "init_lr_frac": (0.0, None, False, True),
+    "warmup_frac": (0.0, 1.0, True, False),
+    "final_lr_frac": (0.0, None, True, True),
+    "num_tokens": (1, None, True, True),
+    "trainable_window_steps": (1, None, True, True),
+    "trainable_loss_ratio_threshold": (0.0, None, False, True),
+    "width": (1, None, True, True),
+    "lr_input": (0.0, None, True, True),
+    "lr_output": (0.0, None, True, True),
+}
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; the message names the field, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model_family: str = "gpt"  # "gpt": fine-tune a nanochat GPT; "mlp": Sohl-Dickstein 2024 paper network
+    # --- gpt family
+    model_id: str = "tiny"  # "tiny" | local dir | "wandb:entity/project/name:version" | "hf:owner/repo"
+    dataset_id: str = "docqa"  # "docqa" (shipped) | local .json/.jsonl | Hugging Face dataset id
+    dataset_revision: str = ""
+    dataset_split: str = "train"
+    max_seq_len: int = 1024
+    device_batch_size: int = 8
+    learning_rate: float = 0.02  # matrix LR when matrix_lr <= 0
+    matrix_lr: float = -1.0  # <= 0: derived from learning_rate
+    embedding_lr: float = -1.0  # <= 0: matrix LR * embedding_lr_mult
+    unembedding_lr: float = -1.0  # <= 0: matrix LR * unembedding_lr_mult
+    embedding_lr_mult: float = 10.0
+    unembedding_lr_mult: float = 0.2
+    trainable_param_groups: str = "matrix,unembedding"
+    weight_decay: float = 0.1
+    init_lr_frac: float = 1.0
+    warmup_frac: float = 0.06
+    final_lr_frac: float = 0.0
+    lr_schedule: str = "cosine"
+    num_tokens: int = 20000
+    num_iterations: int = -1  # -1: derived from num_tokens (gpt) or 500 steps (mlp)
+    seed: int = 0
+    deterministic: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    trainable_window_steps: int = 20
+    trainable_loss_ratio_threshold: float = 1.0
+    eval_every: int = -1  # validation loss every N steps; <= 0 off
+    sample_every: int = -1  # generate samples every N steps; <= 0 off
+    sample_before_after: bool = False
+    # --- mlp family (paper mode); steps = num_iterations
+    nonlinearity: str = "tanh"
+    width: int = 16
+    dataset_size: int = -1  # -1: number of parameters (tanh, relu) or width (linear)
+    batch_size: int = -1  # -1: full batch; else minibatch size drawn with replacement
+    lr_input: float = 0.1
+    lr_output: float = 0.1
+    init_offset: float = 0.0
+    init_offset_mode: str = "init"  # "init": added to W0 once; "every_step": added after every update
+
+    def __post_init__(self):
+        for f in fields(self):
+            object.__setattr__(self, f.name, check_field_value(f.name, getattr(self, f.name)))
+        self._check_cross_fields()
+
+    def _check_cross_fields(self) -> None:
+        groups = self.trainable_groups()  # raises on an unknown group name
+        lrs = self.group_lrs()
+        for group in groups:
+            if not lrs[group] > 0:
+                raise ConfigError(
+                    f"{group}_lr={lrs[group]!r}: group {group!r} is trainable, so its learning rate must be > 0 "
+                    f"(set {group}_lr, or learning_rate > 0 to derive it)")
+        if self.model_family == "mlp":
+            if self.num_iterations == 0 or self.num_iterations < -1:
+                raise ConfigError(f"num_iterations={self.num_iterations!r}: must be a positive step count or -1")
+            if self.dataset_size == 0 or self.dataset_size < -1:
+                raise ConfigError(f"dataset_size={self.dataset_size!r}: must be a positive count or -1 (auto)")
+            if self.batch_size == 0 or self.batch_size < -1:
+                raise ConfigError(f"batch_size={self.batch_size!r}: must be a positive count or -1 (full batch)")
+        elif self.num_iterations == 0 or self.num_iterations < -1:
+            raise ConfigError(f"num_iterations={self.num_iterations!r}: must be a positive step count or -1 "
+                              "(derive from num_tokens)")
+        if not self.model_id:
+            raise ConfigError("model_id='': a model is required (\"tiny\", a local directory, wandb:..., hf:...)")
+        if not self.dataset_id:
+            raise ConfigError("dataset_id='': a dataset is required (\"docqa\", a local .jsonl, or a hub id)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = set(field_names())
+        for name in values:
+            if name not in known:
+                raise ConfigError(unknown_field_message(name))
+        return cls(**values)
+
+    def trainable_groups(self) -> tuple[str, ...]:
+        return parse_groups(self.trainable_param_groups)
+
+    def matrix_lr_resolved(self) -> float:
+        return self.matrix_lr if self.matrix_lr > 0 else self.learning_rate
+
+    def group_lrs(self) -> dict[str, float]:
+        """Learning rate of each GPT parameter group, with the seed study's derivation rule for LR <= 0."""
+        matrix = self.matrix_lr_resolved()
+        embedding = self.embedding_lr if self.embedding_lr > 0 else matrix * self.embedding_lr_mult
+        unembedding = self.unembedding_lr if self.unembedding_lr > 0 else matrix * self.unembedding_lr_mult
+        return {"matrix": matrix, "embedding": embedding, "unembedding": unembedding}
+
+    def resolved(self) -> "TrainConfig":
+        """The config as used: derived learning rates written into their fields."""
+        lrs = self.group_lrs()
+        return replace(self, matrix_lr=lrs["matrix"], embedding_lr=lrs["embedding"],
+                       unembedding_lr=lrs["unembedding"])
+
+
+def parse_groups(text: str) -> tuple[str, ...]:
+    """'matrix,lm_head' -> ('matrix', 'unembedding'); also 'all' and 'none'."""
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if names == ["all"]:
+        return GROUPS
+    if names == ["none"] or not names:
+        return ()
+    groups = set()
+    for name in names:
+        if name not in GROUP_ALIASES:
+            allowed = ", ".join(["all", "none", *sorted(GROUP_ALIASES)])
+            raise ConfigError(f"trainable_param_groups={text!r}: unknown group {name!r}; allowed: {allowed}")
+        groups.add(GROUP_ALIASES[name])
+    return tuple(g for g in GROUPS if g in groups)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def field_types() -> dict[str, type]:
+    defaults = TrainConfig.__dataclass_fields__
+    return {name: type(defaults[name].default) for name in defaults}
+
+
+def suggest_field(name: str) -> str | None:
+    matches = difflib.get_close_matches(name, field_names(), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_field_message(name: str) -> str:
+    hint = suggest_field(name)
+    suffix = f"; did you mean {hint!r}?" if hint else "; see TrainConfig in fractal_llm/config.py for the fields"
+    return f"{name}: not a train-config field{suffix}"
+
+
+def check_field_value(name: str, value):
+    """Check one field's type and range; return the value normalised (an integral float for an int field -> int)."""
+    types = field_types()
+    if name not in types:
+        raise ConfigError(unknown_field_message(name))
+    expected = types[name]
+    value = _check_type(name, value, expected)
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ConfigError(f"{name}={value!r}: allowed values are {', '.join(CHOICES[name])}")
+    if name in RANGES:
+        _check_range(name, value, *RANGES[name])
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r}: must be a finite number")
+    return value
+
+
+def _check_type(name: str, value, expected: type):
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}={value!r}: must be true or false")
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}={value!r}: must be an integer{_string_hint(value)}")
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name}={value!r}: must be an integer")
+        return int(value)
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}={value!r}: must be a number{_string_hint(value)}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}={value!r}: must be a string")
+    return value
+
+
+def _string_hint(value) -> str:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return (f" (YAML read {value!r} as a string: write floats with a dot in the mantissa, "
+                f"e.g. {_yaml_float(float(value))})")
+    return ""
+
+
+def _yaml_float(x: float) -> str:
+    mantissa, exponent = f"{x:.15e}".split("e")
+    mantissa = mantissa.rstrip("0")
+    return f"{mantissa}0e{exponent}" if mantissa.endswith(".") else f"{mantissa}e{exponent}"
+
+
+def _check_range(name, value, low, high, low_inclusive, high_inclusive) -> None:
+    too_low = low is not None and (value < low if low_inclusive else value <= low)
+    too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{'>=' if low_inclusive else '>'} {low}"
+        hi = "" if high is None else f"{'<=' if high_inclusive else '<'} {high}"
+        allowed = " and ".join(part for part in (lo, hi) if part)
+        raise ConfigError(f"{name}={value!r}: must be {allowed}")
+
+
+def coerce_cli_value(name: str, text: str):
+    """Turn the string of a `--name=value` argument into the field's type."""
+    types = field_types()
+    if name not in types:
+        raise ConfigError(unknown_field_message(name))
+    expected = types[name]
+    if expected is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={text!r}: must be true or false")
+    if expected in (int, float):
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigError(f"{name}={text!r}: must be {'an integer' if expected is int else 'a number'}") from None
+        if expected is int:
+            return int(number) if number.is_integer() else number  # check_field_value rejects the fraction
+        return number
+    return text
+
+
+def parse_cli_args(argv: list[str]) -> TrainConfig:
+    """Parse `--name=value` / `--name value` pairs (the form `wandb agent` passes with ${args})."""
+    return TrainConfig.from_dict(parse_cli_overrides(argv))
+
+
+def parse_cli_overrides(argv: list[str]) -> dict:
+    values: dict = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"{arg}: expected --name=value")
+        if "=" in arg:
+            name, text = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{arg}: missing value (use --name=value)")
+            name, text = arg[2:], argv[i + 1]
+            i += 2
+        name = name.replace("-", "_")
+        values[name] = coerce_cli_value(name, text)
+    return values

@@ -1,0 +1,119 @@
+"""Run results and run records: what a run returns, and what the report reads back.
+
+A local record is one JSON file per grid point, named after the point so a re-run finds it,
+written atomically (temp file + rename) so a crash never leaves half a record.
+"""
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SUMMARY_KEYS = ("verdict", "trainable", "stable", "loss_first", "loss_last", "loss_mean_last_k", "loss_ratio",
+                "score", "diverged_at_step", "steps", "tokens_seen", "runtime_s", "error")
+RECORD_FORMAT = 1
+
+
+@dataclass
+class RunResult:
+    """What train() returns for one grid point."""
+    config: dict  # resolved TrainConfig.to_dict() plus "repro" (git commit, versions, device)
+    summary: dict  # exactly SUMMARY_KEYS
+    history: dict[str, list[float]]  # "train/loss", "lr/<group>", "train/tokens_seen": one entry per step
+    samples: list[dict] | None = None
+
+
+@dataclass
+class RunRecord:
+    """One run as the report sees it, from a local JSON file or a W&B run."""
+    name: str
+    config: dict
+    summary: dict
+    history: dict[str, list[float]] | None  # None: not fetched (W&B runs fetch it only when plotted)
+    created_at: float
+    run_id: str = ""
+    source: str = "local"
+    path: str = ""
+    samples: list[dict] | None = field(default=None)
+
+    @property
+    def verdict(self) -> str:
+        return self.summary.get("verdict", "error")
+
+
+def point_name(point: dict) -> str:
+    """A stable name for a grid point from its axis values, e.g. 'matrix_lr=0.001,unembedding_lr=1e-05'."""
+    return ",".join(f"{key}={_format_value(point[key])}" for key in sorted(point))
+
+
+def _format_value(value) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def file_name(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", name)
+    return f"{safe}.json"
+
+
+def record_from_result(result: RunResult, name: str, run_id: str = "") -> RunRecord:
+    return RunRecord(name=name, config=result.config, summary=result.summary, history=result.history,
+                     created_at=time.time(), run_id=run_id, source="local", samples=result.samples)
+
+
+def error_summary(message: str, runtime_s: float) -> dict:
+    summary = {key: None for key in SUMMARY_KEYS}
+    summary.update(verdict="error", trainable=False, stable=False, runtime_s=runtime_s, error=message)
+    return summary
+
+
+def _json_safe(value):
+    """NaN/inf are not JSON: write them as strings the reader turns back into floats."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _from_json(value):
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def write_record(record: RunRecord, directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / file_name(record.name)
+    payload = {"format": RECORD_FORMAT, **asdict(record)}
+    payload.pop("path")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(_json_safe(payload), f)
+    os.replace(tmp, path)
+    record.path = str(path)
+    return path
+
+
+def read_record(path: str | Path) -> RunRecord:
+    with open(path) as f:
+        payload = _from_json(json.load(f))
+    payload.pop("format", None)
+    return RunRecord(**payload, path=str(path))
+
+
+def read_records(directory: str | Path) -> list[RunRecord]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such run-record directory")
+    return [read_record(p) for p in sorted(directory.glob("*.json")) if not p.name.startswith(".tmp-")]
