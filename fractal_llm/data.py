@@ -1,0 +1,303 @@
+"""Chat data for fine-tuning: load conversations, tokenize them once (disk cache), and batch them.
+
+Sources (`dataset_id`):
+- "docqa": the shipped document-QA dataset (fractal_llm/datasets/docqa/{train,validation}.jsonl);
+- a local .json / .jsonl file (or a local directory `datasets` can read); `split` is not used;
+- anything else: a Hugging Face hub dataset id, loaded with `revision` and `split`.
+All go through `datasets.load_dataset`. Records need a "messages" list of {"role", "content"};
+ShareGPT-style "conversations" ({"from", "value"}) and prompt/response columns are mapped to it.
+
+Tokenized data are cached under paths.data_cache_dir() in one .npz per (dataset, revision, split,
+tokenizer, max_seq_len, source file contents, format version), written atomically under a file lock
+so processes filling the same cache at once do the work once and read identical data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from fractal_llm import paths
+
+DOCQA_ID = "docqa"
+DOCQA_DIR = Path(__file__).resolve().parent / "datasets" / "docqa"
+DOCQA_SPLITS = ("train", "validation")
+LOCAL_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+CACHE_FORMAT_VERSION = 1  # bump when the cache layout or the rendering rules change
+IGNORE_INDEX = -1
+
+# ShareGPT speaker names -> chat roles.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "bot": "assistant", "model": "assistant", "chatgpt": "assistant", "system": "system"}
+PROMPT_COLUMNS = ("prompt", "instruction", "question", "input")
+RESPONSE_COLUMNS = ("response", "completion", "output", "answer")
+
+
+class DatasetError(ValueError):
+    """A dataset id, file or record layout that cannot be used; the message names the dataset."""
+
+
+@dataclass
+class TokenizedDataset:
+    ids: list[np.ndarray]  # per example, int32 token ids (at most max_seq_len + 1 of them)
+    masks: list[np.ndarray]  # per example, uint8, 1 = supervised token (assistant content)
+    key: str  # cache key: identifies dataset, revision, split, tokenizer and max_seq_len
+    n_dropped: int = 0  # conversations dropped because no supervised target survived truncation
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def mean_supervised_tokens(self) -> float:
+        """Mean number of supervised *targets* per example (mask shifted by one, as training sees it)."""
+        if not self.masks:
+            return 0.0
+        return float(np.mean([int(mask[1:].sum()) for mask in self.masks]))
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # (B, T) int64
+    targets: torch.Tensor  # (B, T) int64, IGNORE_INDEX where unsupervised or padding
+    n_supervised: int  # number of targets != IGNORE_INDEX
+
+
+# ---------------------------------------------------------------------------- dataset ids
+def _is_local_id(dataset_id: str) -> bool:
+    """Paths are recognised by their suffix, a leading ./ ../ / ~, or by existing on disk.
+
+    Hub ids ("owner/name") contain a slash too, so a slash alone does not make a path.
+    """
+    return (
+        dataset_id.lower().endswith(LOCAL_SUFFIXES)
+        or dataset_id.startswith(("/", "./", "../", "~"))
+        or os.path.exists(os.path.expanduser(dataset_id))
+    )
+
+
+def check_dataset_id(dataset_id: str) -> None:
+    """Cheap check for config validation: the shipped data and local files must exist. No hub access."""
+    if not isinstance(dataset_id, str) or not dataset_id.strip():
+        raise DatasetError(f"dataset_id={dataset_id!r}: must be 'docqa', a local .json/.jsonl path or a Hugging Face dataset id")
+    if dataset_id == DOCQA_ID:
+        for split in DOCQA_SPLITS:
+            if not (DOCQA_DIR / f"{split}.jsonl").is_file():
+                raise DatasetError(f"dataset_id='docqa': shipped file {DOCQA_DIR / f'{split}.jsonl'} is missing; "
+                                   "regenerate it with `python -m fractal_llm.docqa --out fractal_llm/datasets/docqa`")
+        return
+    if _is_local_id(dataset_id) and not os.path.exists(os.path.expanduser(dataset_id)):
+        raise DatasetError(f"dataset_id={dataset_id!r}: local file not found ({Path(dataset_id).expanduser().resolve()})")
+
+
+def _local_source(dataset_id: str, split: str) -> Path | None:
+    """The file (or directory) a local or shipped dataset id reads, or None for a hub id."""
+    if dataset_id == DOCQA_ID:
+        if split not in DOCQA_SPLITS:
+            raise DatasetError(f"dataset_split={split!r}: the docqa dataset has splits {DOCQA_SPLITS}")
+        return DOCQA_DIR / f"{split}.jsonl"
+    if _is_local_id(dataset_id):
+        return Path(dataset_id).expanduser()
+    return None
+
+
+# ---------------------------------------------------------------------------- conversations
+def load_conversations(dataset_id: str, revision: str = "", split: str = "train") -> list[dict]:
+    """Conversations as [{"messages": [{"role", "content"}, ...]}, ...], loaded through `datasets`."""
+    import datasets  # slow import: only when data are actually read
+
+    check_dataset_id(dataset_id)
+    source = _local_source(dataset_id, split)
+    if source is None:
+        table = datasets.load_dataset(dataset_id, revision=revision or None, split=split)
+    elif source.is_dir():
+        table = datasets.load_dataset(str(source), split=split)
+    else:
+        # A private datasets cache under our home keeps the user's HF cache free of temporary files.
+        table = datasets.load_dataset("json", data_files={"train": str(source)}, split="train",
+                                      cache_dir=str(paths.data_cache_dir() / "hf_datasets"))
+    return _to_conversations(table, dataset_id)
+
+
+def _to_conversations(table, dataset_id: str) -> list[dict]:
+    columns = list(table.column_names)
+    if "messages" in columns:
+        rows = [{"messages": [_message(m, dataset_id, i) for m in row]} for i, row in enumerate(table["messages"])]
+    elif "conversations" in columns:
+        rows = [{"messages": [_sharegpt_message(m, dataset_id, i) for m in row]} for i, row in enumerate(table["conversations"])]
+    elif (prompt := _first_present(PROMPT_COLUMNS, columns)) and (response := _first_present(RESPONSE_COLUMNS, columns)):
+        rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}
+                for p, r in zip(table[prompt], table[response])]
+    else:
+        raise DatasetError(
+            f"dataset_id={dataset_id!r}: no chat column; found columns {columns}. Expected 'messages' "
+            f"(list of {{role, content}}), 'conversations' (ShareGPT {{from, value}}), or a prompt column "
+            f"{PROMPT_COLUMNS} with a response column {RESPONSE_COLUMNS}"
+        )
+    if not rows:
+        raise DatasetError(f"dataset_id={dataset_id!r}: no records")
+    return rows
+
+
+def _first_present(names: tuple[str, ...], columns: list[str]) -> str | None:
+    return next((name for name in names if name in columns), None)
+
+
+def _message(message, dataset_id: str, index: int) -> dict:
+    if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        raise DatasetError(f"dataset_id={dataset_id!r}: record {index}: a message must have 'role' and 'content', got {message!r}")
+    return {"role": message["role"], "content": message["content"]}
+
+
+def _sharegpt_message(message, dataset_id: str, index: int) -> dict:
+    speaker = message.get("from") if isinstance(message, dict) else None
+    if speaker not in SHAREGPT_ROLES or "value" not in message:
+        raise DatasetError(f"dataset_id={dataset_id!r}: record {index}: ShareGPT message needs 'from' in "
+                           f"{sorted(SHAREGPT_ROLES)} and 'value', got {message!r}")
+    return {"role": SHAREGPT_ROLES[speaker], "content": message["value"]}
+
+
+# ---------------------------------------------------------------------------- tokenization + cache
+def _file_digest(path: Path) -> str:
+    """Content hash of a local source (a directory hashes its files' names, sizes and mtimes)."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            stat = child.stat()
+            h.update(f"{child.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(dataset_id: str, revision: str, split: str, tokenizer, max_seq_len: int) -> str:
+    source = _local_source(dataset_id, split)
+    parts = {
+        "format": CACHE_FORMAT_VERSION,
+        "dataset_id": dataset_id,
+        "revision": revision,
+        # A local file holds one split whatever `split` says, so it does not enter the key.
+        "split": split if source is None or dataset_id == DOCQA_ID else "",
+        "source": _file_digest(source) if source is not None else "",
+        "tokenizer": tokenizer.fingerprint(),
+        "max_seq_len": max_seq_len,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _tokenize(conversations: list[dict], tokenizer, max_seq_len: int, dataset_id: str) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    ids_list, mask_list, dropped = [], [], 0
+    for index, conversation in enumerate(conversations):
+        try:
+            ids, mask = tokenizer.render_conversation(conversation, max_tokens=max_seq_len + 1)
+        except ValueError as err:  # re-raised with the dataset and record that caused it
+            raise DatasetError(f"dataset_id={dataset_id!r}: record {index}: {err}") from err
+        mask_arr = np.asarray(mask, dtype=np.uint8)
+        if not mask_arr[1:].any():  # nothing left to learn after the shift (e.g. truncated away)
+            dropped += 1
+            continue
+        ids_list.append(np.asarray(ids, dtype=np.int32))
+        mask_list.append(mask_arr)
+    return ids_list, mask_list, dropped
+
+
+def _save_npz(path: Path, ids: list[np.ndarray], masks: list[np.ndarray], n_dropped: int) -> None:
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in ids])
+    flat_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+    flat_masks = np.concatenate(masks) if masks else np.zeros(0, dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, ids=flat_ids, masks=flat_masks, offsets=offsets, n_dropped=np.int64(n_dropped))
+    os.replace(tmp, path)  # atomic: readers see the whole file or none
+
+
+def _load_npz(path: Path, key: str) -> TokenizedDataset:
+    with np.load(path) as data:
+        flat_ids, flat_masks, offsets = data["ids"], data["masks"], data["offsets"]
+        n_dropped = int(data["n_dropped"])
+    ids = [flat_ids[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    masks = [flat_masks[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    return TokenizedDataset(ids=ids, masks=masks, key=key, n_dropped=n_dropped)
+
+
+def cache_path(key: str) -> Path:
+    return paths.data_cache_dir() / f"tokenized-{key}.npz"
+
+
+def load_tokenized(dataset_id: str, revision: str, split: str, tokenizer, max_seq_len: int) -> TokenizedDataset:
+    """Tokenized conversations (each at most max_seq_len + 1 tokens), from the disk cache when present."""
+    if not isinstance(max_seq_len, int) or max_seq_len < 1:
+        raise DatasetError(f"max_seq_len={max_seq_len!r}: must be a positive int")
+    check_dataset_id(dataset_id)
+    key = cache_key(dataset_id, revision, split, tokenizer, max_seq_len)
+    path = cache_path(key)
+    if path.is_file():
+        return _load_npz(path, key)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():  # another process filled it while we waited for the lock
+            return _load_npz(path, key)
+        conversations = load_conversations(dataset_id, revision, split)
+        ids, masks, dropped = _tokenize(conversations, tokenizer, max_seq_len, dataset_id)
+        if not ids:
+            raise DatasetError(f"dataset_id={dataset_id!r} split={split!r}: none of {len(conversations)} conversations "
+                               f"has a supervised (assistant) token within max_seq_len={max_seq_len}")
+        _save_npz(path, ids, masks, dropped)
+    return TokenizedDataset(ids=ids, masks=masks, key=key, n_dropped=dropped)
+
+
+# ---------------------------------------------------------------------------- batches
+def _example_order(n: int, seed: int) -> Iterator[int]:
+    """Endless stream of example indices: a fresh permutation per epoch, seeded by (seed, epoch).
+
+    Batches are cut from this stream, so they may straddle epochs and are always full, even when the
+    dataset holds fewer examples than one batch.
+    """
+    epoch = 0
+    while True:
+        yield from np.random.default_rng([seed, epoch]).permutation(n).tolist()
+        epoch += 1
+
+
+def collate(ds: TokenizedDataset, indices: list[int], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) int64 arrays padded to the longest example; targets IGNORE_INDEX off the mask."""
+    width = max(len(ds.ids[i]) for i in indices) - 1
+    inputs = np.full((len(indices), width), pad_id, dtype=np.int64)
+    targets = np.full((len(indices), width), IGNORE_INDEX, dtype=np.int64)
+    for row, i in enumerate(indices):
+        ids, mask = ds.ids[i], ds.masks[i]
+        n = len(ids) - 1
+        inputs[row, :n] = ids[:-1]
+        targets[row, :n] = np.where(mask[1:] == 1, ids[1:], IGNORE_INDEX)
+    return inputs, targets
+
+
+def iterate_batches(ds: TokenizedDataset, batch_size: int, seed: int, pad_id: int, device="cpu") -> Iterator[Batch]:
+    """Endless batches in a seed-determined order; batches with no supervised target are skipped."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DatasetError(f"batch_size={batch_size!r}: must be a positive int")
+    if not any(mask[1:].any() for mask in ds.masks):
+        # Every batch would be skipped: fail instead of looping forever.
+        raise DatasetError(f"dataset {ds.key!r}: no example has a supervised target ({len(ds)} examples)")
+    order = _example_order(len(ds), seed)
+    while True:
+        indices = [next(order) for _ in range(batch_size)]
+        inputs, targets = collate(ds, indices, pad_id)
+        n_supervised = int((targets != IGNORE_INDEX).sum())
+        if n_supervised == 0:
+            continue
+        yield Batch(
+            inputs=torch.from_numpy(inputs).to(device),
+            targets=torch.from_numpy(targets).to(device),
+            n_supervised=n_supervised,
+        )
