@@ -1,0 +1,244 @@
+"""nanochat checkpoint directories: model_<step>.pt + meta_<step>.json, and loading a model from a source.
+
+Sources for `load_model`:
+  - a local directory: artifact layout (`checkpoints/` beside `tokenizer/`), or a directory of
+    model/meta files with tokenizer.pkl beside it, in `tokenizer/`, or up to two levels above
+    (nanochat's NANOCHAT_BASE_DIR layout: base_checkpoints/d20 with tokenizer/ at the base dir);
+  - "wandb:entity/project/name:version" (W&B model artifact, downloaded once per host into the cache);
+  - "hf:owner/repo" or "hf:owner/repo@revision" (Hugging Face snapshot, likewise cached).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.tokenizer import PICKLE_NAME, Tokenizer
+
+SOURCE_FORMS = "a local directory, 'wandb:entity/project/name:version', or 'hf:owner/repo[@revision]'"
+CONFIG_FIELDS = tuple(f.name for f in fields(GPTConfig))
+COMPILE_PREFIX = "_orig_mod."
+_WANDB_RE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
+_HF_RE = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
+_COMPLETE_MARKER = ".download-complete"
+
+
+# ---------------------------------------------------------------------------- directory format
+def _files_by_step(directory: Path, prefix: str, suffix: str) -> dict[int, Path]:
+    pattern = re.compile(rf"^{prefix}_(\d+){re.escape(suffix)}$")
+    found = {}
+    for path in directory.iterdir():
+        match = pattern.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def find_last_step(directory: str | Path) -> int:
+    """Largest step among model_<step>.pt files (any zero-padding width)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    steps = _files_by_step(directory, "model", ".pt")
+    if not steps:
+        raise FileNotFoundError(f"no model_<step>.pt files in {directory}")
+    return max(steps)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: str | Path, step: int, model_state: dict, meta: dict, optimizer_state=None) -> Path:
+    """Write model_<step:06d>.pt, meta_<step:06d>.json (and optim_<step:06d>.pt) atomically; returns the dir."""
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f"step={step!r}: must be an int >= 0")
+    _check_model_config(meta, where="meta")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = strip_compile_prefix(model_state)
+    _atomic_write(directory / f"model_{step:06d}.pt", lambda p: torch.save(state, p))
+    _atomic_write(directory / f"meta_{step:06d}.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+    if optimizer_state is not None:
+        _atomic_write(directory / f"optim_{step:06d}.pt", lambda p: torch.save(optimizer_state, p))
+    return directory
+
+
+def strip_compile_prefix(state: dict) -> dict:
+    """Remove torch.compile's '_orig_mod.' prefix from state-dict keys."""
+    return {k.removeprefix(COMPILE_PREFIX): v for k, v in state.items()}
+
+
+def load_checkpoint(directory: str | Path, step: int | None = None, device="cpu") -> tuple[dict, dict]:
+    """(state_dict, meta) for `step` (default: the last). Prefixes stripped; bf16 -> fp32 on CPU."""
+    directory = Path(directory)
+    step = find_last_step(directory) if step is None else step
+    models = _files_by_step(directory, "model", ".pt")
+    metas = _files_by_step(directory, "meta", ".json")
+    if step not in models:
+        raise FileNotFoundError(f"no model file for step {step} in {directory}; steps present: {sorted(models)}")
+    if step not in metas:
+        raise FileNotFoundError(f"no meta_<step>.json for step {step} in {directory}")
+    device = torch.device(device)
+    state = strip_compile_prefix(torch.load(models[step], map_location=device, weights_only=True))
+    if device.type == "cpu":  # bf16 matmuls on CPU are slow and imprecise; nanochat casts too
+        state = {k: v.float() if v.dtype == torch.bfloat16 else v for k, v in state.items()}
+    meta = json.loads(metas[step].read_text())
+    return state, meta
+
+
+def _check_model_config(meta: dict, where: str) -> dict:
+    config = meta.get("model_config") if isinstance(meta, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: needs a 'model_config' dict with fields {CONFIG_FIELDS}")
+    missing = [f for f in CONFIG_FIELDS if f not in config]
+    extra = [k for k in config if k not in CONFIG_FIELDS]
+    if missing or extra:
+        raise ValueError(
+            f"{where}.model_config: missing {missing}, unsupported {extra}; expected exactly {CONFIG_FIELDS} "
+            "(late-2025 nanochat architecture; newer nanochat models are not supported)"
+        )
+    return config
+
+
+# ---------------------------------------------------------------------------- locating files
+def _has_model_files(directory: Path) -> bool:
+    return directory.is_dir() and bool(_files_by_step(directory, "model", ".pt"))
+
+
+def locate_checkpoint_dir(root: Path) -> Path:
+    """root/checkpoints (artifact layout) or root itself, whichever holds model_<step>.pt files."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"model source directory {root} does not exist")
+    for candidate in (root / "checkpoints", root):
+        if _has_model_files(candidate):
+            return candidate
+    raise FileNotFoundError(f"no model_<step>.pt files in {root} or {root / 'checkpoints'}")
+
+
+def locate_tokenizer_dir(checkpoint_dir: Path) -> Path:
+    """First of: the checkpoint dir, its tokenizer/, then the same for its parent and grandparent."""
+    candidates = []
+    for base in [checkpoint_dir, *list(checkpoint_dir.parents)[:2]]:
+        candidates += [base, base / "tokenizer"]
+    for candidate in candidates:
+        if (candidate / PICKLE_NAME).is_file():
+            return candidate
+    raise FileNotFoundError(f"no {PICKLE_NAME} found for checkpoint {checkpoint_dir}; looked in: "
+                            + ", ".join(str(c) for c in candidates))
+
+
+# ---------------------------------------------------------------------------- sources / downloads
+def cache_root() -> Path:
+    """fractal_llm.paths.models_dir() when that package is present, else ~/.cache/fractal-llm/models."""
+    if importlib.util.find_spec("fractal_llm") is not None and importlib.util.find_spec("fractal_llm.paths") is not None:
+        from fractal_llm.paths import models_dir
+
+        return models_dir()
+    root = Path.home() / ".cache" / "fractal-llm" / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "__", text)
+
+
+def _download_once(target: Path, download) -> Path:
+    """Run download(target) unless a previous one completed; a file lock makes concurrent callers wait."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / _COMPLETE_MARKER).is_file():
+            download(target)
+            (target / _COMPLETE_MARKER).write_text("ok\n")
+    return target
+
+
+def _download_wandb(spec: str) -> Path:
+    # Cached under the name as given: an alias like ':latest' is resolved once per cache; delete the dir to refresh.
+    def fetch(target: Path) -> None:
+        import wandb
+
+        wandb.Api().artifact(spec).download(root=str(target))
+
+    return _download_once(cache_root() / "wandb" / _safe_name(spec), fetch)
+
+
+def _download_hf(spec: str) -> Path:
+    repo_id, _, revision = spec.partition("@")
+
+    def fetch(target: Path) -> None:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id=repo_id, revision=revision or None, local_dir=str(target))
+
+    return _download_once(cache_root() / "hf" / _safe_name(spec), fetch)
+
+
+def resolve_source(source: str | Path) -> Path:
+    """Local directory for a model source (downloading wandb:/hf: sources into the cache first)."""
+    if isinstance(source, Path):
+        return source
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"model source {source!r}: expected {SOURCE_FORMS}")
+    if source.startswith("wandb:"):
+        spec = source.removeprefix("wandb:")
+        if not _WANDB_RE.match(spec):
+            raise ValueError(f"model source {source!r}: W&B form is 'wandb:entity/project/name:version'")
+        return _download_wandb(spec)
+    if source.startswith("hf:"):
+        spec = source.removeprefix("hf:")
+        if not _HF_RE.match(spec):
+            raise ValueError(f"model source {source!r}: Hugging Face form is 'hf:owner/repo[@revision]'")
+        return _download_hf(spec)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model source {source!r}: no such directory; expected {SOURCE_FORMS}")
+    return path
+
+
+# ---------------------------------------------------------------------------- model IO
+def load_model(source: str | Path, device="cpu", step: int | None = None) -> tuple[GPT, Tokenizer, dict]:
+    """(model in eval mode, tokenizer, meta) from any accepted source; strict state-dict load.
+
+    meta gains a "loaded_from" entry: checkpoint_dir, tokenizer_dir and step.
+    """
+    checkpoint_dir = locate_checkpoint_dir(resolve_source(source))
+    tokenizer_dir = locate_tokenizer_dir(checkpoint_dir)
+    step = find_last_step(checkpoint_dir) if step is None else step
+    state, meta = load_checkpoint(checkpoint_dir, step, device)
+    config = GPTConfig(**_check_model_config(meta, where=f"{checkpoint_dir}/meta for step {step}"))
+    tokenizer = Tokenizer.from_directory(tokenizer_dir)
+    if tokenizer.get_vocab_size() != config.vocab_size:
+        raise ValueError(f"tokenizer in {tokenizer_dir} has vocab size {tokenizer.get_vocab_size()}, "
+                         f"but the checkpoint's model_config.vocab_size is {config.vocab_size}")
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=torch.device(device))
+    model.init_rotary()
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    meta = dict(meta, loaded_from={"checkpoint_dir": str(checkpoint_dir), "tokenizer_dir": str(tokenizer_dir), "step": step})
+    return model, tokenizer, meta
+
+
+def save_model(root: str | Path, model: GPT, tokenizer: Tokenizer, step: int = 0, meta: dict | None = None) -> Path:
+    """Write the artifact layout: root/checkpoints/model_<step>.pt + meta, and root/tokenizer/."""
+    if tokenizer.get_vocab_size() != model.config.vocab_size:
+        raise ValueError(f"tokenizer vocab size {tokenizer.get_vocab_size()} != model vocab_size {model.config.vocab_size}")
+    root = Path(root)
+    full_meta = dict(meta or {}, model_config=asdict(model.config), step=step)
+    save_checkpoint(root / "checkpoints", step, model.state_dict(), full_meta)
+    tokenizer.save(root / "tokenizer")
+    return root
