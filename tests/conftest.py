@@ -19,3 +19,17 @@ def isolated_home(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+# The tiny base of the embedded default takes a minute or two to pre-train; tests seed the cache
+# with a much shorter recipe of the same shape so model_id="tiny" finds a complete build.
+TEST_RECIPE_CHANGES = dict(steps=25, batch_size=4, tokenizer_docs=300, pretrain_docs=400, vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(isolated_home):
+    from fractal_llm.tiny_base import TinyRecipe, build_tiny_base, tiny_base_dir
+    out = tiny_base_dir()
+    if not (out / "DONE").exists():
+        build_tiny_base(out, TinyRecipe(**TEST_RECIPE_CHANGES))
+    return out

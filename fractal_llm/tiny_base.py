@@ -1,0 +1,148 @@
+"""The tiny base model of the embedded default: a small BPE tokenizer and a ~0.3M-parameter GPT,
+pre-trained on document text we generate, saved in nanochat's checkpoint format.
+
+`fractal-llm make-base` builds it; the train function builds it on first use of model_id "tiny".
+Deterministic for a seed. Several processes asking at once build it once (file lock).
+"""
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from fractal_llm import paths
+
+TINY_VERSION = 1  # bump when the recipe changes, so old caches are not mistaken for the new model
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    vocab_size: int = 1024
+    n_layer: int = 2
+    n_head: int = 2
+    n_kv_head: int = 2
+    n_embd: int = 64
+    sequence_len: int = 256
+    tokenizer_docs: int = 2000  # documents the tokenizer is trained on
+    pretrain_docs: int = 6000  # documents in the pre-training stream
+    steps: int = 300
+    batch_size: int = 16
+    matrix_lr: float = 0.02
+    embedding_lr: float = 0.2
+    unembedding_lr: float = 0.008
+    seed: int = 0
+
+
+def tiny_base_dir(recipe: TinyRecipe = TinyRecipe()) -> Path:
+    return paths.models_dir() / f"tiny-v{TINY_VERSION}-seed{recipe.seed}"
+
+
+def ensure_tiny_base(recipe: TinyRecipe = TinyRecipe()) -> Path:
+    """Return the tiny base directory, building it first if no complete build exists."""
+    out = tiny_base_dir(recipe)
+    done = out / "DONE"
+    if done.exists():
+        return out
+    with FileLock(str(out) + ".lock"):
+        if not done.exists():
+            build_tiny_base(out, recipe)
+    return out
+
+
+def token_stream(tokenizer, recipe: TinyRecipe) -> torch.Tensor:
+    from fractal_llm.docqa import document_texts
+    bos = tokenizer.get_bos_token_id()
+    texts = document_texts(recipe.pretrain_docs, seed=recipe.seed + 1)
+    ids: list[int] = []
+    for row in tokenizer.encode(texts, prepend=bos):
+        ids.extend(row)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def pretrain(model, stream: torch.Tensor, recipe: TinyRecipe, on_step=None) -> list[float]:
+    """Plain next-token pre-training on random windows of the document stream."""
+    generator = torch.Generator().manual_seed(recipe.seed)
+    optimizers = model.setup_optimizers(unembedding_lr=recipe.unembedding_lr, embedding_lr=recipe.embedding_lr,
+                                        matrix_lr=recipe.matrix_lr, weight_decay=0.0)
+    groups = [g for opt in optimizers for g in opt.param_groups]
+    T = recipe.sequence_len
+    losses = []
+    for step in range(recipe.steps):
+        decay = 1.0 - step / recipe.steps  # linear decay to zero, as nanochat's base training ends
+        for group in groups:
+            group["lr"] = group["initial_lr"] * decay
+        starts = torch.randint(0, len(stream) - T - 1, (recipe.batch_size,), generator=generator)
+        window = torch.stack([stream[s: s + T + 1] for s in starts.tolist()])
+        loss = model(window[:, :-1], window[:, 1:])
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    return losses
+
+
+def build_tiny_base(out: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool = False) -> dict:
+    from fractal_llm.docqa import document_texts
+    from nanochat.checkpoint import save_checkpoint
+    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.tokenizer import Tokenizer
+
+    t0 = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    tokenizer = Tokenizer.train_from_iterator(document_texts(recipe.tokenizer_docs, seed=recipe.seed),
+                                              recipe.vocab_size)
+    stream = token_stream(tokenizer, recipe)
+    config = GPTConfig(sequence_len=recipe.sequence_len, vocab_size=tokenizer.get_vocab_size(),
+                       n_layer=recipe.n_layer, n_head=recipe.n_head, n_kv_head=recipe.n_kv_head,
+                       n_embd=recipe.n_embd)
+    model = GPT(config)
+    model.init_weights()
+    t_data = time.perf_counter()
+    losses = _pretrain_with_progress(model, stream, recipe) if progress else pretrain(model, stream, recipe)
+    stats = {"recipe": asdict(recipe), "num_params": model.num_params(), "tokens_in_stream": len(stream),
+             "loss_first": losses[0], "loss_last": sum(losses[-20:]) / len(losses[-20:]),
+             "tokenizer_and_data_s": t_data - t0, "pretrain_s": time.perf_counter() - t_data}
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out / "tokenizer")
+    meta = {"model_config": asdict(config), "step": recipe.steps, "tiny_base": stats}
+    save_checkpoint(out / "checkpoints", recipe.steps, model.state_dict(), meta)
+    (out / "DONE").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def _pretrain_with_progress(model, stream, recipe) -> list[float]:
+    from rich.progress import Progress
+    with Progress() as bar:
+        task = bar.add_task("pre-training tiny base", total=recipe.steps)
+        return pretrain(model, stream, recipe,
+                        on_step=lambda step, loss: bar.update(task, advance=1, description=f"pre-training "
+                                                              f"tiny base (loss {loss:.3f})"))
+
+
+def main(argv: list[str]) -> int:
+    from rich.console import Console
+    parser = argparse.ArgumentParser(prog="fractal-llm make-base",
+                                     description="Build the tiny base model (tokenizer + GPT) of the embedded default.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
+    args = parser.parse_args(argv)
+    recipe = TinyRecipe(seed=args.seed)
+    out = tiny_base_dir(recipe)
+    console = Console()
+    if (out / "DONE").exists() and not args.force:
+        console.print(f"tiny base already built: {out}")
+        return 0
+    with FileLock(str(out) + ".lock"):
+        stats = build_tiny_base(out, recipe, progress=True)
+    console.print(f"tiny base: {stats['num_params']:,} parameters, pre-training loss "
+                  f"{stats['loss_first']:.3f} -> {stats['loss_last']:.3f}, built in "
+                  f"{stats['tokenizer_and_data_s'] + stats['pretrain_s']:.1f}s")
+    console.print(f"saved to {out}")
+    return 0

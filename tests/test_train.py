@@ -1,0 +1,141 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fractal_llm.data
+import nanochat.checkpoint
+from fractal_llm import train as train_module
+from fractal_llm.config import TrainConfig
+from fractal_llm.records import SUMMARY_KEYS, read_record
+from fractal_llm.train import lr_multiplier, planned_steps, steps_for_budget, train
+
+SHORT = dict(max_seq_len=192, device_batch_size=4, num_iterations=6, trainable_window_steps=3)
+
+
+def test_token_budget_gives_step_count():
+    assert steps_for_budget(1000, batch_size=8, mean_supervised_tokens=12.5) == 10
+    assert steps_for_budget(1001, batch_size=8, mean_supervised_tokens=12.5) == 11
+    with pytest.raises(ValueError, match="supervised"):
+        steps_for_budget(1000, batch_size=8, mean_supervised_tokens=0.0)
+
+
+def test_token_budget_on_a_real_dataset(tiny_base):
+    config = TrainConfig(max_seq_len=192, device_batch_size=4, num_tokens=500)
+    from nanochat.tokenizer import Tokenizer
+    dataset = train_module.get_dataset(config, "train", Tokenizer.from_directory(tiny_base / "tokenizer"))
+    per_step = 4 * dataset.mean_supervised_tokens  # only assistant tokens count
+    steps = planned_steps(config, dataset)
+    assert (steps - 1) * per_step < 500 <= steps * per_step
+
+
+def test_schedule_warmup_cosine_and_constant():
+    cosine = TrainConfig(warmup_frac=0.1, final_lr_frac=0.0)
+    values = [lr_multiplier(s, 100, cosine) for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0) and values[99] < 0.01
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+    constant = TrainConfig(warmup_frac=0.0, lr_schedule="constant", init_lr_frac=0.5)
+    assert {lr_multiplier(s, 50, constant) for s in range(50)} == {0.5}
+
+
+def test_same_seed_gives_identical_losses(tiny_base):
+    config = TrainConfig(matrix_lr=0.01, unembedding_lr=0.01, seed=3, **SHORT)
+    first = train(config)
+    second = train(config)
+    assert first.history["train/loss"] == second.history["train/loss"]
+    assert len(first.history["train/loss"]) == 6
+    other = train(TrainConfig(matrix_lr=0.01, unembedding_lr=0.01, seed=4, **SHORT))
+    assert other.history["train/loss"] != first.history["train/loss"]
+
+
+def test_second_call_does_not_reload_checkpoint_or_data(tiny_base, monkeypatch):
+    train_module.clear_caches()
+    calls = {"model": 0, "data": 0}
+    real_load_model, real_load_tokenized = nanochat.checkpoint.load_model, fractal_llm.data.load_tokenized
+
+    def counting_load_model(*args, **kwargs):
+        calls["model"] += 1
+        return real_load_model(*args, **kwargs)
+
+    def counting_load_tokenized(*args, **kwargs):
+        calls["data"] += 1
+        return real_load_tokenized(*args, **kwargs)
+
+    monkeypatch.setattr(nanochat.checkpoint, "load_model", counting_load_model)
+    monkeypatch.setattr(fractal_llm.data, "load_tokenized", counting_load_tokenized)
+    a = train(TrainConfig(matrix_lr=0.01, **SHORT))
+    b = train(TrainConfig(matrix_lr=0.01, **SHORT))
+    assert calls == {"model": 1, "data": 1}
+    # each call starts from a fresh copy of the base weights
+    assert a.history["train/loss"] == b.history["train/loss"]
+
+
+def test_frozen_groups_and_lr_history(tiny_base):
+    result = train(TrainConfig(matrix_lr=0.01, trainable_param_groups="lm_head", unembedding_lr=0.002,
+                               warmup_frac=0.0, lr_schedule="constant", **SHORT))
+    assert set(result.history) == {"train/loss", "train/tokens_seen", "lr/unembedding"}
+    scale = (64 / 768) ** -0.5  # nanochat scales AdamW LRs by (n_embd / 768) ** -0.5
+    assert result.history["lr/unembedding"][0] == pytest.approx(0.002 * scale)
+    assert result.config["unembedding_lr"] == 0.002 and result.config["repro"]["torch"]
+
+
+def test_absurd_learning_rate_diverges(tiny_base):
+    result = train(TrainConfig(matrix_lr=1e30, unembedding_lr=1e30, **SHORT))
+    assert result.summary["verdict"] == "diverged"
+    step = result.summary["diverged_at_step"]
+    assert step is not None and len(result.history["train/loss"]) == step + 1
+
+
+def run_cli(args, tiny_base, tmp_path, mode="disabled"):
+    env = dict(os.environ, WANDB_MODE=mode, FRACTAL_LLM_RUNS_DIR=str(tmp_path / "runs"), WANDB_DIR=str(tmp_path))
+    return subprocess.run([sys.executable, "-m", "fractal_llm.train", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_entry_point_offline_run_writes_wandb_dir_and_record(tiny_base, tmp_path):
+    args = [f"--{k}={v}" for k, v in SHORT.items()] + ["--matrix_lr=0.01"]
+    proc = run_cli(args, tiny_base, tmp_path, mode="offline")
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("record: ")
+    record = read_record(last.removeprefix("record: "))
+    assert set(SUMMARY_KEYS) <= set(record.summary)
+    assert len(record.history["train/loss"]) == record.summary["steps"] == 6
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_entry_point_exits_zero_on_divergence(tiny_base, tmp_path):
+    args = [f"--{k}={v}" for k, v in SHORT.items()] + ["--matrix_lr=1e30", "--unembedding_lr=1e30"]
+    proc = run_cli(args, tiny_base, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(Path(proc.stdout.strip().splitlines()[-1].removeprefix("record: ")).read_text())
+    assert record["summary"]["verdict"] == "diverged"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--matrix_lr=-0.1", "--learning_rate=-1"], "matrix_lr"),
+    (["--trainable_param_groups=matrix,heads"], "trainable_param_groups"),
+    (["--matrx_lr=0.1"], "matrix_lr"),
+    (["--dataset_id=/nonexistent/chat.jsonl"], "/nonexistent/chat.jsonl"),
+    (["--model_id=/nonexistent/checkpoint"], "model_id"),
+])
+def test_bad_config_fails_before_training(args, needle, tiny_base, tmp_path):
+    proc = run_cli(args, tiny_base, tmp_path)
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert not (tmp_path / "runs").exists()  # nothing ran, nothing recorded
+
+
+def test_bad_checkpoint_is_an_error_outcome(tiny_base, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "checkpoints").mkdir(parents=True)
+    (broken / "checkpoints" / "model_000001.pt").write_bytes(b"not a checkpoint")
+    (broken / "checkpoints" / "meta_000001.json").write_text("{}")
+    proc = run_cli([f"--model_id={broken}"] + [f"--{k}={v}" for k, v in SHORT.items()], tiny_base, tmp_path)
+    assert proc.returncode == 1
+    record = read_record(proc.stdout.strip().splitlines()[-1].removeprefix("record: "))
+    assert record.verdict == "error" and record.summary["error"]
