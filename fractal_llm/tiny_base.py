@@ -29,8 +29,8 @@ class TinyRecipe:
     sequence_len: int = 256
     tokenizer_docs: int = 2000  # documents the tokenizer is trained on
     pretrain_docs: int = 6000  # documents in the pre-training stream
-    steps: int = 300
-    batch_size: int = 16
+    steps: int = 200
+    batch_size: int = 8
     matrix_lr: float = 0.02
     embedding_lr: float = 0.2
     unembedding_lr: float = 0.008
