@@ -1,0 +1,295 @@
+"""Grid reconstruction: place run records on the 2-D grid a sweep config defines (rules: shared DESIGN.md).
+
+The axes are the sweep's two `values` parameters (sorted by name: x = first, y = second); every other
+parameter is fixed. A run is placed by its config values, matched with a relative tolerance, never by its
+order. Several runs at one point: the latest non-error run wins; an error counts only when nothing else
+exists there. A run whose fixed parameters differ from the sweep's is refused, not silently mixed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fractal_llm.records import RunRecord, point_name
+from fractal_llm.verdict import VERDICTS
+
+OUTCOMES = ("trainable", "not_trainable", "diverged", "error", "missing")
+# Train-config fields where a value <= 0 means "derive me": the record holds the resolved (positive) value.
+DERIVED_WHEN_NONPOSITIVE = ("matrix_lr", "embedding_lr", "unembedding_lr")
+
+
+class GridError(ValueError):
+    """A sweep config or run that cannot be placed on a grid; the message names what and why."""
+
+
+@dataclass
+class Grid:
+    x_name: str
+    y_name: str
+    x_values: list[float]
+    y_values: list[float]
+    labels: np.ndarray  # (ny, nx): 1.0 trainable, 0.0 not_trainable/diverged, NaN missing or error
+    verdicts: np.ndarray  # (ny, nx) object: verdict string or "missing"
+    scores: np.ndarray  # (ny, nx): Sohl-Dickstein score, NaN where missing
+    final_loss: np.ndarray  # (ny, nx): last finite training loss, NaN where missing
+    record_index: np.ndarray  # (ny, nx) int index into records (the winning run, or the error run); -1 none
+    records: list[RunRecord]
+    fixed: dict
+    counts: dict  # the five OUTCOMES
+    skipped: list[str] = field(default_factory=list)  # runs not placed (off the grid's values), with the reason
+    name: str = ""  # sweep name, for titles and default paths
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.labels.shape
+
+    def trainable_fraction(self) -> float:
+        """Trainable share of the points that have a result (errors and missing points excluded)."""
+        decided = self.counts["trainable"] + self.counts["not_trainable"] + self.counts["diverged"]
+        return self.counts["trainable"] / decided if decided else math.nan
+
+
+# ---------------------------------------------------------------- sweep config -> axes
+
+
+def sweep_axes(sweep_config: dict) -> tuple[list[tuple[str, list[float]]], dict]:
+    """((x_name, x_values), (y_name, y_values)) sorted by name, values ascending; and the fixed params."""
+    params = sweep_config.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise GridError(f"sweep config parameters={params!r}: a mapping of parameter name -> "
+                        "{values: [...]} or {value: x} is required")
+    axes, fixed = [], {}
+    for name in sorted(params):
+        spec = params[name]
+        if not isinstance(spec, dict):
+            raise GridError(f"parameters.{name}={spec!r}: must be a mapping with 'values' or 'value'")
+        if "values" in spec:
+            axes.append((name, _axis_values(name, spec["values"])))
+        elif "value" in spec:
+            fixed[name] = spec["value"]
+        else:
+            raise GridError(f"parameters.{name}={spec!r}: the report needs 'values' (an axis) or 'value' "
+                            "(fixed); other distributions do not make a grid")
+    if len(axes) != 2:
+        names = [name for name, _ in axes]
+        raise GridError(f"sweep parameters with 'values': {names}: exactly two axes are needed for a 2-D map")
+    return axes, fixed
+
+
+def _axis_values(name: str, values) -> list[float]:
+    if not isinstance(values, list) or len(values) < 2:
+        raise GridError(f"parameters.{name}.values={values!r}: a list of at least two numbers is required")
+    out = []
+    for v in values:
+        number = _as_number(v)
+        if number is None:
+            raise GridError(f"parameters.{name}.values: {v!r} is not a number; axes must be numeric")
+        out.append(number)
+    out.sort()  # plots and zoom boxes need ascending axes; W&B order never matters for placement
+    if any(np.isclose(a, b, rtol=1e-9, atol=0) for a, b in zip(out, out[1:])):
+        raise GridError(f"parameters.{name}.values={values!r}: values must be distinct")
+    return out
+
+
+def _as_number(value) -> float | None:
+    """A float for numbers and numeric strings (W&B may hand back '1e-4' from an unquoted YAML); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+# ---------------------------------------------------------------- fixed-parameter check
+
+
+def same_value(a, b, rtol: float) -> bool:
+    """Numbers compare with a relative tolerance, everything else with ==."""
+    na, nb = _as_number(a), _as_number(b)
+    if na is not None and nb is not None:
+        return math.isclose(na, nb, rel_tol=rtol) or na == nb
+    return a == b
+
+
+def check_fixed(record: RunRecord, fixed: dict, rtol: float) -> None:
+    """Refuse a run whose config disagrees with one of the sweep's fixed parameters."""
+    for key, expected in fixed.items():
+        if key not in record.config:
+            continue  # a run that never wrote this key (crashed early) cannot contradict it
+        if key in DERIVED_WHEN_NONPOSITIVE and _as_number(expected) is not None and _as_number(expected) <= 0:
+            continue  # the sweep asked for the derived value; the record holds it resolved
+        actual = record.config[key]
+        if not same_value(actual, expected, rtol):
+            raise GridError(f"run {record.name!r} ({record.path or record.run_id}): config {key}={actual!r} but "
+                            f"the sweep fixes {key}={expected!r}; a run from a different setup cannot share "
+                            "this map (report it with its own sweep)")
+
+
+# ---------------------------------------------------------------- placement
+
+
+def _index_of(values: np.ndarray, value: float, rtol: float) -> int:
+    """Index of the axis value (ascending axis) within rtol of value, or -1."""
+    k = int(np.searchsorted(values, value))
+    for candidate in (k - 1, k):
+        if 0 <= candidate < len(values) and math.isclose(values[candidate], value, rel_tol=rtol):
+            return candidate
+    return -1
+
+
+def _axis_value(record: RunRecord, name: str, is_error: bool) -> float | None:
+    """The run's value of an axis. An error record written without a config (a worker that died) is placed
+    by its point name ('matrix_lr=0.001,unembedding_lr=1e-05'); a result without the key is refused."""
+    if name in record.config:
+        return _as_number(record.config[name])
+    if is_error:
+        parts = dict(part.split("=", 1) for part in record.name.split(",") if "=" in part)
+        return _as_number(parts.get(name))
+    raise GridError(f"run {record.name!r} ({record.path}): config has no {name!r}, an axis of this sweep; "
+                    "is it a run of another sweep?")
+
+
+def _verdict_of(record: RunRecord) -> str:
+    verdict = record.summary.get("verdict") or "error"
+    if verdict not in VERDICTS:
+        raise GridError(f"run {record.name!r} ({record.path}): summary verdict={verdict!r}; allowed: {VERDICTS}")
+    return verdict
+
+
+def build_grid(sweep_config: dict, records: list[RunRecord], rtol: float = 1e-6) -> Grid:
+    """Place records on the sweep's grid; see the module docstring for the rules."""
+    axes, fixed = sweep_axes(sweep_config)
+    (x_name, x_values), (y_name, y_values) = axes
+    xs, ys = np.asarray(x_values), np.asarray(y_values)
+    best: dict[tuple[int, int], int] = {}  # winning non-error record per point
+    best_error: dict[tuple[int, int], int] = {}  # latest error record per point
+    skipped = []
+    for index, record in enumerate(records):
+        check_fixed(record, fixed, rtol)
+        is_error = _verdict_of(record) == "error"
+        values = [_axis_value(record, name, is_error) for name in (x_name, y_name)]
+        j, i = (_index_of(axis, v, rtol) if v is not None else -1 for axis, v in zip((xs, ys), values))
+        if i < 0 or j < 0:
+            skipped.append(f"{record.name}: {x_name}={values[0]!r}, {y_name}={values[1]!r} "
+                           "is not a point of this grid")
+            continue
+        table = best_error if is_error else best
+        current = table.get((i, j))
+        if current is None or record.created_at >= records[current].created_at:
+            table[(i, j)] = index
+    return _assemble(x_name, y_name, x_values, y_values, records, best, best_error, fixed, skipped,
+                     str(sweep_config.get("name") or ""))
+
+
+def _assemble(x_name, y_name, x_values, y_values, records, best, best_error, fixed, skipped, name) -> Grid:
+    shape = (len(y_values), len(x_values))
+    verdicts = np.full(shape, "missing", dtype=object)
+    scores = np.full(shape, np.nan)
+    final_loss = np.full(shape, np.nan)
+    record_index = np.full(shape, -1, dtype=np.int64)
+    for (i, j), index in best_error.items():
+        if (i, j) not in best:
+            verdicts[i, j] = "error"
+            record_index[i, j] = index
+    for (i, j), index in best.items():
+        summary = records[index].summary
+        verdicts[i, j] = _verdict_of(records[index])
+        scores[i, j] = _float_or_nan(summary.get("score"))
+        final_loss[i, j] = _float_or_nan(summary.get("loss_last"))
+        record_index[i, j] = index
+    return Grid(x_name=x_name, y_name=y_name, x_values=list(x_values), y_values=list(y_values),
+                labels=labels_from_verdicts(verdicts), verdicts=verdicts, scores=scores, final_loss=final_loss,
+                record_index=record_index, records=records, fixed=dict(fixed), counts=count_outcomes(verdicts),
+                skipped=skipped, name=name)
+
+
+def _float_or_nan(value) -> float:
+    number = _as_number(value)
+    return math.nan if number is None else number
+
+
+def labels_from_verdicts(verdicts: np.ndarray) -> np.ndarray:
+    labels = np.full(verdicts.shape, np.nan)
+    labels[verdicts == "trainable"] = 1.0
+    labels[(verdicts == "not_trainable") | (verdicts == "diverged")] = 0.0
+    return labels
+
+
+def count_outcomes(verdicts: np.ndarray) -> dict:
+    return {outcome: int(np.count_nonzero(verdicts == outcome)) for outcome in OUTCOMES}
+
+
+# ---------------------------------------------------------------- paper mode
+
+
+def grid_from_arrays(x_name: str, y_name: str, x_values, y_values, verdicts, scores, final_loss=None,
+                     fixed: dict | None = None, name: str = "") -> Grid:
+    """A Grid straight from arrays (paper mode: no run records). verdicts: (ny, nx) verdict strings,
+    or a bool array (True = trainable, False = not trainable)."""
+    x_values = [float(v) for v in x_values]
+    y_values = [float(v) for v in y_values]
+    shape = (len(y_values), len(x_values))
+    verdicts = np.asarray(verdicts)
+    labels = None
+    if verdicts.dtype == bool:  # fast path for big paper arrays: no string comparisons over 16M cells
+        trainable = verdicts
+        labels = trainable.astype(np.float64)
+        verdicts = np.full(trainable.shape, "not_trainable", dtype=object)
+        verdicts[trainable] = "trainable"
+        n_trainable = int(np.count_nonzero(trainable))
+        counts = {**{outcome: 0 for outcome in OUTCOMES}, "trainable": n_trainable,
+                  "not_trainable": trainable.size - n_trainable}
+    else:
+        verdicts = verdicts.astype(object)
+        counts = count_outcomes(verdicts)
+    scores = np.asarray(scores, dtype=np.float64)
+    final_loss = np.full(shape, np.nan) if final_loss is None else np.asarray(final_loss, dtype=np.float64)
+    for label, array in (("verdicts", verdicts), ("scores", scores), ("final_loss", final_loss)):
+        if array.shape != shape:
+            raise GridError(f"{label}.shape={array.shape}: must be (len(y_values), len(x_values)) = {shape}")
+    if sum(counts.values()) != verdicts.size:
+        unknown = set(np.unique(verdicts.astype(str))) - set(OUTCOMES)
+        raise GridError(f"verdicts: {sorted(unknown)} not allowed; allowed: {OUTCOMES}")
+    for label, values in ((x_name, x_values), (y_name, y_values)):
+        if any(b <= a for a, b in zip(values, values[1:])):
+            raise GridError(f"{label} values must be strictly ascending")
+    return Grid(x_name=x_name, y_name=y_name, x_values=x_values, y_values=y_values,
+                labels=labels if labels is not None else labels_from_verdicts(verdicts), verdicts=verdicts,
+                scores=scores, final_loss=final_loss,
+                record_index=np.full(shape, -1, dtype=np.int64), records=[], fixed=dict(fixed or {}),
+                counts=counts, name=name)
+
+
+def point_record_name(grid: Grid, i: int, j: int) -> str:
+    """The record name a local runner gives the point at row i, column j."""
+    return point_name({grid.x_name: grid.x_values[j], grid.y_name: grid.y_values[i]})
+
+
+# ---------------------------------------------------------------- geometry shared by plots and zoom
+
+
+def axis_is_log(values) -> bool:
+    """Positive axes are drawn on a log scale (learning rates span decades)."""
+    return bool(np.all(np.asarray(values, dtype=float) > 0))
+
+
+def plot_coordinates(values, log: bool) -> np.ndarray:
+    """Maps are drawn in log10(value) for log axes, so pcolormesh and imshow share one coordinate system."""
+    values = np.asarray(values, dtype=float)
+    return np.log10(values) if log else values
+
+
+def cell_edges(coords: np.ndarray) -> np.ndarray:
+    """Cell edges at the midpoints of (plot) coordinates, i.e. geometric midpoints of log axes;
+    the outer edges mirror the first and last half-steps."""
+    coords = np.asarray(coords, dtype=float)
+    middle = (coords[:-1] + coords[1:]) / 2
+    return np.concatenate([[coords[0] - (middle[0] - coords[0])], middle, [coords[-1] + (coords[-1] - middle[-1])]])

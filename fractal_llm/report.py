@@ -1,0 +1,446 @@
+"""The report: from a grid to report.md, report.json and PNGs; comparisons; the `report` command.
+
+    python reports/generate_report.py ENTITY/PROJECT/SWEEP_ID [...] [--local DIR ...] [--out DIR]
+        [--zoom K] [--zoom-res N] [--compare E/P/ID | --compare-local DIR] [--wandb]
+
+report.json holds every number (counts, trainable fraction, the DimensionEstimate, axes, fixed
+parameters, zoom boxes, per-point table for grids up to POINTS_IN_JSON points); report.md says the
+same for a person, with the images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from fractal_llm.fractal import DimensionEstimate, estimate_dimension
+from fractal_llm.grid import OUTCOMES, Grid, GridError, build_grid
+from fractal_llm.plots import plot_difference, write_plots
+from fractal_llm.records import RunRecord
+from fractal_llm.sources import SourceError, combined_history, local_history, local_source, parse_sweep_path, wandb_source
+from fractal_llm.zoom import find_zoom_boxes, write_zoom_sweeps
+
+POINTS_IN_JSON = 65536  # per-point table in report.json up to this many points (paper arrays are bigger)
+ERRORS_LISTED = 50
+console = Console()
+
+HistoryFn = Callable[[RunRecord], dict]
+
+
+def json_safe(value):
+    """NaN/inf -> None, numpy scalars -> Python, tuples -> lists: strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---------------------------------------------------------------- one report
+
+
+def write_report(grid: Grid, out_dir, *, title: str, sweep_config: dict | None = None,
+                 history_of: HistoryFn | None = None, zoom_k: int = 3, zoom_resolution: int = 16,
+                 extra: dict | None = None) -> dict:
+    """Write report.md, report.json and the PNGs into out_dir; print a summary; return the JSON dict."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timing = {}
+    start = time.perf_counter()
+    estimate = estimate_dimension(grid.labels)
+    timing["dimension"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    boxes = find_zoom_boxes(grid, zoom_k) if zoom_k and min(grid.shape) >= 2 else []
+    if boxes and sweep_config is not None:
+        write_zoom_sweeps(grid, boxes, sweep_config, out_dir / "zoom", zoom_resolution)
+    timing["zoom"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    history_of = history_of or local_history
+    images = write_plots(grid, estimate, out_dir, boxes, history_of, title=title)
+    timing["plots"] = time.perf_counter() - start
+
+    report = {
+        "title": title,
+        "name": grid.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "counts": dict(grid.counts),
+        "points": int(grid.labels.size),
+        "trainable_fraction": grid.trainable_fraction(),
+        "axes": {"names": [grid.x_name, grid.y_name], "values": [list(grid.x_values), list(grid.y_values)]},
+        "fixed": grid.fixed,
+        "fractal": estimate.to_dict(),
+        "zoom": [box.to_dict() for box in boxes],
+        "zoom_resolution": zoom_resolution,
+        "images": {name: path.name for name, path in images.items()},
+        "skipped_runs": grid.skipped,
+        "errors": _error_list(grid),
+        "point_table": _point_table(grid) if grid.labels.size <= POINTS_IN_JSON else None,
+        "timing_s": timing,
+        **(extra or {}),
+    }
+    report = json_safe(report)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "report.md").write_text(render_markdown(report, estimate, out_dir))
+    print_summary(report, out_dir)
+    return report
+
+
+def _error_list(grid: Grid) -> list[dict]:
+    rows, cols = np.nonzero(grid.verdicts == "error")
+    out = []
+    for i, j in list(zip(rows.tolist(), cols.tolist()))[:ERRORS_LISTED]:
+        record = grid.records[grid.record_index[i, j]] if grid.record_index[i, j] >= 0 else None
+        out.append({"x": grid.x_values[j], "y": grid.y_values[i],
+                    "run": record.path if record else "",
+                    "error": str(record.summary.get("error") or "") if record else ""})
+    return out
+
+
+def _point_table(grid: Grid) -> dict:
+    """Column-wise table of every point (row-major over y, then x)."""
+    ys, xs = np.meshgrid(grid.y_values, grid.x_values, indexing="ij")
+    runs = [grid.records[k].path or grid.records[k].name if k >= 0 else "" for k in grid.record_index.ravel()]
+    return {"x": xs.ravel().tolist(), "y": ys.ravel().tolist(), "verdict": grid.verdicts.ravel().tolist(),
+            "score": grid.scores.ravel().tolist(), "final_loss": grid.final_loss.ravel().tolist(), "run": runs}
+
+
+# ---------------------------------------------------------------- text
+
+
+def dimension_sentence(fractal: dict) -> str:
+    d, u = fractal.get("dimension"), fractal.get("uncertainty")
+    if fractal.get("too_coarse"):
+        hint = f" (rough hint: {d:.2f})" if d is not None else ""
+        return f"too coarse to estimate a dimension{hint}: {fractal.get('reason', '')}"
+    unc = f" ± {u:.3f}" if u is not None else ""
+    return f"D = {d:.3f}{unc}"
+
+
+def render_markdown(report: dict, estimate: DimensionEstimate, out_dir: Path) -> str:
+    counts, points = report["counts"], report["points"]
+    frac = report["trainable_fraction"]
+    x_name, y_name = report["axes"]["names"]
+    x_values, y_values = report["axes"]["values"]
+    fractal = report["fractal"]
+    lines = [f"# {report['title']}", "",
+             f"Grid: {len(x_values)} × {len(y_values)} = {points} points; x = `{x_name}` "
+             f"({x_values[0]:.3g} … {x_values[-1]:.3g}), y = `{y_name}` ({y_values[0]:.3g} … {y_values[-1]:.3g}).",
+             f"Created {report['created']}.", "",
+             "## Outcomes", "", "| outcome | points | share |", "|---|---:|---:|"]
+    for outcome in OUTCOMES:
+        lines.append(f"| {outcome} | {counts[outcome]} | {counts[outcome] / points:.1%} |")
+    lines += ["", f"**Trainable fraction** (of points with a result, errors and missing excluded): "
+                  f"{'n/a' if frac is None else f'{frac:.1%}'}", ""]
+    lines += ["## Fractal dimension of the boundary", "", f"**{dimension_sentence(fractal)}**", "",
+              f"- method: {fractal.get('method', 'window-fit')}; {fractal['reason']}",
+              f"- boundary pixels (2×2 blocks holding both classes): {fractal['n_edge_pixels']}",
+              f"- fit range: box sizes {fractal['fit_range'][0]}–{fractal['fit_range'][1]} cells; "
+              f"R² = {_num(fractal['r_squared'])}", "",
+              "| box size s | boxes N(s) | local slope to next s |", "|---:|---:|---:|"]
+    slopes = fractal["local_slopes"] + [None] * (len(fractal["box_sizes"]) - len(fractal["local_slopes"]))
+    for s, n, slope in zip(fractal["box_sizes"], fractal["counts"], slopes):
+        lines.append(f"| {s} | {n} | {_num(slope)} |")
+    lines += ["", "![box counting](box_counting.png)", ""]
+    lines += ["## Maps", "", "Trainability (blue = trainable, red = not trainable or diverged; pale = near the "
+              "boundary, i.e. slow to converge or slow to fail; grey = missing, dark grey = error):", "",
+              "![score map](score_map.png)", "", "![final loss](final_loss.png)", "",
+              "![boundary](boundary.png)", "", "Loss curves of neighbours across the boundary:", "",
+              "![loss curves](loss_curves.png)", "", "All panels: ![overview](overview.png)", ""]
+    lines += _zoom_markdown(report, out_dir)
+    if report["fixed"]:
+        lines += ["## Fixed parameters", "", "| parameter | value |", "|---|---|"]
+        lines += [f"| `{k}` | `{v}` |" for k, v in sorted(report["fixed"].items())]
+        lines.append("")
+    if report["errors"]:
+        lines += ["## Error runs (shown as missing; a re-run retries them)", ""]
+        lines += [f"- {e['x']:.3g}, {e['y']:.3g}: `{e['run']}` {e['error'][:200]}" for e in report["errors"]]
+        lines.append("")
+    if report["skipped_runs"]:
+        lines += ["## Runs not on this grid (ignored)", ""] + [f"- {s}" for s in report["skipped_runs"][:50]] + [""]
+    return "\n".join(lines)
+
+
+def _zoom_markdown(report: dict, out_dir: Path) -> list[str]:
+    if not report["zoom"]:
+        return ["## Zoom", "", "No zoom box (no boundary, or zoom disabled).", ""]
+    x_name, y_name = report["axes"]["names"]
+    lines = ["## Zoom boxes (densest boundary first)", "",
+             f"| # | {x_name} | {y_name} | boundary density | sweep YAML |", "|---:|---|---|---:|---|"]
+    for box in report["zoom"]:
+        path = Path(box["yaml_path"]).relative_to(out_dir) if box["yaml_path"] else "(no sweep config)"
+        lines.append(f"| {box['rank']} | {box['x_range'][0]:.3g} … {box['x_range'][1]:.3g} | "
+                     f"{box['y_range'][0]:.3g} … {box['y_range'][1]:.3g} | {box['density']:.3f} | `{path}` |")
+    if any(box["yaml_path"] for box in report["zoom"]):
+        lines += ["", f"Run one with `wandb sweep {out_dir}/zoom/<name>.yaml` or `fractal-llm local "
+                      f"{out_dir}/zoom/<name>.yaml` ({report['zoom_resolution']}² points each)."]
+    return lines + [""]
+
+
+def _num(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def print_summary(report: dict, out_dir: Path) -> None:
+    table = Table(title=report["title"])
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for outcome in OUTCOMES:
+        table.add_row(outcome, str(report["counts"][outcome]))
+    frac = report["trainable_fraction"]
+    table.add_row("trainable fraction", "n/a" if frac is None else f"{frac:.1%}")
+    table.add_row("fractal dimension", dimension_sentence(report["fractal"]))
+    fit = report["fractal"]["fit_range"]
+    table.add_row("fit range (box sizes)", f"{fit[0]}–{fit[1]}")
+    for box in report["zoom"]:
+        table.add_row(f"zoom {box['rank']}", box["yaml_path"] or f"density {box['density']:.3f}")
+    console.print(table)
+    console.print(f"report: {out_dir / 'report.md'}\njson:   {out_dir / 'report.json'}", soft_wrap=True)
+    for name in report["images"].values():
+        console.print(f"image:  {out_dir / name}", soft_wrap=True)
+
+
+# ---------------------------------------------------------------- compare
+
+
+def same_axes(grid_a: Grid, grid_b: Grid, rtol: float = 1e-6) -> None:
+    """Raise GridError unless both grids have the same axis names and values."""
+    for axis in ("x", "y"):
+        name_a, name_b = getattr(grid_a, f"{axis}_name"), getattr(grid_b, f"{axis}_name")
+        va, vb = getattr(grid_a, f"{axis}_values"), getattr(grid_b, f"{axis}_values")
+        if name_a != name_b:
+            raise GridError(f"compare: {axis} axis is {name_a!r} in one sweep and {name_b!r} in the other; "
+                            "only sweeps over the same axes compare")
+        if len(va) != len(vb) or not np.allclose(va, vb, rtol=rtol, atol=0):
+            raise GridError(f"compare: {axis} axis {name_a!r} has {len(va)} values {va[0]:.3g}…{va[-1]:.3g} in one "
+                            f"sweep and {len(vb)} values {vb[0]:.3g}…{vb[-1]:.3g} in the other; the values must match")
+
+
+def compare_reports(grid_a: Grid, grid_b: Grid, out_dir, labels: tuple[str, str] = ("a", "b")) -> dict:
+    """Δ trainable fraction, Δ D (combined uncertainty), a difference map: compare.json, compare.md, compare.png."""
+    import matplotlib.pyplot as plt
+
+    same_axes(grid_a, grid_b)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    est_a, est_b = estimate_dimension(grid_a.labels), estimate_dimension(grid_b.labels)
+    frac_a, frac_b = grid_a.trainable_fraction(), grid_b.trainable_fraction()
+    delta_d = est_b.dimension - est_a.dimension
+    delta_u = math.hypot(est_a.uncertainty, est_b.uncertainty)
+    coarse = [label for label, est in zip(labels, (est_a, est_b)) if est.too_coarse]
+    note = (f"not meaningful: too coarse in {', '.join(coarse)}" if coarse
+            else f"{abs(delta_d) / delta_u:.1f} combined sigma" if delta_u > 0 else "")
+    fig, ax = plt.subplots(figsize=(7, 6.5))
+    agreement = plot_difference(ax, grid_a, grid_b, labels)
+    fig.savefig(out_dir / "compare.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    result = json_safe({
+        "labels": list(labels),
+        labels[0]: {"counts": grid_a.counts, "trainable_fraction": frac_a, "fractal": est_a.to_dict()},
+        labels[1]: {"counts": grid_b.counts, "trainable_fraction": frac_b, "fractal": est_b.to_dict()},
+        "delta_trainable_fraction": frac_b - frac_a,
+        "delta_dimension": delta_d,
+        "delta_dimension_uncertainty": delta_u,
+        "delta_dimension_note": note,
+        "agreement": agreement,
+        "image": "compare.png",
+    })
+    (out_dir / "compare.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "compare.md").write_text(_compare_markdown(result, labels))
+    table = Table(title=f"compare {labels[0]} vs {labels[1]}")
+    for column in ("quantity", labels[0], labels[1], f"{labels[1]} − {labels[0]}"):
+        table.add_column(column, justify="right")
+    table.add_row("trainable fraction", _pct(frac_a), _pct(frac_b), _pct(frac_b - frac_a))
+    table.add_row("D", _pm(est_a.dimension, est_a.uncertainty), _pm(est_b.dimension, est_b.uncertainty),
+                  _pm(delta_d, delta_u) + (f" ({note})" if note else ""))
+    console.print(table)
+    console.print(f"compare: {out_dir / 'compare.md'}", soft_wrap=True)
+    return result
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.1%}" if x < 0 else f"{x:.1%}"
+
+
+def _pm(value: float, unc: float) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.3f} ± {unc:.3f}" if unc is not None and math.isfinite(unc) else f"{value:.3f} (no error bar)"
+
+
+def _compare_markdown(result: dict, labels: tuple[str, str]) -> str:
+    a, b = result[labels[0]], result[labels[1]]
+    lines = [f"# Compare {labels[0]} vs {labels[1]}", "",
+             f"| quantity | {labels[0]} | {labels[1]} | {labels[1]} − {labels[0]} |", "|---|---:|---:|---:|"]
+    for outcome in OUTCOMES:
+        lines.append(f"| {outcome} | {a['counts'][outcome]} | {b['counts'][outcome]} | "
+                     f"{b['counts'][outcome] - a['counts'][outcome]:+d} |")
+    lines.append(f"| trainable fraction | {_pct(_nan(a['trainable_fraction']))} | "
+                 f"{_pct(_nan(b['trainable_fraction']))} | {_pct(_nan(result['delta_trainable_fraction']))} |")
+    lines.append(f"| D | {dimension_sentence(a['fractal'])} | {dimension_sentence(b['fractal'])} | "
+                 f"{_pm(_nan(result['delta_dimension']), _nan(result['delta_dimension_uncertainty']))} "
+                 f"{result['delta_dimension_note']} |")
+    lines += ["", "Points by agreement: " + ", ".join(f"{k}: {v}" for k, v in result["agreement"].items()), "",
+              "![difference map](compare.png)", ""]
+    return "\n".join(lines)
+
+
+def _nan(x):
+    return math.nan if x is None else x
+
+
+# ---------------------------------------------------------------- sources -> grid
+
+
+@dataclass
+class Loaded:
+    """Everything the sources gave: the first source's sweep config defines the grid."""
+    sweep_config: dict
+    records: list[RunRecord]
+    history_of: HistoryFn
+    name: str
+    sweep_id: str = ""  # first W&B sweep id, for tags
+    entity: str = ""
+    project: str = ""
+    sources: list[str] = field(default_factory=list)
+
+
+def load_sources(sweep_paths: list[str], local_dirs: list[str], api=None) -> Loaded:
+    if not sweep_paths and not local_dirs:
+        raise ValueError("no source: give ENTITY/PROJECT/SWEEP_ID and/or --local DIR")
+    configs, records, history_fns, sources = [], [], [], []
+    entity = project = sweep_id = ""
+    for path in sweep_paths:
+        config, recs, history_of = wandb_source(path, api=api)
+        if not sweep_id:
+            entity, project, sweep_id = parse_sweep_path(path)
+        configs.append((config, sweep_id))
+        records += recs
+        history_fns.append(history_of)
+        sources.append(f"wandb:{path} ({len(recs)} runs)")
+    for directory in local_dirs:
+        config, recs = local_source(directory)
+        configs.append((config, Path(directory).resolve().name))
+        records += recs
+        sources.append(f"local:{directory} ({len(recs)} records)")
+    sweep_config, fallback = configs[0]
+    name = str(sweep_config.get("name") or fallback)
+    return Loaded(sweep_config, records, combined_history(*history_fns), name, sweep_id,
+                  entity or str(sweep_config.get("entity") or ""), project or str(sweep_config.get("project") or ""),
+                  sources)
+
+
+# ---------------------------------------------------------------- W&B summary run
+
+
+def log_to_wandb(report: dict, out_dir: Path, grid: Grid, *, project: str, entity: str = "", sweep_id: str = "",
+                 mode: str | None = None) -> str:
+    """Log the report as a run (job_type "report"): images, a table of points, D and counts in the summary.
+    Returns the run's path (empty when W&B is disabled)."""
+    import wandb
+
+    tags = [sweep_id] if sweep_id else [grid.name or "local"]
+    run = wandb.init(project=project or "fractal-llm", entity=entity or None, job_type="report", tags=tags,
+                     name=f"report-{grid.name or sweep_id}", mode=mode,
+                     config={"axes": report["axes"]["names"], "fixed": report["fixed"], "sweep_id": sweep_id})
+    images = {f"report/{name}": wandb.Image(str(out_dir / file)) for name, file in report["images"].items()}
+    rows = []
+    for i, y in enumerate(grid.y_values):
+        for j, x in enumerate(grid.x_values):
+            rows.append([x, y, str(grid.verdicts[i, j]), _float(grid.scores[i, j]), _float(grid.final_loss[i, j])])
+    table = wandb.Table(columns=[grid.x_name, grid.y_name, "verdict", "score", "final_loss"], data=rows)
+    run.log({**images, "report/points": table})
+    fractal = report["fractal"]
+    run.summary.update({"fractal/dimension": fractal["dimension"], "fractal/uncertainty": fractal["uncertainty"],
+                        "fractal/too_coarse": fractal["too_coarse"],
+                        "trainable_fraction": report["trainable_fraction"],
+                        **{f"counts/{k}": v for k, v in report["counts"].items()}})
+    where = str(run.path)
+    if (mode or os.environ.get("WANDB_MODE")) == "offline":
+        where += f" (offline in {Path(run.dir).parent}; upload with `wandb sync`)"
+    run.finish()
+    return where
+
+
+def _float(x) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="generate_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="*", metavar="ENTITY/PROJECT/SWEEP_ID", help="W&B sweeps (merged)")
+    parser.add_argument("--local", action="append", default=[], metavar="DIR",
+                        help="local runner directory (sweep.yaml + records); repeatable, merged")
+    parser.add_argument("--out", help="output directory (default reports/out/<sweep name>)")
+    parser.add_argument("--title", help="report title (default: the sweep name)")
+    parser.add_argument("--zoom", type=int, default=3, metavar="K", help="zoom boxes to propose (0: none)")
+    parser.add_argument("--zoom-res", type=int, default=16, metavar="N", help="points per axis of a zoom sweep")
+    parser.add_argument("--compare", action="append", default=[], metavar="ENTITY/PROJECT/SWEEP_ID",
+                        help="second sweep over the same axes to compare with")
+    parser.add_argument("--compare-local", action="append", default=[], metavar="DIR",
+                        help="second sweep as a local directory")
+    parser.add_argument("--labels", nargs=2, metavar=("A", "B"), help="names of the two sweeps in a comparison")
+    parser.add_argument("--wandb", action="store_true", help="log a summary run to the sweep's W&B project")
+    parser.add_argument("--wandb-project", help="project of the summary run (default: the sweep's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `fractal-llm report` and reports/generate_report.py: 0 on success, 1 on bad input
+    (a bad source, a run that does not fit the grid, sweeps that do not compare), with the message only."""
+    try:
+        run(argv)
+    except (SourceError, GridError, FileNotFoundError) as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+def run(argv: list[str] | None = None, api=None) -> dict:
+    """Parse argv, read the sources, write the report (and comparison, W&B run); return the report dict.
+    `api` replaces wandb.Api() (tests pass a fake)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.sweeps and not args.local:
+        parser.error("give at least one source: ENTITY/PROJECT/SWEEP_ID or --local DIR")
+    if args.zoom < 0 or args.zoom_res < 2:
+        parser.error(f"--zoom={args.zoom} must be >= 0 and --zoom-res={args.zoom_res} >= 2")
+    loaded = load_sources(args.sweeps, args.local, api=api)
+    grid = build_grid(loaded.sweep_config, loaded.records)
+    grid.name = loaded.name
+    out_dir = Path(args.out) if args.out else Path("reports") / "out" / loaded.name
+    report = write_report(grid, out_dir, title=args.title or f"Trainability report: {loaded.name}",
+                          sweep_config=loaded.sweep_config, history_of=loaded.history_of, zoom_k=args.zoom,
+                          zoom_resolution=args.zoom_res, extra={"sources": loaded.sources})
+    if args.compare or args.compare_local:
+        other = load_sources(args.compare, args.compare_local, api=api)
+        grid_b = build_grid(other.sweep_config, other.records)
+        grid_b.name = other.name
+        labels = tuple(args.labels) if args.labels else (loaded.name, other.name)
+        if labels[0] == labels[1]:
+            labels = (f"{labels[0]} (a)", f"{labels[1]} (b)")
+        report["compare"] = compare_reports(grid, grid_b, out_dir / "compare", labels)
+    if args.wandb:
+        run_path = log_to_wandb(report, out_dir, grid, project=args.wandb_project or loaded.project,
+                                entity=loaded.entity, sweep_id=loaded.sweep_id)
+        console.print(f"W&B summary run: {run_path}", soft_wrap=True)
+    return report

@@ -1,0 +1,162 @@
+"""Grid reconstruction: placement by config values, tolerance, duplicates, errors, missing points, refusals."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from fractal_llm.grid import GridError, build_grid, grid_from_arrays, sweep_axes
+from fractal_llm.records import RunRecord
+
+XS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # matrix_lr (sorts first: x)
+YS = [1e-5, 1e-4, 1e-3, 1e-2]  # unembedding_lr (y)
+
+
+def sweep_config(xs=XS, ys=YS, **fixed) -> dict:
+    params = {"unembedding_lr": {"values": list(ys)}, "matrix_lr": {"values": list(xs)},
+              "num_tokens": {"value": 20000}, "lr_schedule": {"value": "cosine"}}
+    params.update({key: {"value": value} for key, value in fixed.items()})
+    return {"name": "unit", "method": "grid", "parameters": params}
+
+
+def record(x, y, verdict="trainable", created_at=0.0, score=None, loss=1.0, **config) -> RunRecord:
+    summary = {"verdict": verdict, "score": -10.0 if score is None else score, "loss_last": loss}
+    if verdict == "error":
+        summary.update(score=None, loss_last=None, error="CUDA out of memory")
+    cfg = {"matrix_lr": x, "unembedding_lr": y, "num_tokens": 20000, "lr_schedule": "cosine",
+           "repro": {"git": "abc"}, "seed": 0, **config}
+    return RunRecord(name=f"{x},{y}", config=cfg, summary=summary, history=None, created_at=created_at,
+                     path=f"runs/{x},{y},{created_at}")
+
+
+def test_axes_sorted_by_name_and_values_ascending():
+    cfg = sweep_config(xs=list(reversed(XS)))
+    (x, y), fixed = sweep_axes(cfg)
+    assert x == ("matrix_lr", XS) and y == ("unembedding_lr", YS)
+    assert fixed == {"num_tokens": 20000, "lr_schedule": "cosine"}
+
+
+def test_shuffled_runs_with_float_noise_are_placed_by_value():
+    rng = random.Random(0)
+    expected = np.empty((len(YS), len(XS)), dtype=object)
+    records = []
+    for i, y in enumerate(YS):
+        for j, x in enumerate(XS):
+            verdict = rng.choice(["trainable", "not_trainable", "diverged"])
+            expected[i, j] = verdict
+            # The config went through W&B/JSON/str(): a relative error of ~1e-12 must not matter.
+            records.append(record(x * (1 + 3e-12), y * (1 - 2e-12), verdict, score=float(10 * i + j),
+                                  loss=float(i + j + 1)))
+    rng.shuffle(records)
+    grid = build_grid(sweep_config(), records)
+    assert grid.x_name == "matrix_lr" and grid.y_name == "unembedding_lr"
+    assert grid.shape == (4, 5)
+    assert (grid.verdicts == expected).all()
+    assert np.array_equal(grid.labels, np.where(expected == "trainable", 1.0, 0.0))
+    assert grid.scores[2, 3] == 23.0 and grid.final_loss[2, 3] == 6.0
+    assert sum(grid.counts.values()) == 20 and grid.counts["missing"] == 0 and grid.counts["error"] == 0
+    assert grid.counts["trainable"] == int((expected == "trainable").sum())
+    placed = grid.records[grid.record_index[1, 4]]
+    assert math.isclose(placed.config["matrix_lr"], 1.0, rel_tol=1e-9)
+    assert math.isclose(placed.config["unembedding_lr"], 1e-4, rel_tol=1e-9)
+
+
+def test_values_outside_tolerance_are_not_placed_but_listed():
+    records = [record(1e-4 * 1.001, 1e-5), record(1e-3, 1e-4)]
+    grid = build_grid(sweep_config(), records)
+    assert grid.verdicts[0, 0] == "missing" and grid.verdicts[1, 1] == "trainable"
+    assert len(grid.skipped) == 1 and "not a point of this grid" in grid.skipped[0]
+
+
+def test_duplicates_latest_non_error_wins():
+    records = [
+        record(1e-3, 1e-4, "not_trainable", created_at=20.0),  # latest non-error: wins
+        record(1e-3, 1e-4, "trainable", created_at=10.0),
+        record(1e-3, 1e-4, "error", created_at=30.0),  # newer, but an error never hides a result
+    ]
+    grid = build_grid(sweep_config(), records)
+    assert grid.verdicts[1, 1] == "not_trainable"
+    assert grid.record_index[1, 1] == 0
+    assert grid.counts["error"] == 0
+
+
+def test_errors_and_missing_points():
+    records = [record(1e-4, 1e-5, "error", created_at=1.0), record(1e-4, 1e-5, "error", created_at=5.0),
+               record(1e-2, 1e-3, "diverged", score=3.0), record(1.0, 1e-2, "trainable")]
+    grid = build_grid(sweep_config(), records)
+    assert grid.verdicts[0, 0] == "error" and math.isnan(grid.labels[0, 0])
+    assert grid.record_index[0, 0] == 1  # the latest error run, to show its message
+    assert grid.labels[2, 2] == 0.0 and grid.labels[3, 4] == 1.0
+    assert grid.counts == {"trainable": 1, "not_trainable": 0, "diverged": 1, "error": 1, "missing": 17}
+    assert np.isnan(grid.labels).sum() == 18
+    assert grid.trainable_fraction() == 0.5
+
+
+def test_record_without_verdict_is_an_error():
+    bad = record(1e-4, 1e-5)
+    bad.summary = {}
+    grid = build_grid(sweep_config(), [bad])
+    assert grid.verdicts[0, 0] == "error"
+
+
+def test_mismatched_fixed_parameter_is_refused_with_names_and_values():
+    records = [record(1e-4, 1e-5), record(1e-3, 1e-5, num_tokens=50000)]
+    records[1].name = "the-odd-one"
+    with pytest.raises(GridError) as info:
+        build_grid(sweep_config(), records)
+    message = str(info.value)
+    assert "the-odd-one" in message and "num_tokens" in message and "50000" in message and "20000" in message
+
+
+def test_fixed_floats_compare_with_tolerance_and_derived_lrs_are_accepted():
+    cfg = sweep_config(weight_decay=0.1, embedding_lr=-1.0)
+    ok = [record(1e-4, 1e-5, weight_decay=0.1 * (1 + 1e-12), embedding_lr=1e-3)]  # resolved embedding LR
+    assert build_grid(cfg, ok).counts["trainable"] == 1
+    with pytest.raises(GridError, match="weight_decay"):
+        build_grid(cfg, [record(1e-4, 1e-5, weight_decay=0.2)])
+    with pytest.raises(GridError, match="lr_schedule"):
+        build_grid(cfg, [record(1e-4, 1e-5, lr_schedule="constant")])
+
+
+def test_run_without_an_axis_key_is_refused():
+    broken = record(1e-4, 1e-5)
+    del broken.config["unembedding_lr"]
+    with pytest.raises(GridError, match="unembedding_lr"):
+        build_grid(sweep_config(), [broken])
+
+
+def test_sweep_config_needs_two_numeric_axes():
+    cfg = sweep_config()
+    cfg["parameters"]["seed"] = {"values": [0, 1]}
+    with pytest.raises(GridError, match="exactly two axes"):
+        build_grid(cfg, [])
+    cfg = sweep_config(ys=["a", "b"])
+    with pytest.raises(GridError, match="not a number"):
+        build_grid(cfg, [])
+
+
+def test_grid_from_arrays_paper_mode():
+    trainable = np.zeros((3, 4), dtype=bool)
+    trainable[:, :2] = True
+    grid = grid_from_arrays("lr_input", "lr_output", [0.1, 1, 10, 100], [0.1, 1, 10], trainable,
+                            scores=np.arange(12.0).reshape(3, 4), fixed={"nonlinearity": "tanh"})
+    assert grid.counts == {"trainable": 6, "not_trainable": 6, "diverged": 0, "error": 0, "missing": 0}
+    assert grid.labels[0, 0] == 1.0 and grid.labels[0, 3] == 0.0 and grid.records == []
+    verdicts = np.array([["trainable", "diverged"], ["missing", "error"]], dtype=object)
+    grid = grid_from_arrays("a", "b", [1, 2], [1, 2], verdicts, np.zeros((2, 2)))
+    assert np.isnan(grid.labels[1]).all() and grid.counts["missing"] == 1 and grid.counts["error"] == 1
+    with pytest.raises(GridError, match="shape"):
+        grid_from_arrays("a", "b", [1, 2, 3], [1, 2], verdicts, np.zeros((2, 2)))
+    with pytest.raises(GridError, match="converged"):
+        grid_from_arrays("a", "b", [1, 2], [1, 2], np.array([["converged"] * 2] * 2), np.zeros((2, 2)))
+
+
+def test_error_record_without_config_is_placed_by_its_point_name():
+    """The local runner writes {config: {}} when a worker process dies; its name still says where."""
+    lost = RunRecord(name="matrix_lr=0.01,unembedding_lr=0.001", config={}, summary={"verdict": "error"},
+                     history=None, created_at=1.0)
+    nameless = RunRecord(name="garbage", config={}, summary={"verdict": "error"}, history=None, created_at=1.0)
+    grid = build_grid(sweep_config(), [lost, nameless, record(1e-4, 1e-5)])
+    assert grid.verdicts[2, 2] == "error" and grid.counts["error"] == 1
+    assert len(grid.skipped) == 1 and grid.skipped[0].startswith("garbage")

@@ -1,0 +1,189 @@
+"""The report: every file from a local sweep dir, report.json contents, compare, --wandb, big arrays."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fractal_llm.grid import GridError, build_grid, grid_from_arrays
+from fractal_llm.records import RunRecord, error_summary, point_name, write_record
+from fractal_llm.report import compare_reports, main, run, write_report
+from fractal_llm.sources import local_source
+from fractal_llm.sweep import MODULE_COMMAND, axis_values, dump_sweep_yaml, load_sweep
+from fractal_llm.verdict import summarize_losses
+
+STEPS = 25
+IMAGES = ("score_map.png", "final_loss.png", "boundary.png", "box_counting.png", "loss_curves.png", "overview.png")
+
+
+def write_local_sweep(directory: Path, n: int = 16, shift: float = 0.0, name: str = "local",
+                      errors=(), missing=()) -> Path:
+    """A local runner's directory: sweep.yaml + one record per point (real summaries of synthetic curves).
+    Trainable below a wavy diagonal; `shift` moves it; `errors`/`missing` are (i, j) points."""
+    cfg = {"name": name, "method": "grid", "command": list(MODULE_COMMAND),
+           "metric": {"name": "score", "goal": "minimize"},
+           "parameters": {"matrix_lr": {"values": axis_values(1e-4, 1.0, n)},
+                          "unembedding_lr": {"values": axis_values(1e-5, 0.1, n)},
+                          "num_tokens": {"value": 20000}}}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sweep.yaml").write_text(dump_sweep_yaml(cfg))
+    xs, ys = cfg["parameters"]["matrix_lr"]["values"], cfg["parameters"]["unembedding_lr"]["values"]
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            if (i, j) in missing:
+                continue
+            margin = n - (i + j) + 2 * np.sin(i * 1.7) + shift * n
+            t = np.arange(STEPS)
+            if margin > 0:
+                losses = list(3.0 * np.exp(-0.05 * t) + 0.3 / margin)
+            elif margin > -3:
+                losses = list(3.0 + 0.01 * t)
+            else:
+                losses = list(3.0 * 2.0 ** t[:8]) + [float("inf")]
+            summary = summarize_losses(losses, STEPS)
+            summary.update(tokens_seen=1000, runtime_s=0.1, error=None)
+            if (i, j) in errors:
+                summary = error_summary("RuntimeError: CUDA out of memory", 0.5)
+            point = {"matrix_lr": x, "unembedding_lr": y}
+            write_record(RunRecord(name=point_name(point), config={**point, "num_tokens": 20000, "seed": 0},
+                                   summary=summary, history={"train/loss": losses}, created_at=100.0), directory)
+    return directory
+
+
+def test_report_from_local_dir_writes_every_file(tmp_path):
+    sweep_dir = write_local_sweep(tmp_path / "sweep", errors={(0, 0), (5, 5)}, missing={(15, 15), (3, 9)})
+    out = tmp_path / "out"
+    assert main(["--local", str(sweep_dir), "--out", str(out), "--zoom", "2", "--zoom-res", "8"]) == 0
+    for name in ("report.md", "report.json") + IMAGES:
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["error"] == 2 and report["counts"]["missing"] == 2
+    assert sum(report["counts"].values()) == 256
+    assert set(report["counts"]) == {"trainable", "not_trainable", "diverged", "error", "missing"}
+    for key in ("dimension", "uncertainty", "too_coarse", "box_sizes", "counts", "local_slopes", "fit_range"):
+        assert key in report["fractal"]
+    assert report["fractal"]["too_coarse"] is True  # a 16x16 grid never gets a confident D
+    assert report["axes"]["names"] == ["matrix_lr", "unembedding_lr"]
+    assert len(report["axes"]["values"][0]) == 16 and report["fixed"] == {"num_tokens": 20000}
+    assert len(report["point_table"]["verdict"]) == 256
+    assert {e["error"] for e in report["errors"]} == {"RuntimeError: CUDA out of memory"}
+    assert 0 < len(report["zoom"]) <= 2
+    for box in report["zoom"]:
+        assert load_sweep(box["yaml_path"]).name.startswith("local-zoom")
+    text = (out / "report.md").read_text()
+    assert "too coarse" in text and "score_map.png" in text and "zoom/local-zoom1.yaml" in text
+    assert "| error | 2 |" in text and "CUDA out of memory" in text
+
+
+def test_report_numbers_match_the_grid(tmp_path):
+    sweep_dir = write_local_sweep(tmp_path / "sweep", n=12)
+    cfg, records = local_source(sweep_dir)
+    grid = build_grid(cfg, records)
+    report = write_report(grid, tmp_path / "out", title="numbers", sweep_config=cfg, zoom_k=0)
+    assert report["counts"] == grid.counts
+    assert report["trainable_fraction"] == pytest.approx(grid.counts["trainable"] / 144)
+    assert report["zoom"] == [] and not (tmp_path / "out" / "zoom").exists()
+
+
+def test_large_array_grid_reports_a_dimension(tmp_path):
+    """Paper mode: arrays, no records, no sweep config; above the pcolormesh size (imshow path)."""
+    n = 300
+    u, v = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
+    trainable = v < 0.5 + 0.15 * np.sin(9 * u) + 0.05 * np.sin(61 * u)
+    scores = np.where(trainable, -100.0 * (1 + u), 50.0 * (1 + v))
+    grid = grid_from_arrays("lr_input", "lr_output", np.logspace(-2, 2, n), np.logspace(-2, 2, n), trainable, scores)
+    report = write_report(grid, tmp_path / "paper", title="paper mode", zoom_k=2)
+    assert report["fractal"]["too_coarse"] is False and 0.9 < report["fractal"]["dimension"] < 1.6
+    assert len(report["zoom"]) == 2 and all(box["yaml_path"] == "" for box in report["zoom"])
+    assert all((tmp_path / "paper" / name).is_file() for name in IMAGES)
+    text = (tmp_path / "paper" / "report.md").read_text()
+    assert "D = " in text and "no sweep config" in text
+
+
+def test_compare_two_local_sweeps(tmp_path):
+    a = build_grid(*local_source(write_local_sweep(tmp_path / "cosine", name="cosine")))
+    b = build_grid(*local_source(write_local_sweep(tmp_path / "constant", shift=-0.3, name="constant")))
+    result = compare_reports(a, b, tmp_path / "cmp", labels=("cosine", "constant"))
+    for name in ("compare.json", "compare.md", "compare.png"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 0
+    assert result["delta_trainable_fraction"] == pytest.approx(b.trainable_fraction() - a.trainable_fraction())
+    assert result["delta_trainable_fraction"] < 0  # the boundary moved towards fewer trainable points
+    assert result["agreement"]["only cosine"] > 0 and result["agreement"]["only constant"] == 0
+    assert "not meaningful" in result["delta_dimension_note"]  # 16x16: too coarse on both sides
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["cosine"]["counts"] == a.counts
+    other_axes = grid_from_arrays("matrix_lr", "seed", a.x_values, a.y_values, a.labels == 1, a.scores)
+    with pytest.raises(GridError, match="seed"):
+        compare_reports(a, other_axes, tmp_path / "bad")
+
+
+def test_cli_compare_local(tmp_path):
+    a = write_local_sweep(tmp_path / "a", n=8, name="a")
+    b = write_local_sweep(tmp_path / "b", n=8, shift=0.2, name="b")
+    report = run(["--local", str(a), "--compare-local", str(b), "--out", str(tmp_path / "out"), "--zoom", "0"])
+    assert report["compare"]["labels"] == ["a", "b"]
+    assert (tmp_path / "out" / "compare" / "compare.md").is_file()
+
+
+def test_wandb_summary_run_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    sweep_dir = write_local_sweep(tmp_path / "sweep", n=8)
+    run(["--local", str(sweep_dir), "--out", str(tmp_path / "out"), "--zoom", "0", "--wandb"])
+    offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+
+
+def test_no_source_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        run([])
+    assert "at least one source" in capsys.readouterr().err
+
+
+def test_default_out_dir_is_reports_out_name(tmp_path, monkeypatch):
+    sweep_dir = write_local_sweep(tmp_path / "sweep", n=6, name="tiny-sweep")
+    monkeypatch.chdir(tmp_path)
+    run(["--local", str(sweep_dir), "--zoom", "0"])
+    assert (tmp_path / "reports" / "out" / "tiny-sweep" / "report.json").is_file()
+    assert yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["name"] == "tiny-sweep"
+    assert os.getcwd() == str(tmp_path)
+
+
+def test_wandb_summary_run_content(tmp_path, monkeypatch):
+    """What the summary run logs: every image, a table of all points, D and counts in the summary."""
+    import wandb
+
+    logged, inits = {}, {}
+
+    class RecordingRun:
+        path, dir = "ent/proj/abc", str(tmp_path)
+        summary: dict = {}
+
+        def log(self, data):
+            logged.update(data)
+
+        def finish(self):
+            logged["finished"] = True
+
+    def fake_init(**kwargs):
+        inits.update(kwargs)
+        return RecordingRun()
+
+    monkeypatch.setattr(wandb, "init", fake_init)
+    sweep_dir = write_local_sweep(tmp_path / "sweep", n=6, name="tagged")
+    report = run(["--local", str(sweep_dir), "--out", str(tmp_path / "out"), "--zoom", "0", "--wandb",
+                  "--wandb-project", "proj"])
+    assert inits["job_type"] == "report" and inits["project"] == "proj" and inits["tags"] == ["tagged"]
+    assert {f"report/{name}" for name in report["images"]} <= set(logged)
+    assert isinstance(logged["report/overview"], wandb.Image)
+    assert len(logged["report/points"].data) == 36 and logged["finished"]
+    assert RecordingRun.summary["counts/trainable"] == report["counts"]["trainable"]
+    assert "fractal/dimension" in RecordingRun.summary
+
+
+def test_bad_local_dir_is_a_clean_error(tmp_path, capsys):
+    assert main(["--local", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 1
+    assert "no sweep.yaml" in capsys.readouterr().err
