@@ -1,0 +1,148 @@
+"""Paper network: batched == one point, determinism, divergence handling, vectorised summaries."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fractal_llm import mlp
+from fractal_llm.config import TrainConfig
+from fractal_llm.records import SUMMARY_KEYS
+from fractal_llm.verdict import summarize_losses
+
+STEPS = 120
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small per-step ops: one torch thread is faster and immune to a busy 2-core machine."""
+    import torch
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def grid_configs(nonlinearity="tanh", **extra):
+    lrs = np.logspace(0.0, 3.0, 4)  # straddles the boundary for every nonlinearity (see paper windows)
+    return [TrainConfig(model_family="mlp", nonlinearity=nonlinearity, lr_input=float(a), lr_output=float(b),
+                        num_iterations=STEPS, **extra) for b in lrs for a in lrs]
+
+
+@pytest.mark.parametrize("kind", [{"nonlinearity": "tanh"}, {"nonlinearity": "relu"},
+                                  {"nonlinearity": "tanh", "batch_size": 16}])
+def test_batched_equals_one_point_on_4x4_grid(kind):
+    configs = grid_configs(**kind)
+    many = mlp.train_many(configs, chunk_size=16)
+    ones = [mlp.train_one(c) for c in configs]
+    assert [r.summary["verdict"] for r in many] == [r.summary["verdict"] for r in ones]
+    assert [r.summary["score"] for r in many] == [r.summary["score"] for r in ones]
+    for a, b in zip(many, ones):
+        assert len(a.history["train/loss"]) == len(b.history["train/loss"])
+        assert np.allclose(a.history["train/loss"], b.history["train/loss"], rtol=1e-12, atol=0)
+    verdicts = {r.summary["verdict"] for r in many}
+    assert "trainable" in verdicts and "diverged" in verdicts  # the grid straddles the boundary
+
+
+def test_result_shape_and_divergence_cut():
+    configs = grid_configs("linear")
+    results = mlp.train_many(configs, chunk_size=5)  # chunks of unequal size
+    diverged = [r for r in results if r.summary["verdict"] == "diverged"]
+    assert diverged
+    for r in results:
+        assert tuple(r.summary) == SUMMARY_KEYS
+        assert r.summary["error"] is None and r.summary["runtime_s"] > 0
+        assert r.config["repro"]["device"] == "cpu" and r.config["num_iterations"] == STEPS
+        assert r.config["dataset_size"] == 16  # linear: width examples
+        n = len(r.history["train/loss"])
+        assert all(len(r.history[k]) == n for k in ("lr/input", "lr/output", "train/tokens_seen"))
+        assert r.summary["tokens_seen"] == 16 * n
+    for r in diverged:
+        curve = r.history["train/loss"]
+        assert not math.isfinite(curve[-1]) and all(math.isfinite(x) for x in curve[:-1])
+        assert r.summary["diverged_at_step"] == len(curve) - 1
+
+
+def test_matches_autograd_reference():
+    torch = pytest.importorskip("torch")
+    config = TrainConfig(model_family="mlp", nonlinearity="tanh", lr_input=3.0, lr_output=2.0, num_iterations=20)
+    problem = mlp.problem_of(config)
+    state = mlp.initial_state(problem)
+    w0, w1 = state["w0"].clone(), state["w1"].clone()
+    x, y, n = state["x"], state["y"], problem.width
+    expected = []
+    for _ in range(20):
+        w0.requires_grad_(True)
+        w1.requires_grad_(True)
+        h = torch.tanh(math.sqrt(2) * (x @ w0.T) / math.sqrt(n))
+        loss = (((h @ w1.T) / n).squeeze(1) - y).pow(2).mean()
+        expected.append(loss.item())
+        g0, g1 = torch.autograd.grad(loss, [w0, w1])
+        w0, w1 = (w0 - 3.0 * g0).detach(), (w1 - 2.0 * g1).detach()
+    got = mlp.train_one(config).history["train/loss"]
+    assert np.allclose(got, expected, rtol=1e-12)
+
+
+def test_deterministic():
+    configs = grid_configs("tanh", batch_size=16)[:6]
+    a = [r.history["train/loss"] for r in mlp.train_many(configs)]
+    b = [r.history["train/loss"] for r in mlp.train_many(configs)]
+    assert a == b
+
+
+def test_minibatch_sequence_shared_and_reproducible():
+    problem = mlp.problem_of(TrainConfig(model_family="mlp", batch_size=16, num_iterations=30))
+    idx = mlp.minibatch_indices(problem)
+    assert idx.shape == (30, 16) and int(idx.max()) < problem.dataset_size
+    assert (idx == mlp.minibatch_indices(problem)).all()
+    # Same LRs at two positions of a chunk -> identical curves: every point sees the same batches.
+    losses = mlp.train_losses(problem, [5.0, 50.0, 5.0], [7.0, 70.0, 7.0], [0.0, 0.0, 0.0])
+    assert np.array_equal(losses[0], losses[2])
+    assert not np.array_equal(losses[0], losses[1])
+
+
+def test_dataset_sizes():
+    size = lambda **kw: mlp.problem_of(TrainConfig(model_family="mlp", **kw)).dataset_size
+    assert size(nonlinearity="tanh") == 272 and size(nonlinearity="relu") == 272
+    assert size(nonlinearity="linear") == 16 and size(dataset_size=1) == 1
+    assert mlp.problem_of(TrainConfig(model_family="mlp")).steps == 500
+
+
+def test_init_offset_modes_differ_after_first_step():
+    base = dict(model_family="mlp", init_offset=0.05, lr_input=1.0, lr_output=1.0, num_iterations=5)
+    once = mlp.train_one(TrainConfig(**base, init_offset_mode="init")).history["train/loss"]
+    every = mlp.train_one(TrainConfig(**base, init_offset_mode="every_step")).history["train/loss"]
+    assert once[0] == every[0] and once[1:] != every[1:]
+
+
+def test_summarize_batch_matches_summarize_losses():
+    rng = np.random.default_rng(3)
+    s = 40
+    losses = np.exp(rng.normal(0, 1, (60, s)).cumsum(axis=1) * 0.05) * rng.uniform(0.5, 2, (60, 1))
+    losses[5:15, 10:] *= 1e3  # not trainable
+    losses[20, 7] = np.inf
+    losses[21, 0] = np.nan
+    losses[22, 39] = -np.inf
+    losses[23, 3] = np.nan
+    losses[24, :] = 1e300  # sums overflow
+    losses[25, 0] = 0.0
+    cut = mlp.cut_after_divergence(losses)
+    batch = mlp.summarize_batch(cut, s, window=20, threshold=1.0)
+    for i in range(len(cut)):
+        row = cut[i]
+        bad = np.flatnonzero(~np.isfinite(row))
+        recorded = row if bad.size == 0 else row[: bad[0] + 1]
+        ref = summarize_losses(list(recorded), s, 20, 1.0)
+        assert batch["verdict"][i] == ref["verdict"], i
+        assert batch["trainable"][i] == ref["trainable"]
+        assert batch["steps"][i] == ref["steps"]
+        assert (batch["diverged_at_step"][i] if batch["diverged_at_step"][i] >= 0 else None) == ref["diverged_at_step"]
+        assert batch["score"][i] == ref["score"], i
+        for key in ("loss_first", "loss_last", "loss_mean_last_k", "loss_ratio"):
+            got, want = batch[key][i], ref[key]
+            assert (want is None and math.isnan(got)) or got == want or (math.isnan(got) and math.isnan(want)), key
+
+
+def test_non_mlp_config_rejected():
+    with pytest.raises(ValueError, match="model_family"):
+        mlp.problem_of(TrainConfig())

@@ -1,0 +1,95 @@
+"""`fractal-llm paper`: argument errors, smooth linear boundary, zoom frames, report output, sweep YAML."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from fractal_llm import mlp, paper
+from fractal_llm.fractal import estimate_dimension
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    import torch
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["sigmoid"], "CONFIG='sigmoid'"),
+    (["tanh", "--res", "3"], "--res=3"),
+    (["tanh", "--window", "0:1:2"], "x0:x1:y0:y1"),
+    (["tanh", "--window", "a:1:2:3"], "must be numbers"),
+    (["tanh", "--window", "2:1:0:1"], "x0=2.0 must be < x1=1.0"),
+    (["tanh", "--window", "0:1:1:1"], "y0=1.0 must be < y1=1.0"),
+    (["tanh", "--steps", "0"], "--steps=0"),
+    (["tanh", "--zoom", "-1"], "--zoom=-1"),
+    (["tanh", "--zoom", "2", "--res", "8"], "--zoom needs --res"),
+    (["tanh", "--chunk", "0"], "--chunk=0"),
+])
+def test_bad_arguments_named_before_work(argv, match, tmp_path, monkeypatch):
+    monkeypatch.setattr(mlp, "train_grid", lambda *a, **k: pytest.fail("trained before checking arguments"))
+    with pytest.raises(paper.PaperError, match=match.replace("(", r"\(").replace("[", r"\[")):
+        paper.main([*argv, "--out", str(tmp_path / "out")])
+
+
+def test_linear_map_has_smooth_boundary_and_both_classes():
+    cfg = paper.CONFIGS["linear"]
+    problem = mlp.problem_of(paper.train_config(cfg, steps=200))
+    frame = paper.run_frame(cfg, problem, (0.5, 3.0, 0.5, 2.5), 48, chunk=512)
+    assert 0 < frame.labels.sum() < frame.labels.size  # both classes
+    estimate = estimate_dimension(frame.labels)
+    assert estimate.dimension < 1.3, estimate
+
+
+def test_zoom_window_is_half_width_and_centred_on_boundary():
+    labels = np.zeros((21, 21))
+    labels[:, :7] = 1.0  # vertical boundary between columns 6 and 7
+    frame = paper.Frame(window=(0.0, 2.0, 0.0, 2.0), x_values=np.logspace(0, 2, 21), y_values=np.logspace(0, 2, 21),
+                        summary={}, labels=labels)
+    x0, x1, y0, y1 = paper.zoom_window(frame)
+    assert x1 - x0 == pytest.approx(1.0) and y1 - y0 == pytest.approx(1.0)
+    assert (x0 + x1) / 2 == pytest.approx(0.65)  # between grid columns 6 (0.6) and 7 (0.7)
+    assert (y0 + y1) / 2 == pytest.approx(1.0, abs=0.051)
+
+
+def test_cli_writes_report_with_zoom_frames(tmp_path):
+    out = tmp_path / "lin"
+    assert paper.main(["linear", "--res", "24", "--steps", "100", "--zoom", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["counts"]) >= {"trainable", "not_trainable", "diverged", "error", "missing"}
+    assert report["counts"]["trainable"] > 0 and report["counts"]["diverged"] > 0
+    assert "dimension" in report["fractal"]
+    frames = report["zoom_frames"]
+    assert len(frames) == 2
+    w0, w1 = frames[0]["window"], frames[1]["window"]
+    assert w1[1] - w1[0] == pytest.approx((w0[1] - w0[0]) / 2)
+    assert report["paper"]["paper_dimension_published"] == 1.17
+
+
+def test_cli_is_deterministic(tmp_path):
+    reports = []
+    for name in ("a", "b"):
+        paper.main(["tanh-one-point", "--res", "8", "--steps", "60", "--out", str(tmp_path / name)])
+        reports.append(json.loads((tmp_path / name / "report.json").read_text()))
+    assert reports[0]["counts"] == reports[1]["counts"]
+    assert reports[0]["point_table"] == reports[1]["point_table"]
+
+
+def test_write_yaml_is_a_checked_sweep(tmp_path):
+    from fractal_llm.sweep import expand_grid, load_sweep
+
+    path = tmp_path / "tanh.yaml"
+    assert paper.main(["tanh", "--res", "4", "--steps", "50", "--write-yaml", str(path)]) == 0
+    spec = load_sweep(path)
+    points = expand_grid(spec)
+    assert len(points) == 16
+    assert {p["model_family"] for p in points} == {"mlp"} and {p["num_iterations"] for p in points} == {50}
+    params = yaml.safe_load(path.read_text())["parameters"]
+    assert params["lr_input"]["values"][0] == pytest.approx(1.0)
+    with pytest.raises(paper.PaperError, match="init-offset"):
+        paper.main(["init-offset", "--write-yaml", str(tmp_path / "x.yaml")])
