@@ -287,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except PaperError as exc:  # bad input: one clear line (raised before any training)
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True, highlight=False)
+        return 2
+
+
+def run(args) -> int:
     paper, window = check_args(args)
     steps = mlp.DEFAULT_STEPS if args.steps == -1 else args.steps
     if args.write_yaml:
