@@ -1,0 +1,361 @@
+"""`fractal-llm local FILE`: run a sweep YAML's grid on this machine, no W&B server needed.
+
+The grid is expanded exactly as W&B does (sweep.expand_grid). Each point ends as one JSON record in DIR,
+named by its axis values, so re-running the same command runs only the points without a finished record
+(`error` records are retried). Points run in N long-lived worker processes (one per visible GPU, else one
+on CPU, where torch already uses every core); a worker imports the train module once, so its base-model and
+tokenized-data caches serve all of its points. mlp-family points run batched (fractal_llm.mlp.train_many).
+
+W&B: the runner never uses an agent (agents need a server). run_point logs each gpt point as a W&B run in
+WANDB_MODE, which defaults to "offline" here (files under DIR/wandb/, upload with `wandb sync`);
+`--wandb disabled` skips W&B (~0.05-0.5 s per point). mlp points write records only.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fractal_llm import paths
+from fractal_llm.config import TrainConfig
+from fractal_llm.records import error_summary, file_name, point_name, read_record, record_from_result, write_record
+from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
+from fractal_llm.verdict import VERDICTS
+
+DEFAULT_MLP_CHUNK = 512  # mlp points per train_many call: big enough to batch well, small enough for progress
+
+
+@dataclass
+class Task:
+    """One unit of work for a worker: one gpt point, or a chunk of mlp points trained together."""
+    family: str
+    names: list[str]
+    params: list[dict]
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+def point_names(spec: SweepSpec, points: list[dict]) -> list[str]:
+    return [point_name(axis_point(spec, p)) for p in points]
+
+
+def existing_verdict(out_dir: Path, name: str, console: Console) -> str | None:
+    """The verdict of the point's record in out_dir, or None if it has none."""
+    path = out_dir / file_name(name)
+    if not path.exists():
+        return None
+    try:
+        return read_record(path).verdict
+    except (ValueError, TypeError, KeyError) as e:  # unreadable record: say so and run the point again
+        console.print(f"[yellow]warning:[/yellow] {path}: unreadable record ({e}); running the point again")
+        return None
+
+
+def check_out_dir(out_dir: Path, spec: SweepSpec) -> None:
+    """Records in out_dir are reused by name (= axis values), so the fixed values must be the same sweep's."""
+    previous_path = out_dir / "sweep.yaml"
+    if not previous_path.exists():
+        return
+    previous = load_sweep(previous_path)
+    if previous.fixed != spec.fixed:
+        changed = sorted(k for k in set(previous.fixed) | set(spec.fixed)
+                         if previous.fixed.get(k, "<unset>") != spec.fixed.get(k, "<unset>"))
+        detail = ", ".join(f"{k}: {previous.fixed.get(k, '<unset>')!r} -> {spec.fixed.get(k, '<unset>')!r}"
+                           for k in changed)
+        raise SweepError(f"--out {out_dir}: holds records of a sweep with other fixed values ({detail}); "
+                         "its records would be reused for the wrong config. Use another --out or remove the dir.")
+
+
+def make_tasks(spec: SweepSpec, points: list[dict], names: list[str], mlp_chunk: int) -> list[Task]:
+    family = TrainConfig(**points[0]).model_family if points else "gpt"
+    if family == "mlp":
+        return [Task("mlp", names[i:i + mlp_chunk], points[i:i + mlp_chunk]) for i in range(0, len(points), mlp_chunk)]
+    return [Task("gpt", [n], [p]) for n, p in zip(names, points)]
+
+
+def default_workers(spec: SweepSpec) -> int:
+    """One worker per visible CUDA device, else 1 (torch already spreads one run over the CPU cores)."""
+    if spec.fixed.get("device") == "cpu":
+        return 1
+    return max(1, len(visible_cuda_devices()))
+
+
+def visible_cuda_devices() -> list[str]:
+    import torch
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        ids = [d.strip() for d in visible.split(",") if d.strip()]
+        return ids[:count]
+    return [str(i) for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------- running a task
+
+def run_task(task: Task, out_dir: Path, wandb_mode: str) -> list[tuple[str, str]]:
+    """Run one task, write its record(s); returns (name, verdict) per point. A point's failure is an error
+    record, never an exception, so one bad point cannot stop the others."""
+    if task.family == "mlp":
+        return _run_mlp_chunk(task, out_dir)
+    from fractal_llm import train
+    name, params = task.names[0], task.params[0]
+    config = TrainConfig(**params)
+    t0 = time.perf_counter()
+    try:
+        record = train.run_point(config, name, out_dir, wandb_mode=wandb_mode)
+    except Exception as exc:  # run_point records its own failures; this catches failures around it (W&B init...)
+        record = _error_record(config, name, exc, time.perf_counter() - t0)
+        write_record(record, out_dir)
+    return [(name, record.verdict)]
+
+
+def _run_mlp_chunk(task: Task, out_dir: Path) -> list[tuple[str, str]]:
+    from fractal_llm import mlp
+    configs = [TrainConfig(**p) for p in task.params]
+    t0 = time.perf_counter()
+    try:
+        results = mlp.train_many(configs)
+    except Exception as exc:  # the whole chunk failed: every point of it gets the error, to retry next time
+        elapsed = time.perf_counter() - t0
+        records = [_error_record(c, n, exc, elapsed) for c, n in zip(configs, task.names)]
+    else:
+        records = [record_from_result(r, n) for r, n in zip(results, task.names)]
+    for record in records:
+        write_record(record, out_dir)
+    return [(r.name, r.verdict) for r in records]
+
+
+def _error_record(config: TrainConfig, name: str, exc: BaseException, runtime_s: float):
+    from fractal_llm.records import RunRecord
+    message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    return RunRecord(name=name, config=config.resolved().to_dict(), summary=error_summary(message, runtime_s),
+                     history=None, created_at=time.time())
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+def worker_main(cuda_device: str | None, tasks, results, out_dir: str, wandb_mode: str) -> None:
+    """A long-lived worker: the CUDA device is chosen before torch starts, then tasks until the sentinel."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it terminates the workers
+    if cuda_device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_device
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        results.put(("start", os.getpid(), task.names))
+        for name, verdict in run_task(task, Path(out_dir), wandb_mode):
+            results.put(("done", os.getpid(), name, verdict))
+
+
+class WorkerPool:
+    """N spawned workers pulling tasks from one queue; a worker that dies is replaced and its point recorded
+    as an error (e.g. killed for memory), so the sweep goes on."""
+
+    def __init__(self, n: int, devices: list[str | None], out_dir: Path, wandb_mode: str):
+        self.ctx = mp.get_context("spawn")  # fresh interpreters: CUDA must not be initialised before the fork
+        self.tasks = self.ctx.Queue()
+        self.results = self.ctx.Queue()
+        self.out_dir, self.wandb_mode = out_dir, wandb_mode
+        self.devices = devices
+        self.workers: dict[int, tuple[mp.Process, str | None]] = {}
+        self.current: dict[int, list[str]] = {}  # pid -> names it is working on
+        for slot in range(n):
+            self._start(devices[slot % len(devices)])
+
+    def _start(self, device: str | None) -> None:
+        proc = self.ctx.Process(target=worker_main, daemon=True,
+                                args=(device, self.tasks, self.results, str(self.out_dir), self.wandb_mode))
+        proc.start()
+        self.workers[proc.pid] = (proc, device)
+
+    def submit(self, tasks: list[Task]) -> None:
+        for task in tasks:
+            self.tasks.put(task)
+        for _ in range(len(self.workers) + len(tasks)):  # sentinels; spares cover replaced workers
+            self.tasks.put(None)
+
+    def events(self):
+        """Yield (name, verdict) as points finish, until every worker has exited."""
+        while self.workers:
+            try:
+                message = self.results.get(timeout=0.5)
+            except queue.Empty:
+                yield from self._reap()
+                continue
+            if message[0] == "start":
+                self.current[message[1]] = list(message[2])
+            else:
+                _, pid, name, verdict = message
+                if name in self.current.get(pid, []):
+                    self.current[pid].remove(name)
+                yield name, verdict
+
+    def _reap(self):
+        for pid, (proc, device) in list(self.workers.items()):
+            if proc.is_alive():
+                continue
+            del self.workers[pid]
+            lost = self.current.pop(pid, [])
+            if proc.exitcode == 0:
+                continue
+            if not lost:  # died before taking a point (e.g. an import error): restarting would loop forever
+                raise RuntimeError(f"worker process {pid} exited with code {proc.exitcode} before running any "
+                                   "point; its traceback is above")
+            for name in lost:  # e.g. killed for memory: its points become error records, retried next time
+                yield name, self._record_lost(name, proc.exitcode)
+            self._start(device)  # takes over the remaining tasks (sentinels were over-provisioned)
+
+    def _record_lost(self, name: str, exitcode: int) -> str:
+        from fractal_llm.records import RunRecord
+        message = f"worker process died with exit code {exitcode} while running this point"
+        write_record(RunRecord(name=name, config={}, summary=error_summary(message, 0.0), history=None,
+                               created_at=time.time()), self.out_dir)
+        return "error"
+
+    def stop(self) -> None:
+        for proc, _ in self.workers.values():
+            proc.terminate()
+        for proc, _ in self.workers.values():
+            proc.join(timeout=10)
+        self.tasks.cancel_join_thread()
+        self.results.cancel_join_thread()
+        self.workers.clear()
+
+
+# ---------------------------------------------------------------------------------------------- progress + CLI
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=console)
+
+
+def _counts_text(counts: Counter) -> str:
+    colours = {"trainable": "green", "not_trainable": "yellow", "diverged": "red", "error": "magenta"}
+    return "  ".join(f"[{colours[v]}]{v} {counts[v]}[/{colours[v]}]" for v in VERDICTS)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fractal-llm local",
+                                     description="Run a sweep YAML's grid on this machine (no W&B server).")
+    parser.add_argument("file", help="sweep YAML (checked first)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: one per visible GPU, else 1)")
+    parser.add_argument("--out", help="record directory (default: <cache>/runs/<sweep name>)")
+    parser.add_argument("--limit", type=int, help="run at most this many pending points (the rest stay pending)")
+    parser.add_argument("--wandb", choices=("offline", "disabled", "online"),
+                        help="W&B mode of each point's run (default: $WANDB_MODE, else offline)")
+    parser.add_argument("--mlp-chunk", type=int, default=DEFAULT_MLP_CHUNK,
+                        help=f"mlp-family points per batched train_many call (default {DEFAULT_MLP_CHUNK})")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _build_parser().parse_args(argv)
+    console = Console()
+    err = Console(stderr=True)
+    for flag in ("workers", "limit", "mlp_chunk"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            err.print(f"[red]error:[/red] --{flag.replace('_', '-')}={value}: must be >= 1")
+            return 2
+    try:
+        spec = load_sweep(args.file)
+        out_dir = Path(args.out) if args.out else paths.runs_dir() / spec.name
+        check_out_dir(out_dir, spec)
+    except SweepError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        return 2
+    wandb_mode = args.wandb or os.environ.setdefault("WANDB_MODE", "offline")
+    # One W&B run per point: keep its console summary out of the progress bar, and its files with the records.
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if wandb_mode != "disabled" and "WANDB_DIR" not in os.environ:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["WANDB_DIR"] = str(out_dir)
+    return run_sweep(spec, out_dir, workers=args.workers, limit=args.limit, wandb_mode=wandb_mode,
+                     mlp_chunk=args.mlp_chunk, console=console)
+
+
+def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit: int | None = None,
+              wandb_mode: str = "offline", mlp_chunk: int = DEFAULT_MLP_CHUNK, console: Console | None = None) -> int:
+    console = console or Console()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep.yaml").write_text(dump_sweep_yaml(spec.raw))
+    points = expand_grid(spec)
+    names = point_names(spec, points)
+    counts: Counter = Counter()
+    pending = []
+    for point, name in zip(points, names):
+        verdict = existing_verdict(out_dir, name, console)
+        if verdict is not None and verdict != "error":
+            counts[verdict] += 1
+        else:
+            pending.append((point, name))
+    done_before = len(points) - len(pending)
+    if limit is not None:
+        pending = pending[:limit]
+    n_workers = workers or (default_workers(spec) if pending else 1)  # (the GPU count imports torch)
+    console.print(f"sweep [bold]{spec.name}[/bold]: {len(points)} points, {done_before} already done, "
+                  f"running {len(pending)} with {n_workers} worker(s); records in {out_dir}",
+                  highlight=False, soft_wrap=True)
+    tasks = make_tasks(spec, [p for p, _ in pending], [n for _, n in pending], mlp_chunk)
+    try:
+        with _progress(console) as progress:
+            bar = progress.add_task(spec.name, total=len(points), completed=done_before, counts=_counts_text(counts))
+            for _name, verdict in _execute(tasks, n_workers, out_dir, wandb_mode, spec):
+                counts[verdict] += 1
+                progress.update(bar, advance=1, counts=_counts_text(counts))
+    except KeyboardInterrupt:
+        console.print(f"\n[yellow]stopped.[/yellow] {sum(counts.values())} of {len(points)} points have records "
+                      f"in {out_dir}; run the same command again to resume.", highlight=False, soft_wrap=True)
+        return 130
+    return _finish(console, out_dir, names)
+
+
+def _execute(tasks: list[Task], n_workers: int, out_dir: Path, wandb_mode: str, spec: SweepSpec):
+    if not tasks:
+        return
+    if n_workers == 1:
+        for task in tasks:  # in-process: the train module's caches live in this process
+            yield from run_task(task, out_dir, wandb_mode)
+        return
+    devices = visible_cuda_devices() if spec.fixed.get("device") != "cpu" else []
+    pool = WorkerPool(min(n_workers, len(tasks)), devices or [None], out_dir, wandb_mode)
+    try:
+        pool.submit(tasks)
+        yield from pool.events()
+    finally:
+        pool.stop()
+
+
+def _finish(console: Console, out_dir: Path, names: list[str]) -> int:
+    verdicts = [existing_verdict(out_dir, n, console) for n in names]
+    counts = Counter(v for v in verdicts if v is not None)
+    errors, pending = counts["error"], verdicts.count(None)
+    console.print(f"records: {out_dir}  ({_counts_text(counts)}{f'  pending {pending}' if pending else ''})",
+                  soft_wrap=True)
+    if errors:
+        console.print(f"[magenta]{errors} point(s) ended in error[/magenta] (see their records' summary.error); "
+                      "run the same command again to retry them.", soft_wrap=True)
+        return 1
+    if pending:
+        console.print(f"{pending} point(s) not run yet (--limit); run the same command again to continue.",
+                      soft_wrap=True)
+    else:
+        console.print(f"report: python reports/generate_report.py --local {out_dir}", highlight=False,
+                      soft_wrap=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

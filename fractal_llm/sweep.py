@@ -1,0 +1,387 @@
+"""Grid sweep YAMLs: generate them (`sweep new`), check them (`sweep check`), expand them like W&B does.
+
+One YAML serves both paths: `wandb sweep X.yaml` (W&B server + agents) and `fractal-llm local X.yaml`.
+So the file must be a valid W&B grid sweep *and* every point must be a valid TrainConfig; check_sweep
+enforces both before any run starts, with a message that names the key and the value.
+"""
+
+import argparse
+import itertools
+import math
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from fractal_llm.config import (ConfigError, TrainConfig, check_field_value, coerce_cli_value,
+                                field_types, unknown_field_message)
+
+TRAIN_MODULE = "fractal_llm.train"
+MODULE_COMMAND = ["${env}", "${interpreter}", "-m", TRAIN_MODULE, "${args}"]
+# Top-level keys W&B accepts in a sweep config (WANDB.md); anything else is most likely a typo.
+TOP_LEVEL_KEYS = ("program", "command", "method", "parameters", "metric", "name", "description", "project",
+                  "entity", "run_cap", "early_terminate")
+N_AXES = 2
+
+
+class SweepError(ValueError):
+    """A sweep config that cannot run; the message names the key, the value and what is allowed."""
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    axes: list[tuple[str, list]]  # sorted by name (W&B order); values normalised per field type
+    fixed: dict  # parameters with a single `value`
+    raw: dict  # the config as loaded
+
+    @property
+    def axis_names(self) -> list[str]:
+        return [name for name, _ in self.axes]
+
+    @property
+    def n_points(self) -> int:
+        return math.prod(len(values) for _, values in self.axes)
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"{path}: no such sweep file")
+    with open(path) as f:
+        try:
+            cfg = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise SweepError(f"{path}: not valid YAML: {e}") from None
+    return check_sweep(cfg, default_name=path.stem)
+
+
+def check_sweep(cfg: dict, default_name: str = "sweep") -> SweepSpec:
+    """Every rule a sweep must pass before a run starts; raises SweepError on the first broken one."""
+    if not isinstance(cfg, dict):
+        raise SweepError(f"sweep config: expected a mapping of keys (method, parameters, command, ...), "
+                         f"got {type(cfg).__name__}")
+    for key in cfg:
+        if key not in TOP_LEVEL_KEYS:
+            raise SweepError(f"{key}: not a W&B sweep key; allowed: {', '.join(TOP_LEVEL_KEYS)}")
+    method = cfg.get("method")
+    if method != "grid":
+        raise SweepError(f"method={method!r}: only grid sweeps are supported (method: grid)")
+    _check_command(cfg)
+    axes, fixed = _check_parameters(cfg.get("parameters"))
+    name = cfg.get("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        raise SweepError(f"name={name!r}: must be a non-empty string")
+    spec = SweepSpec(name=name, axes=axes, fixed=fixed, raw=cfg)
+    _check_points(spec)
+    return spec
+
+
+def _check_command(cfg: dict) -> None:
+    """The command must run the train module with ${args} (the --name=value pairs W&B builds)."""
+    expected = f"command: [{', '.join(MODULE_COMMAND)}]"
+    command = cfg.get("command")
+    if command is None:
+        raise SweepError(f"command: missing; the sweep must run the train module with ${{args}}: {expected}")
+    if not isinstance(command, list) or not all(isinstance(item, str) for item in command):
+        raise SweepError(f"command={command!r}: must be a list of strings, e.g. {expected}")
+    module_at = next((i for i in range(len(command) - 1)
+                      if command[i] == "-m" and command[i + 1] == TRAIN_MODULE), None)
+    if module_at is None:
+        raise SweepError(f"command={command!r}: does not run the train module (-m {TRAIN_MODULE}); "
+                         f"use {expected}")
+    if "${args}" not in command[module_at + 2:]:
+        raise SweepError(f"command={command!r}: does not pass ${{args}} to {TRAIN_MODULE} "
+                         f"(the --name=value pairs of each point); use {expected}")
+
+
+def _check_parameters(params) -> tuple[list[tuple[str, list]], dict]:
+    if not isinstance(params, dict) or not params:
+        raise SweepError(f"parameters={params!r}: must be a mapping of train-config fields to "
+                         "{value: X} or {values: [...]}")
+    axes: dict[str, list] = {}
+    fixed: dict = {}
+    for name, spec in params.items():
+        if name not in field_types():
+            raise SweepError(f"parameters.{unknown_field_message(name)}")
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("value", "values"):
+            raise SweepError(f"parameters.{name}={spec!r}: a grid parameter needs exactly one key, "
+                             "`value: X` (fixed) or `values: [...]` (an axis)")
+        if "value" in spec:
+            fixed[name] = _checked_value(f"parameters.{name}.value", name, spec["value"])
+        else:
+            axes[name] = _check_axis(name, spec["values"])
+    if len(axes) != N_AXES:
+        raise SweepError(f"parameters: {len(axes)} axes ({', '.join(sorted(axes)) or 'none'}); a sweep needs "
+                         f"exactly {N_AXES} parameters with `values` lists (the two axes of the map), every "
+                         "other parameter a single `value`")
+    return [(name, axes[name]) for name in sorted(axes)], fixed
+
+
+def _checked_value(where: str, name: str, value):
+    try:
+        return check_field_value(name, value)
+    except ConfigError as e:
+        raise SweepError(f"{where}: {e}") from None
+
+
+def _check_axis(name: str, values) -> list:
+    where = f"parameters.{name}.values"
+    if not isinstance(values, list):
+        raise SweepError(f"{where}={values!r}: must be a list of numbers")
+    if field_types()[name] not in (int, float):
+        raise SweepError(f"{where}: {name} is not a numeric field; an axis of the map must be a number "
+                         "(int or float field)")
+    if len(values) < 2:
+        raise SweepError(f"{where}={values!r}: an axis needs at least 2 values, got {len(values)}")
+    checked = [_checked_value(f"{where}[{i}]", name, v) for i, v in enumerate(values)]
+    seen: dict = {}
+    for i, v in enumerate(checked):
+        if v in seen:  # after normalisation, so 3e6 and 3000000 are the same point (as W&B sees them)
+            raise SweepError(f"{where}[{i}]={values[i]!r}: duplicate of {where}[{seen[v]}]={values[seen[v]]!r}")
+        seen[v] = i
+    steps = [b - a for a, b in zip(checked, checked[1:])]
+    if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
+        i = next(i for i in range(1, len(steps)) if (steps[i] > 0) != (steps[0] > 0))
+        raise SweepError(f"{where}[{i + 1}]={values[i + 1]!r}: axis values must be monotonic (all increasing "
+                         f"or all decreasing); {values[i]!r} -> {values[i + 1]!r} breaks the order")
+    return checked
+
+
+def _check_points(spec: SweepSpec) -> None:
+    """Every grid point must be a valid TrainConfig (cross-field rules, e.g. a trainable group's LR > 0).
+    Checking all points costs ~0.1 ms each (0.5 s for 64x64) and is exact, so no sampling."""
+    for point in expand_grid(spec):
+        try:
+            TrainConfig(**point)
+        except ConfigError as e:
+            where = ", ".join(f"{name}={point[name]!r}" for name in spec.axis_names)
+            raise SweepError(f"grid point {where}: {e}") from None
+
+
+def expand_grid(spec: SweepSpec) -> list[dict]:
+    """W&B grid order: names sorted, itertools.product over their values, the last name varying fastest.
+    Each point is the full parameter dict (fixed values + this point's axis values)."""
+    names = [name for name, _ in sorted(spec.axes)]
+    value_lists = [values for _, values in sorted(spec.axes)]
+    return [{**spec.fixed, **dict(zip(names, combo))} for combo in itertools.product(*value_lists)]
+
+
+def axis_point(spec: SweepSpec, point: dict) -> dict:
+    """Only the axis values of a point (what records.point_name names it by)."""
+    return {name: point[name] for name in spec.axis_names}
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+def axis_values(lo: float, hi: float, n: int, scale: str = "log") -> list[float]:
+    """n values from lo to hi (both included), log- or linearly spaced."""
+    if n < 2:
+        raise SweepError(f"n={n!r}: an axis needs at least 2 values")
+    if lo == hi:
+        raise SweepError(f"min={lo!r}, max={hi!r}: an axis needs min != max")
+    if scale == "log":
+        if lo <= 0 or hi <= 0:
+            raise SweepError(f"min={lo!r}, max={hi!r}: a log axis needs positive bounds (use :lin otherwise)")
+        a, b = math.log10(lo), math.log10(hi)
+        values = [10 ** (a + (b - a) * i / (n - 1)) for i in range(n)]
+    elif scale == "lin":
+        values = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+    else:
+        raise SweepError(f"scale={scale!r}: allowed values are log, lin")
+    values[0], values[-1] = float(lo), float(hi)  # exact endpoints, not 10**log10(x)
+    return values
+
+
+def format_float(x: float) -> str:
+    """The shortest exponent form that reads back exactly, with a '.' in the mantissa and a signed exponent:
+    yaml.safe_load (YAML 1.1) reads `1e-4` as a string but `1.0e-04` as a float."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{x!r}: a sweep value must be finite")
+    for digits in range(17):
+        text = f"{x:.{digits}e}"
+        if float(text) == x:
+            break
+    mantissa, exponent = text.split("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    return f"{mantissa}e{exponent}"
+
+
+class _SweepDumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_float(dumper: yaml.SafeDumper, x: float):
+    return dumper.represent_scalar("tag:yaml.org,2002:float", format_float(x))
+
+
+_SweepDumper.add_representer(float, _represent_float)
+
+
+def dump_sweep_yaml(cfg: dict, header: str = "") -> str:
+    """YAML text for a sweep config; floats via format_float; short lists inline; `header` as # comments."""
+    text = yaml.dump(cfg, Dumper=_SweepDumper, sort_keys=False, default_flow_style=None, width=100)
+    comments = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
+    return comments + text
+
+
+@dataclass
+class AxisArg:
+    name: str
+    lo: float
+    hi: float
+    n: int
+    scale: str = "log"
+
+
+def parse_axis(text: str) -> AxisArg:
+    """'NAME=MIN:MAX:N[:log|lin]' -> AxisArg."""
+    if "=" not in text:
+        raise SweepError(f"--axis {text!r}: expected NAME=MIN:MAX:N[:log|lin]")
+    name, spec = text.split("=", 1)
+    parts = spec.split(":")
+    if len(parts) not in (3, 4):
+        raise SweepError(f"--axis {text!r}: expected NAME=MIN:MAX:N[:log|lin]")
+    scale = parts[3] if len(parts) == 4 else "log"
+    try:
+        lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise SweepError(f"--axis {text!r}: MIN and MAX must be numbers and N an integer") from None
+    return AxisArg(name=name.strip(), lo=lo, hi=hi, n=n, scale=scale)
+
+
+def _axis_list(axis: AxisArg) -> list:
+    types = field_types()
+    if axis.name not in types:
+        raise SweepError(f"--axis {unknown_field_message(axis.name)}")
+    values = axis_values(axis.lo, axis.hi, axis.n, axis.scale)
+    if types[axis.name] is int:
+        rounded = [int(round(v)) for v in values]
+        if len(set(rounded)) != len(rounded):
+            raise SweepError(f"--axis {axis.name}={axis.lo:g}:{axis.hi:g}:{axis.n}: {axis.name} is an integer "
+                             f"field and rounding gives duplicates {rounded}; use fewer points or a wider range")
+        return rounded
+    if types[axis.name] is not float:
+        raise SweepError(f"--axis {axis.name}: not a numeric field")
+    return values
+
+
+def new_sweep(axes: list[AxisArg], fixed: dict, name: str | None = None, description: str | None = None,
+              command: list[str] | None = None) -> dict:
+    """A grid sweep config dict (checked), axis values generated from (min, max, n)."""
+    cfg: dict = {}
+    if name:
+        cfg["name"] = name
+    if description:
+        cfg["description"] = description
+    cfg["method"] = "grid"
+    cfg["metric"] = {"name": "score", "goal": "minimize"}  # W&B wants a metric; grid order ignores it
+    cfg["command"] = list(command or MODULE_COMMAND)
+    params: dict = {}
+    for key in sorted(fixed):
+        params[key] = {"value": fixed[key]}
+    for axis in axes:
+        if axis.name in params:
+            raise SweepError(f"--axis {axis.name}: also given with --set; a parameter is either fixed or an axis")
+        params[axis.name] = {"values": _axis_list(axis)}
+    cfg["parameters"] = params
+    check_sweep(cfg, default_name=name or "sweep")
+    return cfg
+
+
+def parse_set(text: str) -> tuple[str, object]:
+    """'KEY=VALUE' -> (key, value typed per the train-config field)."""
+    if "=" not in text:
+        raise SweepError(f"--set {text!r}: expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    try:
+        return key, check_field_value(key, coerce_cli_value(key, value))
+    except ConfigError as e:
+        raise SweepError(f"--set {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fractal-llm sweep", description="Create and check grid sweep YAMLs.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    new = sub.add_parser("new", help="write a grid sweep YAML with generated axis values")
+    new.add_argument("--axis", action="append", default=[], metavar="NAME=MIN:MAX:N[:log|lin]",
+                     help="an axis of the map (give exactly two); log-spaced unless :lin")
+    new.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="a fixed train-config value for every point")
+    new.add_argument("--name", help="sweep name (default: the output file's stem)")
+    new.add_argument("--description")
+    new.add_argument("--note", action="append", default=[], help="a comment line for the YAML header")
+    new.add_argument("--command-style", choices=("module", "this-python"), default="module",
+                     help="module: ${env} ${interpreter} -m fractal_llm.train ${args} (activate the venv before "
+                          "`wandb agent`); this-python: this interpreter's absolute path instead of ${interpreter}")
+    new.add_argument("-o", "--output", required=True, help="the YAML file to write")
+    check = sub.add_parser("check", help="check a sweep YAML (every rule that would stop a run)")
+    check.add_argument("file")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _build_parser().parse_args(argv)
+    console = Console()
+    try:
+        if args.action == "new":
+            return _main_new(args, argv, console)
+        return _main_check(args, console)
+    except SweepError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        return 1
+
+
+def _main_new(args, argv: list[str], console: Console) -> int:
+    output = Path(args.output)
+    command = None
+    if args.command_style == "this-python":
+        command = [sys.executable, "-m", TRAIN_MODULE, "${args}"]
+    fixed = dict(parse_set(text) for text in args.set)
+    axes = [parse_axis(text) for text in args.axis]
+    cfg = new_sweep(axes, fixed, name=args.name or output.stem, description=args.description, command=command)
+    header = "\n".join([*args.note, "Generated by (--note comments left out):",
+                        "  fractal-llm sweep " + shlex.join(_without_notes(argv))])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(dump_sweep_yaml(cfg, header=header))
+    spec = load_sweep(output)  # what users will run: re-read from disk
+    console.print(f"wrote {output}: {_describe(spec)}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _without_notes(argv: list[str]) -> list[str]:
+    """The command line that regenerates the values; the header comments would only repeat themselves."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            kept.append(arg)
+    return kept
+
+
+def _main_check(args, console: Console) -> int:
+    spec = load_sweep(args.file)
+    console.print(f"[green]ok[/green] {args.file}: {_describe(spec)}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _describe(spec: SweepSpec) -> str:
+    axes = " x ".join(f"{name}[{len(values)}: {values[0]:g}..{values[-1]:g}]" for name, values in spec.axes)
+    return f"sweep {spec.name!r}, {spec.n_points} points, axes {axes}"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

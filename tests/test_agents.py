@@ -1,0 +1,239 @@
+"""`fractal-llm agents`: per-GPU environments and commands, pid files, --status/--stop, ssh hosts.
+
+Fakes only at the boundaries: `nvidia-smi` and `ssh` stubs on PATH (the ssh stub runs the remote script
+with bash on this machine, as the "remote host"), a stub interpreter (--python) in place of the real agent
+process (which would need a W&B server), and a stub `wandb` module for the worker's wandb.agent call.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fractal_llm import agents
+
+NVIDIA_SMI = """#!/bin/bash
+echo "nvidia-smi $* host=${STUB_HOST:-local}" >> "$STUB_LOG"
+n=${STUB_GPUS:-2}
+if [ -n "$STUB_HOST" ]; then n=$(printf '%s' "$STUB_HOST_GPUS" | tr ',' '\\n' | grep "^$STUB_HOST=" | cut -d= -f2); fi
+for ((i=0; i<n; i++)); do echo "GPU $i: NVIDIA Stub (UUID: GPU-$i)"; done
+"""
+
+SSH = """#!/bin/bash
+echo "ssh $*" >> "$STUB_LOG"
+while [ "${1#-}" != "$1" ]; do shift 2; done   # ssh options (-o X ...)
+host=$1; shift
+[ "$host" = unreachable ] && { echo "ssh: connect to host unreachable: No route" >&2; exit 255; }
+STUB_HOST=$host exec bash -c "$*"
+"""
+
+# Stands in for `python`: records how it was started, then lives like an agent until signalled.
+FAKE_PYTHON = """#!/bin/bash
+printf '%s\\n' "{\\"argv\\": \\"$*\\", \\"cuda\\": \\"${CUDA_VISIBLE_DEVICES-unset}\\", \\"cwd\\": \\"$PWD\\", \
+\\"host\\": \\"${STUB_HOST:-local}\\", \\"flapping\\": \\"${WANDB_AGENT_DISABLE_FLAPPING-unset}\\"}" >> "$STUB_STARTS"
+sleep 60 &
+wait
+"""
+
+FAKE_WANDB = '''
+import json, os
+def agent(sweep_id, function=None, entity=None, project=None, count=None):
+    with open(os.environ["STUB_WANDB_LOG"], "w") as f:
+        json.dump({"sweep_id": sweep_id, "entity": entity, "project": project, "count": count,
+                   "function": f"{function.__module__}.{function.__name__}",
+                   "flapping": os.environ.get("WANDB_AGENT_DISABLE_FLAPPING"),
+                   "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}, f)
+'''
+
+
+def write_exe(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def stubs(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_exe(bin_dir / "nvidia-smi", NVIDIA_SMI)
+    write_exe(bin_dir / "ssh", SSH)
+    python = write_exe(tmp_path / "fakepython", FAKE_PYTHON)
+    log, starts = tmp_path / "calls.log", tmp_path / "starts.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("STUB_LOG", str(log))
+    monkeypatch.setenv("STUB_STARTS", str(starts))
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_AGENT_DISABLE_FLAPPING", "true")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    state = {"bin": bin_dir, "python": str(python), "log": log, "starts": starts, "logdir": tmp_path / "agents",
+             "workdir": tmp_path / "work"}
+    state["workdir"].mkdir()
+    yield state
+    kill_leftovers(state["logdir"])
+    kill_leftovers(Path(os.environ["FRACTAL_LLM_HOME"]) / "agents")
+
+
+def kill_leftovers(logdir: Path) -> None:
+    for pid_file in logdir.glob("*.pid") if logdir.is_dir() else []:
+        pid = int(pid_file.read_text())
+        if agents.pid_is_agent(pid):
+            os.killpg(pid, signal.SIGKILL)
+        pid_file.unlink()
+
+
+def wait_for_starts(path: Path, n: int) -> list[dict]:
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= n:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.02)
+    raise AssertionError(f"{n} agent starts expected, got {path.read_text() if path.exists() else 'none'}")
+
+
+def run_agents(stubs, *args) -> int:
+    return agents.main(["e/p/sw1", "--python", stubs["python"], "--logdir", str(stubs["logdir"]),
+                        "--workdir", str(stubs["workdir"]), *args])
+
+
+def local_pid_files(stubs) -> dict[str, int]:
+    return {p.stem: int(p.read_text()) for p in stubs["logdir"].glob("*.pid")}
+
+
+def test_one_agent_per_detected_gpu_with_its_cuda_device(stubs, capsys):
+    assert run_agents(stubs, "--count", "5") == 0
+    starts = sorted(wait_for_starts(stubs["starts"], 2), key=lambda s: s["cuda"])
+    assert [s["cuda"] for s in starts] == ["0", "1"]
+    for s in starts:
+        assert s["argv"] == "-m fractal_llm.agents worker e/p/sw1 --count 5"
+        assert s["cwd"] == str(stubs["workdir"])
+        assert s["flapping"] == "unset"  # would stop the in-process agent at its first failed run
+    assert "nvidia-smi -L" in stubs["log"].read_text()
+    host = agents.LOCAL
+    pids = local_pid_files(stubs)
+    assert set(pids) == {f"agent-{host}-gpu0", f"agent-{host}-gpu1"}
+    assert all(agents.pid_is_agent(pid) for pid in pids.values())
+    assert (stubs["logdir"] / f"agent-{host}-gpu0.log").exists()
+    assert "started" in capsys.readouterr().out
+
+
+def test_status_restart_and_stop(stubs, capsys):
+    assert run_agents(stubs, "--gpus", "0,1") == 0
+    wait_for_starts(stubs["starts"], 2)
+    pids = local_pid_files(stubs)
+    capsys.readouterr()
+    assert run_agents(stubs, "--gpus", "0,1") == 0  # a live agent per GPU: nothing new starts
+    assert capsys.readouterr().out.count("running") == 2 and local_pid_files(stubs) == pids
+    assert run_agents(stubs, "--status") == 0
+    assert capsys.readouterr().out.count("running") == 2
+    assert run_agents(stubs, "--stop") == 0
+    assert capsys.readouterr().out.count("stopped") == 2
+    deadline = time.time() + 5
+    while time.time() < deadline and any(agents.pid_is_agent(p) for p in pids.values()):
+        time.sleep(0.02)
+    assert not any(agents.pid_is_agent(p) for p in pids.values())
+    assert run_agents(stubs, "--status") == 0
+    assert "no agents found" in capsys.readouterr().out
+
+
+def test_status_reports_dead_agent(stubs, capsys):
+    assert run_agents(stubs, "--gpus", "3") == 0
+    wait_for_starts(stubs["starts"], 1)
+    pid = local_pid_files(stubs)[f"agent-{agents.LOCAL}-gpu3"]
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.time() + 5
+    while time.time() < deadline and agents.pid_is_agent(pid):
+        time.sleep(0.02)
+    capsys.readouterr()
+    assert run_agents(stubs, "--status") == 0
+    assert "dead" in capsys.readouterr().out
+
+
+def test_explicit_gpus_skip_detection(stubs):
+    assert run_agents(stubs, "--gpus", "1,3") == 0
+    assert sorted(s["cuda"] for s in wait_for_starts(stubs["starts"], 2)) == ["1", "3"]
+    assert not stubs["log"].exists()  # nvidia-smi not asked
+
+
+def test_cpu_host_gets_one_agent_without_gpus(stubs, monkeypatch):
+    (stubs["bin"] / "nvidia-smi").unlink()
+    monkeypatch.setenv("PATH", f"{stubs['bin']}:/usr/bin:/bin")
+    assert run_agents(stubs) == 0
+    starts = wait_for_starts(stubs["starts"], 1)
+    assert len(starts) == 1 and starts[0]["cuda"] == ""
+    assert set(local_pid_files(stubs)) == {f"agent-{agents.LOCAL}-cpu"}
+
+
+def test_respects_cuda_visible_devices_of_the_shell(stubs, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert run_agents(stubs) == 0
+    assert sorted(s["cuda"] for s in wait_for_starts(stubs["starts"], 2)) == ["2", "5"]
+
+
+def test_offline_mode_is_refused_before_starting(stubs, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert run_agents(stubs) == 2
+    err = capsys.readouterr().err
+    assert "WANDB_MODE='offline'" in err and "fractal-llm local" in err
+    assert not stubs["starts"].exists()
+
+
+def test_bad_sweep_path_and_gpus(stubs, capsys):
+    assert agents.main(["e/p", "--python", stubs["python"]]) == 2
+    assert "SWEEP='e/p': expected ENTITY/PROJECT/SWEEP_ID" in capsys.readouterr().err
+    assert run_agents(stubs, "--gpus", "0,x") == 2
+    assert "--gpus='0,x'" in capsys.readouterr().err
+
+
+def test_hosts_over_ssh(stubs, monkeypatch, capsys):
+    monkeypatch.setenv("STUB_HOST_GPUS", "h1=2,h2=1")
+    common = ["--hosts", "h1,h2", "--ssh", "ssh -o BatchMode=yes", "--workdir", str(stubs["workdir"])]
+    assert agents.main(["e/p/sw1", "--python", stubs["python"], *common]) == 0
+    starts = wait_for_starts(stubs["starts"], 3)
+    assert sorted((s["host"], s["cuda"]) for s in starts) == [("h1", "0"), ("h1", "1"), ("h2", "0")]
+    assert all(s["argv"].endswith("-m fractal_llm.agents worker e/p/sw1") for s in starts)
+    assert all(s["cwd"] == str(stubs["workdir"]) for s in starts)
+    calls = stubs["log"].read_text().splitlines()
+    assert "ssh -o BatchMode=yes h1 nvidia-smi -L" in calls and "ssh -o BatchMode=yes h2 nvidia-smi -L" in calls
+    remote_logs = Path(os.environ["FRACTAL_LLM_HOME"]) / "agents"  # the "remote" default logdir
+    assert {p.stem for p in remote_logs.glob("*.pid")} == {"agent-h1-gpu0", "agent-h1-gpu1", "agent-h2-gpu0"}
+    capsys.readouterr()
+    assert agents.main(["--status", *common]) == 0
+    assert capsys.readouterr().out.count("running") == 3
+    assert agents.main(["--stop", "--hosts", "h2", "--workdir", str(stubs["workdir"])]) == 0
+    assert capsys.readouterr().out.count("stopped") == 1
+    assert {p.stem for p in remote_logs.glob("*.pid")} == {"agent-h1-gpu0", "agent-h1-gpu1"}
+
+
+def test_unreachable_host_is_a_clear_error(stubs, capsys):
+    assert agents.main(["e/p/sw1", "--hosts", "unreachable"]) == 2
+    assert "unreachable: ssh failed" in capsys.readouterr().err
+
+
+def test_worker_calls_wandb_agent_with_the_train_function(tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "wandb").mkdir(parents=True)
+    (fake / "wandb" / "__init__.py").write_text(FAKE_WANDB)
+    log = tmp_path / "wandb.json"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{fake}:{repo}", "STUB_WANDB_LOG": str(log), "WANDB_MODE": "online",
+           "WANDB_AGENT_DISABLE_FLAPPING": "true", "CUDA_VISIBLE_DEVICES": "3"}
+    out = subprocess.run([sys.executable, "-m", "fractal_llm.agents", "worker", "ent/proj/abc123", "--count", "7"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    called = json.loads(log.read_text())
+    assert called == {"sweep_id": "abc123", "entity": "ent", "project": "proj", "count": 7,
+                      "function": "fractal_llm.train.agent_function", "flapping": None, "cuda": "3"}
+
+
+def test_worker_refuses_offline_mode(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-m", "fractal_llm.agents", "worker", "e/p/s"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "sweep agents need online mode" in out.stderr

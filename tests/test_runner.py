@@ -1,0 +1,146 @@
+"""`fractal-llm local`: records per point, resume, error retry, workers, Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fractal_llm import runner
+from fractal_llm.records import file_name, point_name, read_record, read_records
+from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
+
+
+def write_sweep(path: Path, axes: list[AxisArg], fixed: dict) -> Path:
+    path.write_text(dump_sweep_yaml(new_sweep(axes, fixed, name=path.stem)))
+    return path
+
+
+def mlp_sweep(tmp_path: Path, n: int = 3, steps: int = 50, name: str = "mlp3") -> Path:
+    # The paper's tanh window: wide enough that the 3x3 grid holds more than one verdict.
+    return write_sweep(tmp_path / f"{name}.yaml",
+                       [AxisArg("lr_input", 1.0, 1e4, n), AxisArg("lr_output", 1.0, 1e3, n)],
+                       {"model_family": "mlp", "num_iterations": steps})
+
+
+def mtimes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in directory.glob("*.json")}
+
+
+def test_mlp_grid_writes_one_record_per_point_and_resumes(tmp_path, capsys):
+    sweep = mlp_sweep(tmp_path)
+    out = tmp_path / "runs"
+    assert runner.main([str(sweep), "--out", str(out)]) == 0
+    records = read_records(out)
+    assert len(records) == 9
+    assert (out / "sweep.yaml").exists()
+    expected = {point_name({"lr_input": r.config["lr_input"], "lr_output": r.config["lr_output"]}) for r in records}
+    assert {r.name for r in records} == expected
+    verdicts = {r.verdict for r in records}
+    assert verdicts <= {"trainable", "not_trainable", "diverged"} and len(verdicts) >= 2
+    assert all(r.config["num_iterations"] == 50 and r.config["model_family"] == "mlp" for r in records)
+    first = capsys.readouterr().out
+    assert "running 9" in first
+    before = mtimes(out)
+    assert runner.main([str(sweep), "--out", str(out)]) == 0
+    assert "running 0" in capsys.readouterr().out
+    assert mtimes(out) == before  # nothing re-run, nothing rewritten
+
+
+def test_default_out_dir_is_named_after_the_sweep(tmp_path):
+    sweep = mlp_sweep(tmp_path, n=2, steps=5, name="named_default")
+    assert runner.main([str(sweep)]) == 0
+    from fractal_llm import paths
+    assert len(read_records(paths.runs_dir() / "named_default")) == 4
+
+
+def test_limit_runs_a_prefix_in_wandb_order_then_the_rest(tmp_path, capsys):
+    sweep = mlp_sweep(tmp_path, steps=5)
+    out = tmp_path / "runs"
+    assert runner.main([str(sweep), "--out", str(out), "--limit", "4", "--mlp-chunk", "3"]) == 0
+    names = sorted(p.stem for p in out.glob("*.json"))
+    lr_in = sorted({read_record(out / f"{n}.json").config["lr_input"] for n in names})
+    assert len(names) == 4 and lr_in == [1.0, 100.0]  # lr_input is the slow axis: 3 + 1 points
+    assert "5 point(s) not run yet" in capsys.readouterr().out
+    assert runner.main([str(sweep), "--out", str(out)]) == 0
+    assert "running 5" in capsys.readouterr().out
+    assert len(read_records(out)) == 9
+
+
+def test_two_worker_processes(tmp_path):
+    sweep = mlp_sweep(tmp_path, steps=5)
+    out = tmp_path / "runs"
+    assert runner.main([str(sweep), "--out", str(out), "--workers", "2", "--mlp-chunk", "2"]) == 0
+    records = read_records(out)
+    assert len(records) == 9 and len({r.name for r in records}) == 9
+
+
+def test_bad_yaml_fails_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(dump_sweep_yaml(new_sweep([AxisArg("lr_input", 1, 10, 2), AxisArg("lr_output", 1, 10, 2)],
+                                             {"model_family": "mlp"})).replace("lr_output", "lr_outptu"))
+    out = tmp_path / "runs"
+    assert runner.main([str(bad), "--out", str(out)]) == 2
+    assert "lr_outptu: not a train-config field; did you mean 'lr_output'?" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_out_dir_of_another_sweep_is_refused(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert runner.main([str(mlp_sweep(tmp_path, n=2, steps=5)), "--out", str(out)]) == 0
+    other = mlp_sweep(tmp_path, n=2, steps=6, name="other")
+    assert runner.main([str(other), "--out", str(out)]) == 2
+    assert "num_iterations: 5 -> 6" in capsys.readouterr().err
+
+
+def test_failing_points_leave_others_intact_and_are_retried(tmp_path, tiny_base, capsys):
+    # max_seq_len=2 passes config validation but fails at data loading (no supervised token fits): a real
+    # error for half of the points, on the gpt tiny family.
+    sweep = write_sweep(tmp_path / "gpt.yaml", [AxisArg("max_seq_len", 2, 256, 2, "lin"),
+                                                 AxisArg("matrix_lr", 1e-3, 1e-2, 2)],
+                        {"num_iterations": 2, "device_batch_size": 2, "device": "cpu"})
+    out = tmp_path / "runs"
+    assert runner.main([str(sweep), "--out", str(out)]) == 1
+    records = {r.name: r for r in read_records(out)}
+    assert len(records) == 4
+    bad = {n for n, r in records.items() if r.verdict == "error"}
+    assert bad == {point_name({"matrix_lr": lr, "max_seq_len": 2}) for lr in (1e-3, 1e-2)}
+    assert all("max_seq_len=2" in records[n].summary["error"] for n in bad)
+    assert all(r.verdict in ("trainable", "not_trainable", "diverged") for n, r in records.items() if n not in bad)
+    assert "2 point(s) ended in error" in capsys.readouterr().out
+    before = mtimes(out)
+    assert runner.main([str(sweep), "--out", str(out)]) == 1
+    assert "running 2" in capsys.readouterr().out
+    after = mtimes(out)
+    for name in records:
+        changed = after[file_name(name)] != before[file_name(name)]
+        assert changed == (name in bad)  # error points re-run, finished ones untouched
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_cleanly_and_keeps_finished_records(tmp_path, workers):
+    sweep = mlp_sweep(tmp_path, n=4, steps=400, name="interrupt")
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "fractal_llm.runner", str(sweep), "--out", str(out),
+                             "--mlp-chunk", "1", "--workers", str(workers)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 40
+    while time.time() < deadline and not list(out.glob("*.json")):
+        time.sleep(0.05)
+    assert list(out.glob("*.json")), "no record appeared"
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, output
+    assert "run the same command again to resume" in output
+    records = read_records(out)  # every file on disk is a complete record
+    assert 1 <= len(records) < 16
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_invalid_worker_count(tmp_path, capsys):
+    assert runner.main([str(mlp_sweep(tmp_path)), "--workers", "0"]) == 2
+    assert "--workers=0" in capsys.readouterr().err
