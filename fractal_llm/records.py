@@ -98,9 +98,13 @@ def write_record(record: RunRecord, directory: str | Path) -> Path:
     payload = {"format": RECORD_FORMAT, **asdict(record)}
     payload.pop("path")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_json_safe(payload), f)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_json_safe(payload), f)
+        os.replace(tmp, path)
+    except BaseException:  # interrupted (Ctrl-C) or failed: leave no half-written temp file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
     record.path = str(path)
     return path
 

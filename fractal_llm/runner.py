@@ -147,6 +147,8 @@ def _error_record(config: TrainConfig, name: str, exc: BaseException, runtime_s:
 def worker_main(cuda_device: str | None, tasks, results, out_dir: str, wandb_mode: str) -> None:
     """A long-lived worker: the CUDA device is chosen before torch starts, then tasks until the sentinel."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it terminates the workers
+    # SIGTERM from the parent becomes SystemExit, so a record being written cleans up its temp file.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if cuda_device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_device
     while True:
@@ -231,6 +233,8 @@ class WorkerPool:
         self.tasks.cancel_join_thread()
         self.results.cancel_join_thread()
         self.workers.clear()
+        for tmp in self.out_dir.glob(".tmp-*"):  # a worker killed mid-write: its record never existed
+            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- progress + CLI

@@ -16,7 +16,7 @@ from filelock import FileLock
 
 from fractal_llm import paths
 
-TINY_VERSION = 1  # bump when the recipe changes, so old caches are not mistaken for the new model
+TINY_VERSION = 2  # bump when the recipe changes, so old caches are not mistaken for the new model
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class TinyRecipe:
     sequence_len: int = 256
     tokenizer_docs: int = 2000  # documents the tokenizer is trained on
     pretrain_docs: int = 6000  # documents in the pre-training stream
-    steps: int = 200
-    batch_size: int = 8
+    steps: int = 400
+    batch_size: int = 16
     matrix_lr: float = 0.02
     embedding_lr: float = 0.2
     unembedding_lr: float = 0.008

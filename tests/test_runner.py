@@ -129,9 +129,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_records(tmp_path, workers):
                              "--mlp-chunk", "1", "--workers", str(workers)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 40
-    while time.time() < deadline and not list(out.glob("*.json")):
+    finished = lambda: [p for p in out.glob("*.json") if not p.name.startswith(".tmp-")]  # noqa: E731
+    while time.time() < deadline and not finished():
         time.sleep(0.05)
-    assert list(out.glob("*.json")), "no record appeared"
+    assert finished(), "no record appeared"
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, output
