@@ -71,7 +71,7 @@ class TrainConfig:
     warmup_frac: float = 0.06
     final_lr_frac: float = 0.0
     lr_schedule: str = "cosine"
-    num_tokens: int = 20000
+    num_tokens: int = 5000  # supervised (assistant) tokens; the default is a short run of the embedded default
     num_iterations: int = -1  # -1: derived from num_tokens (gpt) or 500 steps (mlp)
     seed: int = 0
     deterministic: bool = False
