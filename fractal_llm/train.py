@@ -178,8 +178,8 @@ def train(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
                                         matrix_lr=lrs["matrix"], weight_decay=config.weight_decay,
                                         trainable=config.trainable_groups())
     total_steps = planned_steps(config, dataset)
-    samples = generate_samples(config, base, "before") if config.sample_before_after else None
-    losses, history = run_steps(config, model, optimizers, dataset, base.tokenizer, total_steps, device, on_step)
+    samples = generate_samples(config, base, "before") if config.sample_before_after else []
+    losses, history = run_steps(config, model, optimizers, dataset, base, total_steps, device, on_step, samples)
     trained = time.perf_counter()
     if config.sample_before_after:
         samples += generate_samples(config, base, "after")
@@ -192,12 +192,14 @@ def train(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
     resolved["repro"] = repro_metadata(device)
     resolved["repro"]["timing"] = {"load_s": loaded - t_start, "data_s": data_ready - loaded,
                                    "train_s": trained - data_ready, "base_load_s": base.load_s}
-    return RunResult(config=resolved, summary=summary, history=history, samples=samples)
+    return RunResult(config=resolved, summary=summary, history=history, samples=samples or None)
 
 
-def run_steps(config, model, optimizers, dataset, tokenizer, total_steps, device, on_step):
-    """The optimizer loop. Stops at the first non-finite loss (recorded: it is the divergence)."""
+def run_steps(config, model, optimizers, dataset, base, total_steps, device, on_step, samples):
+    """The optimizer loop. Stops at the first non-finite loss (recorded: it is the divergence).
+    Samples taken every `sample_every` steps are appended to `samples`."""
     from fractal_llm.data import iterate_batches
+    tokenizer = base.tokenizer
     pad_id = tokenizer.encode_special("<|assistant_end|>")
     batches = iterate_batches(dataset, config.device_batch_size, config.seed, pad_id, device=device)
     groups = [g for opt in optimizers for g in opt.param_groups]
@@ -221,6 +223,8 @@ def run_steps(config, model, optimizers, dataset, tokenizer, total_steps, device
             history[key].append(value)
         if config.eval_every > 0 and (step % config.eval_every == 0 or step == total_steps - 1):
             row["val/loss"] = evaluate(config, model, tokenizer, device)
+        if config.sample_every > 0 and step % config.sample_every == 0:
+            samples += generate_samples(config, base, f"step {step}")
         if on_step is not None:
             on_step(step, row)
         if not math.isfinite(loss_value):
@@ -330,6 +334,10 @@ def execute(config: TrainConfig, name: str, record_dir: Path, run=None) -> RunRe
     t_log = time.perf_counter()
     if run is not None:
         run.summary.update(result.summary)
+        if result.samples:
+            import wandb
+            columns = ["when", "index", "question", "answer"]
+            run.log({"samples": wandb.Table(columns=columns, data=[[s[c] for c in columns] for s in result.samples])})
         run.config.update({"resolved": result.config}, allow_val_change=True)
     if "repro" in result.config:
         result.config["repro"]["timing"]["log_s"] = log_s + time.perf_counter() - t_log

@@ -139,3 +139,11 @@ def test_bad_checkpoint_is_an_error_outcome(tiny_base, tmp_path):
     assert proc.returncode == 1
     record = read_record(proc.stdout.strip().splitlines()[-1].removeprefix("record: "))
     assert record.verdict == "error" and record.summary["error"]
+
+
+def test_samples_before_after_and_every(tiny_base):
+    result = train(TrainConfig(matrix_lr=0.01, sample_before_after=True, sample_every=4, **SHORT))
+    whens = [s["when"] for s in result.samples]
+    assert whens.count("before") == 3 and whens.count("after") == 3
+    assert whens.count("step 0") == 3 and whens.count("step 4") == 3
+    assert all(isinstance(s["answer"], str) and s["question"] for s in result.samples)
