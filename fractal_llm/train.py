@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig.from_dict(overrides)
         preflight(config)
     except (ConfigError, DatasetError) as exc:
-        console.print(f"[red]config error:[/red] {exc}")
+        console.print(f"[red]config error:[/red] {exc}", soft_wrap=True)
         return 2
     mode = default_wandb_mode()
     run = None if mode == "disabled" else init_wandb_run(config.to_dict(), mode)
@@ -437,9 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     record = execute(config, record_name(overrides), default_record_dir(sweep_id), run)
     summary = record.summary
     console.print(f"verdict: [bold]{summary['verdict']}[/bold]  loss {summary['loss_first']} -> "
-                  f"{summary['loss_last']}  steps {summary['steps']}  {summary['runtime_s']:.2f}s")
+                  f"{summary['loss_last']}  steps {summary['steps']}  {summary['runtime_s']:.2f}s", soft_wrap=True)
     if summary["error"]:
-        console.print(f"[red]error:[/red] {summary['error']}")
+        console.print(f"[red]error:[/red] {summary['error']}", soft_wrap=True)
     exit_code = 1 if record.verdict == "error" else 0
     if run is not None:
         run.finish(exit_code=exit_code)

@@ -223,14 +223,25 @@ def load_model(source: str | Path, device="cpu", step: int | None = None) -> tup
     if tokenizer.get_vocab_size() != config.vocab_size:
         raise ValueError(f"tokenizer in {tokenizer_dir} has vocab size {tokenizer.get_vocab_size()}, "
                          f"but the checkpoint's model_config.vocab_size is {config.vocab_size}")
-    with torch.device("meta"):
-        model = GPT(config)
-    model.to_empty(device=torch.device(device))
-    model.init_rotary()
+    model = _empty_model(config, torch.device(device))
     model.load_state_dict(state, strict=True)
     model.eval()
     meta = dict(meta, loaded_from={"checkpoint_dir": str(checkpoint_dir), "tokenizer_dir": str(tokenizer_dir), "step": step})
     return model, tokenizer, meta
+
+
+def _empty_model(config: GPTConfig, device: torch.device) -> GPT:
+    """A model whose weights are about to be overwritten. Large models are built on the meta device
+    (no seconds of random init); small ones directly, since the meta device's first use costs ~1 s of imports."""
+    approx_params = 2 * config.padded_vocab_size * config.n_embd + 12 * config.n_layer * config.n_embd ** 2
+    if approx_params < 20_000_000:
+        with torch.device(device):
+            return GPT(config)
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_rotary()
+    return model
 
 
 def save_model(root: str | Path, model: GPT, tokenizer: Tokenizer, step: int = 0, meta: dict | None = None) -> Path:

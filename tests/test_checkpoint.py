@@ -226,3 +226,19 @@ def test_hf_source_uses_snapshot_download(model, tok, tmp_path, monkeypatch):
     load_model("hf:karpathy/nanochat-d32@main")
     assert calls[-1] == ("karpathy/nanochat-d32", "main")
     assert ckpt_mod.cache_root() == tmp_path / "home" / "models"
+
+
+def test_large_models_are_built_on_meta_and_still_load_exactly():
+    from nanochat.checkpoint import _empty_model
+    from nanochat.gpt import GPT, GPTConfig
+    config = GPTConfig(sequence_len=16, vocab_size=40000, n_layer=1, n_head=2, n_kv_head=2, n_embd=256)  # > 20M
+    torch.manual_seed(0)
+    reference = GPT(config)
+    reference.init_weights()
+    with torch.no_grad():
+        reference.lm_head.weight.normal_()  # init leaves it zero; make the logits informative
+    model = _empty_model(config, torch.device("cpu"))
+    model.load_state_dict(reference.state_dict(), strict=True)
+    idx = torch.randint(0, config.vocab_size, (1, 8))
+    assert torch.equal(model(idx), reference(idx))
+    assert torch.equal(model.cos, reference.cos)  # rotary tables recomputed after to_empty()
