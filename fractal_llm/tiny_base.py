@@ -49,6 +49,9 @@ def ensure_tiny_base(recipe: TinyRecipe = TinyRecipe()) -> Path:
         return out
     with FileLock(str(out) + ".lock"):
         if not done.exists():
+            from rich.console import Console
+            Console(stderr=True).print(f"building the tiny base model on first use (about a minute on 2 CPU "
+                                       f"cores) into {out}", soft_wrap=True, highlight=False)
             build_tiny_base(out, recipe)
     return out
 
