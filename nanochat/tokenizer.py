@@ -47,6 +47,7 @@ class Tokenizer:
             raise ValueError(f"tokenizer encoding lacks nanochat special tokens {missing}; it has {sorted(encoding.special_tokens_set)}")
         self.enc = encoding
         self.bos_token_id = self.encode_special("<|bos|>")
+        self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ construction / IO
     @classmethod
@@ -141,7 +142,13 @@ class Tokenizer:
         return self.enc.decode([token_id])
 
     def fingerprint(self) -> str:
-        """sha256 over pattern, mergeable ranks and special tokens; stable across processes."""
+        """sha256 over pattern, mergeable ranks and special tokens; stable across processes.
+        Computed once per tokenizer (it keys the data cache, looked up at every run)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(self.enc._pat_str.encode())
         for token, rank in sorted(self.enc._mergeable_ranks.items(), key=lambda kv: kv[1]):
