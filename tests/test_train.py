@@ -147,3 +147,10 @@ def test_samples_before_after_and_every(tiny_base):
     assert whens.count("before") == 3 and whens.count("after") == 3
     assert whens.count("step 0") == 3 and whens.count("step 4") == 3
     assert all(isinstance(s["answer"], str) and s["question"] for s in result.samples)
+
+
+def test_record_names_follow_the_overrides():
+    assert train_module.record_name({}) == "defaults"
+    assert train_module.record_name({"matrix_lr": 0.01, "seed": 1}) == "matrix_lr=0.01,seed=1"
+    long = train_module.record_name({f"field_{i}": i for i in range(40)})
+    assert len(long) <= 113 and long != train_module.record_name({f"field_{i}": i + 1 for i in range(40)})
