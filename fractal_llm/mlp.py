@@ -40,6 +40,8 @@ INNER_CHUNK = 128
 # Points per block inside train_losses, per torch thread (measured on the same machine: 16 points of the paper's
 # n = 16, N = 272 tanh network are ~1.1 MB per array, so a block's working set fits a core's 2 MB L2).
 BLOCK_PER_THREAD = 16
+# Ticks between divergence checks (and slot refills) of a block.
+CHECK = 10
 MINIBATCH_SEED_OFFSET = 7919  # the minibatch index stream uses its own generator, seed + this
 
 
@@ -127,13 +129,19 @@ def train_losses(problem: Problem, lr_input, lr_output, init_offset) -> np.ndarr
     if not (lr_in.shape == lr_out.shape == offset.shape) or lr_in.ndim != 1:
         raise ValueError(f"lr_input/lr_output/init_offset: need three 1-D arrays of one length, got "
                          f"{tuple(lr_in.shape)}, {tuple(lr_out.shape)}, {tuple(offset.shape)}")
-    # Run in blocks of a few points per torch thread: a block's (n x N) arrays then stay in L2, which beats
-    # fewer, larger ops (each pass over a big chunk is memory-bound); a block also stops as soon as all of
-    # its points have diverged. Points are independent, so the blocking does not change any result.
-    block = BLOCK_PER_THREAD * max(1, torch.get_num_threads())
-    parts = [_BatchedRun(problem, lr_in[lo:lo + block], lr_out[lo:lo + block], offset[lo:lo + block]).run()
-             for lo in range(0, max(1, lr_in.shape[0]), block)]  # max: an empty chunk still gives (0, steps)
-    losses = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    # Run a block of a few points per torch thread: a block's (n x N) arrays then stay in L2, which beats
+    # fewer, larger ops (each pass over a big chunk is memory-bound). (Measured: one single-threaded block per
+    # core in a Python thread pool is slower than one block with intra-op threads, as the threads contend
+    # for the GIL between the small ops.) The block's slots are a queue: a slot whose point has diverged or
+    # finished takes the next point (full batch; see _BatchedRun.run). Points are independent, so neither the
+    # blocking nor the refill changes any result.
+    total = lr_in.shape[0]
+    losses = np.full((total, problem.steps), math.nan)
+    if total == 0:
+        return losses
+    slots = max(1, min(BLOCK_PER_THREAD * max(1, torch.get_num_threads()), total))
+    queue = iter(range(total))
+    _BatchedRun(problem, lr_in, lr_out, offset, slots).run(losses, lambda: next(queue, -1))
     return cut_after_divergence(losses)
 
 
@@ -153,31 +161,37 @@ class _BatchedRun:
     op's fixed cost (dispatch, view creation) is a visible part of the time.
     """
 
-    def __init__(self, problem: Problem, lr_in: torch.Tensor, lr_out: torch.Tensor, offset: torch.Tensor):
+    def __init__(self, problem: Problem, lr_in: torch.Tensor, lr_out: torch.Tensor, offset: torch.Tensor,
+                 slots: int):
         self.p = problem
         state = initial_state(problem)
-        b, n = lr_in.shape[0], problem.width
+        b, n = slots, problem.width
         self.b, self.n = b, n
+        self.points = (lr_in, lr_out, offset)  # every point of the queue, (P,) each
         size = problem.dataset_size
         self.indices = minibatch_indices(problem)
         m = size if self.indices is None else problem.batch_size
         self.x_scaled = state["x"] * input_scale(problem.nonlinearity, n)  # (N, d)
         self.xt_scaled = self.x_scaled.t().contiguous()  # (d, N)
         self.y = state["y"].view(1, 1, -1)
-        self.w0 = state["w0"].repeat(b, 1).contiguous()  # (B*n, d)
+        self.w0_init, self.w1_init = state["w0"], state["w1"]
+        self.w0 = torch.empty(b * n, n, dtype=torch.float64)  # (B*n, d)
         self.w0_3d = self.w0.view(b, n, n)
-        self.w0_3d.add_(offset.view(b, 1, 1))
-        self.w1 = state["w1"].repeat(b, 1).view(b, 1, n).contiguous()  # (B, 1, n)
+        self.w1 = torch.empty(b, 1, n, dtype=torch.float64)  # (B, 1, n)
         self.w1_col = self.w1.view(b, n, 1)
-        self.offset = offset.view(b, 1, 1)
-        self.lr_in = lr_in.view(b, 1, 1)
-        self.lr_out = lr_out.view(b, 1, 1)
+        self.offset = torch.zeros(b, 1, 1, dtype=torch.float64)
+        self.lr_in = torch.zeros(b, 1, 1, dtype=torch.float64)
+        self.lr_out = torch.zeros(b, 1, 1, dtype=torch.float64)
+        self.w0_slots, self.w1_slots = self.w0_3d.unbind(0), self.w1.unbind(0)
         self.grad_scale = 2.0 / (m * n)  # dL/dy_hat's 2/m times the 1/n of the output layer
         self.one = torch.ones((), dtype=torch.float64)
         self.acts = torch.empty(b * n, size, dtype=torch.float64)  # pre-activations, then phi of them
         self.h = self.acts.view(b, n, size)
-        self.out = torch.empty(b, 1, size, dtype=torch.float64)  # y_hat, then the residual
-        self.sq = torch.empty(b, 1, size, dtype=torch.float64)
+        # Residuals of the last CHECK ticks (tick k: y_hat, then the residual, in res_ticks[k]); their squared
+        # sums are taken once per interval (one reduction instead of one per step, each row alone as before).
+        self.res_buf = torch.empty(CHECK, b, 1, size, dtype=torch.float64)
+        self.res_ticks = self.res_buf.unbind(0)
+        self.res_scaled = torch.empty(b, 1, size, dtype=torch.float64)
         self.grad_act = torch.empty(b * n, m, dtype=torch.float64)
         self.grad_act_3d = self.grad_act.view(b, n, m)
         self.g0 = torch.empty(b * n, n, dtype=torch.float64)
@@ -190,38 +204,80 @@ class _BatchedRun:
             self.sub_acts_t = self.sub_acts.transpose(1, 2)
             self.sub_res = torch.empty(b, 1, m, dtype=torch.float64)
 
-    def run(self) -> np.ndarray:
-        steps = self.p.steps
-        # Step t writes the sum of squared residuals into row t (a contiguous (B, 1) view made once);
-        # the 1/N of the mean is applied to the whole matrix at the end (elementwise, so bit for bit the same
-        # as scaling every step, and a finite sum stays finite).
-        losses = torch.full((steps, self.b), math.nan, dtype=torch.float64)
-        rows = losses.view(steps, self.b, 1).unbind(0)
-        for t in range(steps):
-            self.step(t, rows[t])
-            # A chunk where every point has diverged cannot change any recorded loss: stop early.
-            if t % 16 == 15 and not bool(torch.isfinite(rows[t]).any()):
-                break
-        losses.mul_(1.0 / self.p.dataset_size)
-        return losses.t().numpy().copy()
+    def load(self, slot: int, point: int) -> None:
+        """Start point in slot: its initial weights (W0 + offset, W1) and its hyperparameters."""
+        lr_in, lr_out, offset = self.points
+        torch.add(self.w0_init, offset[point], out=self.w0_slots[slot])  # as W0.repeat(...).add_(offset)
+        self.w1_slots[slot].copy_(self.w1_init)
+        self.offset[slot] = offset[point]
+        self.lr_in[slot] = lr_in[point]
+        self.lr_out[slot] = lr_out[point]
 
-    def step(self, t: int, sq_sum_out: torch.Tensor) -> None:
-        """One GD step for every point; writes each point's sum of squared residuals (before the step) to sq_sum_out (B, 1)."""
-        acts, h, res = self.acts, self.h, self.out
+    def run(self, losses: np.ndarray, take) -> None:
+        """Write the losses of the points that take() hands out into their rows of losses (P, steps); values
+        after a point's first non-finite loss are junk.
+
+        All slots step together in intervals of up to CHECK ticks; after each interval a slot whose point has
+        a non-finite loss or has run all its steps takes the next queued point. A point's own step counter
+        starts at 0 when it is loaded, so its arithmetic is the same in any slot and at any tick. The
+        minibatch index sequence is by step number, so there a new point is only loaded when every slot is
+        free (all slots then share the step counter, and so the minibatch).
+        """
+        steps, b = self.p.steps, self.b
+        # Tick k of an interval keeps its residuals in res_ticks[k]; after the interval the sums of squared
+        # residuals go to buf (length, B, 1) in one reduction, then the 1/N of the mean (elementwise, so bit for
+        # bit the same as scaling every step, and a finite sum stays finite).
+        buf = torch.empty(CHECK, b, 1, dtype=torch.float64)
+        point = [-1] * b  # the point in each slot (-1: free)
+        t0 = [0] * b  # each slot's point's next step
+        more = True
+        refill_any = self.indices is None
+        while True:
+            free = [s for s in range(b) if point[s] < 0]
+            if free and more and (refill_any or len(free) == b):
+                for s in free:
+                    p = take()
+                    if p < 0:
+                        more = False
+                        break
+                    self.load(s, p)
+                    point[s], t0[s] = p, 0
+            active = [s for s in range(b) if point[s] >= 0]
+            if not active:
+                break
+            length = min(CHECK, min(steps - t0[s] for s in active))
+            start = t0[active[0]]  # minibatch: every slot is at the same step
+            for k in range(length):
+                self.step(start + k, self.res_ticks[k])
+            sq = self.res_buf[:length]
+            sq.mul_(sq)  # the residuals are not needed any more: square them in place
+            torch.sum(sq, dim=3, out=buf[:length])
+            block = buf[:length, :, 0].mul(1.0 / self.p.dataset_size).numpy()  # (length, B)
+            finite = np.isfinite(block).all(axis=0)
+            for s in active:
+                p, t = point[s], t0[s]
+                losses[p, t:t + length] = block[:, s]
+                t0[s] = t + length
+                if t0[s] >= steps or not finite[s]:
+                    point[s] = -1
+
+    def step(self, t: int, res: torch.Tensor) -> None:
+        """One GD step for every point (step t of the minibatch sequence); writes each point's residuals
+        y_hat - y (before the step) to res (B, 1, N)."""
+        acts, h = self.acts, self.h
         torch.mm(self.w0, self.xt_scaled, out=acts)  # (B*n, N)
         self.activate(acts)
         torch.bmm(self.w1, h, out=res)  # (B, 1, N)
         res.mul_(1.0 / self.n).sub_(self.y)  # residual y_hat - y
-        torch.mul(res, res, out=self.sq)
-        torch.sum(self.sq, dim=2, out=sq_sum_out)
         if self.indices is None:
-            h_used, h_used_t, x_used, res_used = h, self.h_t, self.x_scaled, res
+            h_used, h_used_t, x_used = h, self.h_t, self.x_scaled
+            res_used = torch.mul(res, self.grad_scale, out=self.res_scaled)  # res itself is kept for the loss
         else:
             idx = self.indices[t]
             torch.index_select(h, 2, idx, out=self.sub_acts)
             torch.index_select(res, 2, idx, out=self.sub_res)
             h_used, h_used_t, x_used, res_used = self.sub_acts, self.sub_acts_t, self.x_scaled[idx], self.sub_res
-        res_used.mul_(self.grad_scale)  # dL/dy_hat times the 1/n of the output layer
+            res_used.mul_(self.grad_scale)  # dL/dy_hat times the 1/n of the output layer
         torch.bmm(res_used, h_used_t, out=self.g1)  # dL/dW1 (B, 1, n)
         grad_act = self.grad_act_3d
         self.activation_slope(h_used, grad_act)
