@@ -33,3 +33,13 @@ def tiny_base(isolated_home):
     if not (out / "DONE").exists():
         build_tiny_base(out, TinyRecipe(**TEST_RECIPE_CHANGES))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Paper-mode tests run small per-step ops: one torch thread is faster and immune to a busy 2-core machine."""
+    import torch
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -13,14 +13,7 @@ from fractal_llm.verdict import summarize_losses
 STEPS = 120
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small per-step ops: one torch thread is faster and immune to a busy 2-core machine."""
-    import torch
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def grid_configs(nonlinearity="tanh", **extra):

@@ -10,13 +10,7 @@ from fractal_llm import mlp, paper
 from fractal_llm.fractal import estimate_dimension
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import torch
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("argv, match", [
