@@ -22,7 +22,11 @@ the one-point path (which is this same core with B = 1) stops there.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import time
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,12 +37,11 @@ from fractal_llm.records import RunResult, SUMMARY_KEYS
 from fractal_llm.verdict import SCORE_CAP, summarize_losses
 
 DEFAULT_STEPS = 500
-DEFAULT_CHUNK = 4096
-# Points per batched step. Measured on a 2-core Xeon: the per-point arrays (n x N floats) of a chunk should
-# fit in L2/L3 while each torch op still covers enough work to hide its ~5-10 us dispatch cost.
-INNER_CHUNK = 128
-# Points per block inside train_losses, per torch thread (measured on the same machine: 16 points of the paper's
-# n = 16, N = 272 tanh network are ~1.1 MB per array, so a block's working set fits a core's 2 MB L2).
+DEFAULT_CHUNK = 4096  # points per train_losses call in train_many
+MIN_GRID_CHUNK, MAX_GRID_CHUNK = 128, 1024  # points per train_losses call in train_grid (grid_chunk_size)
+# Points per block inside train_losses, per torch thread. Measured on a 2-core Xeon (2 MB L2 per core), tanh
+# n = 16, N = 272: 16 beats 8, 24 and 32; a block's working set (pre-activations 0.56 MB, residuals of CHECK
+# ticks 0.35 MB, weights) then stays in L2 while each op is long enough to hide its ~2 us dispatch cost.
 BLOCK_PER_THREAD = 16
 # Ticks between divergence checks (and slot refills) of a block.
 CHECK = 10
@@ -157,7 +160,7 @@ def cut_after_divergence(losses: np.ndarray) -> np.ndarray:
 class _BatchedRun:
     """Buffers and the step loop for one chunk of B points (allocated once, updated in place).
 
-    Every view the step uses is made once here: at a cache-sized chunk the step is ~15 torch ops, and each
+    Every view the step uses is made once here: at a cache-sized chunk the step is ~11 torch ops, and each
     op's fixed cost (dispatch, view creation) is a visible part of the time.
     """
 
@@ -177,41 +180,42 @@ class _BatchedRun:
         self.w0_init, self.w1_init = state["w0"], state["w1"]
         self.w0 = torch.empty(b * n, n, dtype=torch.float64)  # (B*n, d)
         self.w0_3d = self.w0.view(b, n, n)
-        self.w1 = torch.empty(b, 1, n, dtype=torch.float64)  # (B, 1, n)
-        self.w1_col = self.w1.view(b, n, 1)
+        # The output layer is kept as v = W1 / n, so y_hat = v h is one batched product (the rescaling is
+        # exact for a power-of-two width); its 1/n moves into the learning rates (see load).
+        self.v = torch.empty(b, 1, n, dtype=torch.float64)  # (B, 1, n)
+        self.v_col = self.v.view(b, n, 1)
         self.offset = torch.zeros(b, 1, 1, dtype=torch.float64)
         self.lr_in = torch.zeros(b, 1, 1, dtype=torch.float64)
         self.lr_out = torch.zeros(b, 1, 1, dtype=torch.float64)
-        self.w0_slots, self.w1_slots = self.w0_3d.unbind(0), self.w1.unbind(0)
+        self.w0_slots, self.v_slots = self.w0_3d.unbind(0), self.v.unbind(0)
         self.grad_scale = 2.0 / (m * n)  # dL/dy_hat's 2/m times the 1/n of the output layer
-        self.one = torch.ones((), dtype=torch.float64)
+        self.w0_rate = torch.empty(b, n, 1, dtype=torch.float64)  # per row of W0: its rate times its v entry
         self.acts = torch.empty(b * n, size, dtype=torch.float64)  # pre-activations, then phi of them
         self.h = self.acts.view(b, n, size)
         # Residuals of the last CHECK ticks (tick k: y_hat, then the residual, in res_ticks[k]); their squared
         # sums are taken once per interval (one reduction instead of one per step, each row alone as before).
         self.res_buf = torch.empty(CHECK, b, 1, size, dtype=torch.float64)
         self.res_ticks = self.res_buf.unbind(0)
-        self.res_scaled = torch.empty(b, 1, size, dtype=torch.float64)
-        self.grad_act = torch.empty(b * n, m, dtype=torch.float64)
-        self.grad_act_3d = self.grad_act.view(b, n, m)
         self.g0 = torch.empty(b * n, n, dtype=torch.float64)
         self.g0_3d = self.g0.view(b, n, n)
         self.g1 = torch.empty(b, 1, n, dtype=torch.float64)
         if self.indices is None:
             self.h_t = self.h.transpose(1, 2)
         else:
-            self.sub_acts = torch.empty(b, n, m, dtype=torch.float64)
-            self.sub_acts_t = self.sub_acts.transpose(1, 2)
+            self.sub_acts = torch.empty(b * n, m, dtype=torch.float64)
+            self.sub_h = self.sub_acts.view(b, n, m)
+            self.sub_h_t = self.sub_h.transpose(1, 2)
             self.sub_res = torch.empty(b, 1, m, dtype=torch.float64)
 
     def load(self, slot: int, point: int) -> None:
-        """Start point in slot: its initial weights (W0 + offset, W1) and its hyperparameters."""
+        """Start point in slot: its initial weights (W0 + offset, v = W1 / n) and its hyperparameters (the
+        learning rates times the constant factors of the gradients)."""
         lr_in, lr_out, offset = self.points
         torch.add(self.w0_init, offset[point], out=self.w0_slots[slot])  # as W0.repeat(...).add_(offset)
-        self.w1_slots[slot].copy_(self.w1_init)
+        torch.div(self.w1_init, self.n, out=self.v_slots[slot])
         self.offset[slot] = offset[point]
-        self.lr_in[slot] = lr_in[point]
-        self.lr_out[slot] = lr_out[point]
+        self.lr_in[slot] = lr_in[point] * (self.grad_scale * self.n)  # dL/dW0 has W1 = n v
+        self.lr_out[slot] = lr_out[point] * (self.grad_scale / self.n)  # v moves 1/n as far as W1
 
     def run(self, losses: np.ndarray, take) -> None:
         """Write the losses of the points that take() hands out into their rows of losses (P, steps); values
@@ -267,30 +271,29 @@ class _BatchedRun:
         acts, h = self.acts, self.h
         torch.mm(self.w0, self.xt_scaled, out=acts)  # (B*n, N)
         self.activate(acts)
-        torch.bmm(self.w1, h, out=res)  # (B, 1, N)
-        res.mul_(1.0 / self.n).sub_(self.y)  # residual y_hat - y
+        torch.bmm(self.v, h, out=res)  # y_hat (B, 1, N)
+        res.sub_(self.y)  # residual y_hat - y
         if self.indices is None:
-            h_used, h_used_t, x_used = h, self.h_t, self.x_scaled
-            res_used = torch.mul(res, self.grad_scale, out=self.res_scaled)  # res itself is kept for the loss
+            acts_used, h_used, h_used_t, x_used, res_used = acts, h, self.h_t, self.x_scaled, res
         else:
             idx = self.indices[t]
-            torch.index_select(h, 2, idx, out=self.sub_acts)
+            torch.index_select(h, 2, idx, out=self.sub_h)
             torch.index_select(res, 2, idx, out=self.sub_res)
-            h_used, h_used_t, x_used, res_used = self.sub_acts, self.sub_acts_t, self.x_scaled[idx], self.sub_res
-            res_used.mul_(self.grad_scale)  # dL/dy_hat times the 1/n of the output layer
-        torch.bmm(res_used, h_used_t, out=self.g1)  # dL/dW1 (B, 1, n)
-        grad_act = self.grad_act_3d
-        self.activation_slope(h_used, grad_act)
-        grad_act.mul_(res_used)  # dL/dA without the W1 factor (applied to the small gradient below)
-        torch.mm(self.grad_act, x_used, out=self.g0)  # (B*n, d)
-        g0 = self.g0_3d
-        g0.mul_(self.w1_col)
-        # Plain GD. Separate mul and sub (not addcmul) so every element sees the same two roundings
-        # whatever the chunk size (vector and scalar tails then agree bit for bit).
+            acts_used, h_used, h_used_t = self.sub_acts, self.sub_h, self.sub_h_t
+            x_used, res_used = self.x_scaled[idx], self.sub_res
+        # Gradients up to constant factors, which sit in the per-point learning rates lr_in/lr_out (see load).
+        torch.bmm(res_used, h_used_t, out=self.g1)  # ~ dL/dv (B, 1, n)
+        # dL/dA without the W1 factor, written over h (not needed any more): a smaller working set.
+        self.backprop_activation(res_used, h_used, h_used)
+        torch.mm(acts_used, x_used, out=self.g0)  # (B*n, d)
+        # Plain GD. The v factor of dL/dW0 joins its learning rate (one small op); v is read before its
+        # own update. Separate mul and sub (no fused multiply-add), so the rounding never depends on how
+        # an op splits its work into vector body and scalar tail.
+        torch.mul(self.v_col, self.lr_in, out=self.w0_rate)  # (B, n, 1)
         self.g1.mul_(self.lr_out)
-        g0.mul_(self.lr_in)
-        self.w1.sub_(self.g1)
-        self.w0_3d.sub_(g0)
+        self.v.sub_(self.g1)
+        self.g0_3d.mul_(self.w0_rate)
+        self.w0_3d.sub_(self.g0_3d)
         if self.p.init_offset_mode == "every_step":
             self.w0_3d.add_(self.offset)
 
@@ -300,14 +303,15 @@ class _BatchedRun:
         elif self.p.nonlinearity == "relu":
             torch.relu_(acts)
 
-    def activation_slope(self, h: torch.Tensor, out: torch.Tensor) -> None:
-        """phi'(A) written from phi(A): 1 - h^2 (tanh of the folded input), 1[h > 0] (relu), 1 (linear)."""
+    def backprop_activation(self, res: torch.Tensor, h: torch.Tensor, out: torch.Tensor) -> None:
+        """out = res * phi'(A), written from h = phi(A) in one elementwise pass (out may be h; res (B, 1, m) is
+        broadcast over the n rows): 1 - h^2 for tanh (of the folded input), 1[h > 0] for relu, 1 for linear."""
         if self.p.nonlinearity == "tanh":
-            torch.addcmul(self.one, h, h, value=-1.0, out=out)  # one pass over the chunk
+            torch.ops.aten.tanh_backward.grad_input(res, h, grad_input=out)
         elif self.p.nonlinearity == "relu":
-            torch.sign(h, out=out)  # h >= 0, so sign(h) is the indicator (NaN stays NaN)
+            torch.ops.aten.threshold_backward.grad_input(res, h, 0.0, grad_input=out)
         else:
-            out.fill_(1.0)
+            out.copy_(res.expand_as(out))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,23 +373,67 @@ def _scores(v: np.ndarray, steps: np.ndarray, planned_steps: int, trainable: np.
 # ----------------------------------------------------------------------------------------------
 # Grid driver used by the paper CLI (arrays in, arrays out; no per-point records)
 
-def train_grid(problem: Problem, lr_input, lr_output, init_offset, chunk_size: int = INNER_CHUNK,
-               progress=None) -> dict:
-    """Train every point in chunks of chunk_size; returns summarize_batch arrays plus runtime_s (total)."""
+@contextmanager
+def worker_pool(workers: int) -> Iterator[Executor | None]:
+    """`workers` single-threaded worker processes for train_grid, or None (train in this process) for 1.
+
+    Why processes: at a cache-sized block the step is ~11 small torch ops, and splitting each of them over
+    threads costs a fork/join per op (measured: two intra-op threads gave 1.6x one thread's points/s;
+    Python threads were slower still, as they contend for the GIL between ops). Independent processes, one
+    block each, scale with the cores. Spawned, not forked: forking a process whose OpenMP pool is running
+    can deadlock.
+    """
+    if workers < 1:
+        raise ValueError(f"workers={workers!r}: must be >= 1")
+    if workers == 1:
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield pool
+
+
+def grid_chunk_size(total: int) -> int:
+    """Points per train_losses call in train_grid: ~32 chunks (load balance across workers, progress), within
+    [MIN_GRID_CHUNK, MAX_GRID_CHUNK]. Larger is cheaper: the slots of a chunk's last block idle while its
+    longest point finishes (measured on the default tanh window: 2% of the step time at 128 points, 0.8% at
+    1024)."""
+    return max(MIN_GRID_CHUNK, min(MAX_GRID_CHUNK, math.ceil(total / 32)))
+
+
+def train_grid(problem: Problem, lr_input, lr_output, init_offset, chunk_size: int | None = None,
+               progress=None, pool: Executor | None = None) -> dict:
+    """Train every point in chunks (of chunk_size, default grid_chunk_size), in this process or in the
+    worker processes of pool (worker_pool); returns summarize_batch arrays plus runtime_s (total). The
+    results are the same either way: every point is computed alone."""
     lr_input, lr_output, init_offset = (np.asarray(a, dtype=np.float64).ravel()
                                         for a in (lr_input, lr_output, init_offset))
     total = lr_input.shape[0]
-    parts = []
+    size = chunk_size or grid_chunk_size(total)
+    spans = [(lo, min(total, lo + size)) for lo in range(0, total, size)]
+    args = [(problem, lr_input[lo:hi], lr_output[lo:hi], init_offset[lo:hi]) for lo, hi in spans]
     start = time.perf_counter()
-    for lo in range(0, total, chunk_size):
-        hi = min(total, lo + chunk_size)
-        losses = train_losses(problem, lr_input[lo:hi], lr_output[lo:hi], init_offset[lo:hi])
-        parts.append(summarize_batch(losses, problem.steps, problem.window, problem.threshold))
+    parts: list[dict | None] = [None] * len(spans)
+    done = 0
+    if pool is None:
+        finished = ((i, summarized_chunk(*a)) for i, a in enumerate(args))
+    else:
+        futures = {pool.submit(summarized_chunk, *a): i for i, a in enumerate(args)}
+        finished = ((futures[f], f.result()) for f in as_completed(futures))
+    for i, part in finished:
+        parts[i] = part
+        done += spans[i][1] - spans[i][0]
         if progress is not None:
-            progress(hi, total)
+            progress(done, total)
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     merged["runtime_s"] = time.perf_counter() - start
     return merged
+
+
+def summarized_chunk(problem: Problem, lr_input, lr_output, init_offset) -> dict:
+    """summarize_batch of one chunk's loss curves (what a worker sends back: a few numbers per point)."""
+    losses = train_losses(problem, lr_input, lr_output, init_offset)
+    return summarize_batch(losses, problem.steps, problem.window, problem.threshold)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,21 +456,12 @@ def train_many(configs: list[TrainConfig], chunk_size: int = DEFAULT_CHUNK) -> l
         for lo in range(0, len(members), chunk_size):
             chunk = members[lo:lo + chunk_size]
             start = time.perf_counter()
-            losses = _chunk_losses(problem, [configs[i] for i in chunk])
+            losses = train_losses(problem, [configs[i].lr_input for i in chunk],
+                                  [configs[i].lr_output for i in chunk], [configs[i].init_offset for i in chunk])
             per_point = (time.perf_counter() - start) / len(chunk)
             for row, i in enumerate(chunk):
                 results[i] = _result(configs[i], problem, losses[row], per_point, batched=chunk_size > 1)
     return results  # type: ignore[return-value]
-
-
-def _chunk_losses(problem: Problem, configs: list[TrainConfig]) -> np.ndarray:
-    """Loss curves of one chunk, computed INNER_CHUNK points at a time (cache-sized; points are independent)."""
-    parts = []
-    for lo in range(0, len(configs), INNER_CHUNK):
-        part = configs[lo:lo + INNER_CHUNK]
-        parts.append(train_losses(problem, [c.lr_input for c in part], [c.lr_output for c in part],
-                                  [c.init_offset for c in part]))
-    return np.concatenate(parts)
 
 
 def _result(config: TrainConfig, problem: Problem, row: np.ndarray, runtime_s: float, batched: bool) -> RunResult:

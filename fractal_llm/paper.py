@@ -1,12 +1,13 @@
 """`fractal-llm paper CONFIG`: Sohl-Dickstein 2024's trainability fractals, through our report code.
 
     fractal-llm paper CONFIG [--res N] [--window x0:x1:y0:y1] [--steps S] [--zoom K] [--out DIR]
-                             [--chunk N] [--threads N] [--offset-mode init|every_step]
+                             [--chunk N] [--workers N] [--offset-mode init|every_step]
     fractal-llm paper CONFIG --write-yaml FILE [--res N] [--window ...] [--steps S]
 
 CONFIG: tanh, relu, linear, tanh-one-point, tanh-minibatch, init-offset. Windows are in log10 units:
 x = lr_input, y = lr_output (init-offset: x = init_offset added to W0, y = one LR shared by both layers).
-The grid is trained in batched chunks (fractal_llm.mlp) straight into arrays; no per-point records.
+The grid is trained in batched chunks (fractal_llm.mlp) straight into arrays; no per-point records. The
+chunks run in --workers single-threaded processes (default: one per core, as torch counts them).
 
 --zoom K: after the base frame, K nested frames, each half as wide (in log10 units) as the previous and
 centred on the boundary point of the previous frame closest to that frame's centre. D is measured per
@@ -119,10 +120,10 @@ def check_args(args) -> tuple[PaperConfig, tuple[float, float, float, float]]:
     if args.zoom > 0 and args.res < PAPER_MIN_RES:
         raise PaperError(f"--res={args.res}: --zoom needs --res >= {PAPER_MIN_RES} (the paper's box sizes "
                          "start at 10 pixels)")
-    if args.chunk < 1:
-        raise PaperError(f"--chunk={args.chunk}: must be >= 1")
-    if args.threads < 0:
-        raise PaperError(f"--threads={args.threads}: must be >= 1 (0: torch's default)")
+    if args.chunk < 0:
+        raise PaperError(f"--chunk={args.chunk}: must be >= 1 (0: automatic)")
+    if args.workers < 0:
+        raise PaperError(f"--workers={args.workers}: must be >= 1 (0: one per core)")
     window = paper.window if args.window is None else parse_window(args.window)
     return paper, window
 
@@ -141,7 +142,8 @@ def axis_values(lo: float, hi: float, res: int) -> np.ndarray:
     return np.logspace(lo, hi, res)
 
 
-def run_frame(paper: PaperConfig, problem: mlp.Problem, window, res: int, chunk: int, label: str = "") -> Frame:
+def run_frame(paper: PaperConfig, problem: mlp.Problem, window, res: int, chunk: int, pool=None,
+              label: str = "") -> Frame:
     x0, x1, y0, y1 = window
     xs, ys = axis_values(x0, x1, res), axis_values(y0, y1, res)
     xx, yy = np.meshgrid(xs, ys)  # (ny, nx): row i = y_values[i]
@@ -152,7 +154,7 @@ def run_frame(paper: PaperConfig, problem: mlp.Problem, window, res: int, chunk:
     with console.status(f"{label} {res}x{res} points x {problem.steps} steps") as status:
         def progress(done, total):
             status.update(f"{label} {done}/{total} points x {problem.steps} steps")
-        summary = mlp.train_grid(problem, lr_in, lr_out, offset, chunk_size=chunk, progress=progress)
+        summary = mlp.train_grid(problem, lr_in, lr_out, offset, chunk_size=chunk, progress=progress, pool=pool)
     shaped = {k: (v.reshape(res, res) if isinstance(v, np.ndarray) else v) for k, v in summary.items()}
     labels = shaped["trainable"].astype(np.float64)
     return Frame(window=tuple(window), x_values=xs, y_values=ys, summary=shaped, labels=labels)
@@ -202,7 +204,8 @@ def _nanmedian(values) -> float | None:
 # ----------------------------------------------------------------------------------------------
 # Output
 
-def write_outputs(paper: PaperConfig, frames: list[Frame], out: Path, problem: mlp.Problem, res: int) -> dict:
+def write_outputs(paper: PaperConfig, frames: list[Frame], out: Path, problem: mlp.Problem, res: int,
+                  workers: int) -> dict:
     from fractal_llm.grid import grid_from_arrays  # report modules load matplotlib: import when writing
     from fractal_llm.report import write_report
 
@@ -213,7 +216,7 @@ def write_outputs(paper: PaperConfig, frames: list[Frame], out: Path, problem: m
                   "paper_dimension_published": paper.paper_dimension,
                   "window_log10": list(base.window), "resolution": res, "steps": problem.steps,
                   "dataset_size": problem.dataset_size, "batch_size": problem.batch_size,
-                  "init_offset_mode": problem.init_offset_mode, "torch_threads": torch.get_num_threads()},
+                  "init_offset_mode": problem.init_offset_mode, "workers": workers},
         "zoom_frames": per_frame,
         "zoom_median_dimension": _nanmedian([f["dimension"] for f in per_frame]),
         "zoom_median_paper_dimension": _nanmedian([f.get("paper_dimension") for f in per_frame]),
@@ -277,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=-1, help="GD steps (default 500)")
     parser.add_argument("--zoom", type=int, default=0, help="nested zoom frames after the base frame")
     parser.add_argument("--out", default=None, help="output directory (default paper-CONFIG)")
-    parser.add_argument("--chunk", type=int, default=mlp.INNER_CHUNK, help="grid points per batched step")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--chunk", type=int, default=0, help="grid points per task (default 0: automatic)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="single-threaded worker processes (default 0: one per core; 1: this process)")
     parser.add_argument("--offset-mode", choices=("init", "every_step"), default=None,
                         help="init-offset: add the offset once at init, or after every step (default: notebook's)")
     parser.add_argument("--write-yaml", default=None, metavar="FILE", help="write the grid as a sweep YAML, no run")
@@ -304,19 +308,21 @@ def run(args) -> int:
         Path(args.write_yaml).write_text(dump_sweep_yaml(cfg, header=f"fractal-llm paper {paper.name}"))
         console.print(f"sweep: {args.write_yaml} ({args.res}x{args.res} points)")
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    workers = args.workers or torch.get_num_threads()
+    if workers == 1:
+        torch.set_num_threads(1)  # the same single-threaded arithmetic as a worker process
     problem = mlp.problem_of(train_config(paper, steps, args.offset_mode))
     out = Path(args.out or f"paper-{paper.name}")
     start = time.perf_counter()
-    frames = [run_frame(paper, problem, window, args.res, args.chunk, label="frame 0")]
-    for k in range(1, args.zoom + 1):
-        nxt = zoom_window(frames[-1])
-        if nxt is None:
-            console.print(f"[yellow]frame {k - 1} has no boundary: zoom stops at {k} frame(s)[/]")
-            break
-        frames.append(run_frame(paper, problem, nxt, args.res, args.chunk, label=f"frame {k}"))
-    report = write_outputs(paper, frames, out, problem, args.res)
+    with mlp.worker_pool(workers) as pool:
+        frames = [run_frame(paper, problem, window, args.res, args.chunk, pool, label="frame 0")]
+        for k in range(1, args.zoom + 1):
+            nxt = zoom_window(frames[-1])
+            if nxt is None:
+                console.print(f"[yellow]frame {k - 1} has no boundary: zoom stops at {k} frame(s)[/]")
+                break
+            frames.append(run_frame(paper, problem, nxt, args.res, args.chunk, pool, label=f"frame {k}"))
+    report = write_outputs(paper, frames, out, problem, args.res, workers)
     print_frames(paper, report["zoom_frames"])
     console.print(f"median D over {len(frames)} frame(s): ours {report['zoom_median_dimension']}, "
                   f"paper method {report['zoom_median_paper_dimension']} (published {paper.paper_dimension}); "

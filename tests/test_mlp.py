@@ -37,6 +37,36 @@ def test_batched_equals_one_point_on_4x4_grid(kind):
     assert "trainable" in verdicts and "diverged" in verdicts  # the grid straddles the boundary
 
 
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_batched_equals_one_point_for_odd_sizes(nonlinearity):
+    # n*N = 35 per point: with B = 1 a contiguous elementwise op would end in a scalar tail that B = 16 runs
+    # in its vector body; the results must not depend on that.
+    configs = grid_configs(nonlinearity, width=5, dataset_size=7)
+    many = [r.history["train/loss"] for r in mlp.train_many(configs, chunk_size=16)]
+    ones = [mlp.train_one(c).history["train/loss"] for c in configs]
+    assert many == ones
+
+
+def test_worker_processes_give_the_same_grid_as_this_process():
+    problem = mlp.problem_of(TrainConfig(model_family="mlp", nonlinearity="tanh", num_iterations=200))
+    xx, yy = np.meshgrid(np.logspace(0.0, 4.0, 5), np.logspace(1.5, 3.0, 5))  # the default tanh window
+    args = (problem, xx.ravel(), yy.ravel(), np.zeros(xx.size))
+    here = mlp.train_grid(*args, chunk_size=7)  # chunks of unequal size: 7, 7, 7, 4
+    seen = []
+    with mlp.worker_pool(2) as pool:
+        there = mlp.train_grid(*args, chunk_size=7, pool=pool, progress=lambda done, total: seen.append((done, total)))
+    assert {"trainable", "diverged"} <= set(here["verdict"])
+    for key in here.keys() - {"runtime_s"}:
+        assert np.array_equal(here[key], there[key], equal_nan=here[key].dtype != object), key
+    assert len(seen) == 4 and seen[-1] == (25, 25)
+
+
+def test_worker_pool_needs_a_worker():
+    with pytest.raises(ValueError, match="workers=0"):
+        with mlp.worker_pool(0):
+            pass
+
+
 def test_result_shape_and_divergence_cut():
     configs = grid_configs("linear")
     results = mlp.train_many(configs, chunk_size=5)  # chunks of unequal size

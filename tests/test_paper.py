@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
     (["tanh", "--steps", "0"], "--steps=0"),
     (["tanh", "--zoom", "-1"], "--zoom=-1"),
     (["tanh", "--zoom", "2", "--res", "8"], "--zoom needs --res"),
-    (["tanh", "--chunk", "0"], "--chunk=0"),
+    (["tanh", "--chunk", "-1"], "--chunk=-1"),
+    (["tanh", "--workers", "-1"], "--workers=-1"),
 ])
 def test_bad_arguments_named_before_work(argv, match, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mlp, "train_grid", lambda *a, **k: pytest.fail("trained before checking arguments"))
