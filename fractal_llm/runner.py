@@ -2,9 +2,10 @@
 
 The grid is expanded exactly as W&B does (sweep.expand_grid). Each point ends as one JSON record in DIR,
 named by its axis values, so re-running the same command runs only the points without a finished record
-(`error` records are retried). Points run in N long-lived worker processes (one per visible GPU, else one
-on CPU, where torch already uses every core); a worker imports the train module once, so its base-model and
-tokenized-data caches serve all of its points. mlp-family points run batched (fractal_llm.mlp.train_many).
+(`error` records are retried). Points run in N long-lived worker processes (gpt: one per visible GPU, else
+one on CPU, where torch already uses every core); a worker imports the train module once, so its base-model
+and tokenized-data caches serve all of its points. mlp-family points run batched (fractal_llm.mlp.train_many)
+in chunks of --mlp-chunk points, one single-threaded worker per core. A single worker runs in this process.
 
 W&B: the runner never uses an agent (agents need a server). run_point logs each gpt point as a W&B run in
 WANDB_MODE, which defaults to "offline" here (files under DIR/wandb/, upload with `wandb sync`);
@@ -76,15 +77,22 @@ def check_out_dir(out_dir: Path, spec: SweepSpec) -> None:
                          "its records would be reused for the wrong config. Use another --out or remove the dir.")
 
 
-def make_tasks(spec: SweepSpec, points: list[dict], names: list[str], mlp_chunk: int) -> list[Task]:
-    family = TrainConfig(**points[0]).model_family if points else "gpt"
-    if family == "mlp":
+def model_family(points: list[dict]) -> str:
+    return TrainConfig(**points[0]).model_family if points else "gpt"
+
+
+def make_tasks(points: list[dict], names: list[str], mlp_chunk: int) -> list[Task]:
+    if model_family(points) == "mlp":
         return [Task("mlp", names[i:i + mlp_chunk], points[i:i + mlp_chunk]) for i in range(0, len(points), mlp_chunk)]
     return [Task("gpt", [n], [p]) for n, p in zip(names, points)]
 
 
-def default_workers(spec: SweepSpec) -> int:
-    """One worker per visible CUDA device, else 1 (torch already spreads one run over the CPU cores)."""
+def default_workers(spec: SweepSpec, family: str) -> int:
+    """mlp: one single-threaded worker per core (its points are tiny float64 CPU work; see mlp.worker_pool).
+    gpt: one worker per visible CUDA device, else 1 (torch already spreads one run over the CPU cores)."""
+    import torch
+    if family == "mlp":
+        return torch.get_num_threads()
     if spec.fixed.get("device") == "cpu":
         return 1
     return max(1, len(visible_cuda_devices()))
@@ -144,13 +152,18 @@ def _error_record(config: TrainConfig, name: str, exc: BaseException, runtime_s:
 
 # ---------------------------------------------------------------------------------------------- workers
 
-def worker_main(cuda_device: str | None, tasks, results, out_dir: str, wandb_mode: str) -> None:
-    """A long-lived worker: the CUDA device is chosen before torch starts, then tasks until the sentinel."""
+def worker_main(cuda_device: str | None, tasks, results, out_dir: str, wandb_mode: str,
+                threads: int | None = None) -> None:
+    """A long-lived worker: the CUDA device (or the CPU thread count) is chosen before torch starts, then
+    tasks until the sentinel."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it terminates the workers
     # SIGTERM from the parent becomes SystemExit, so a record being written cleans up its temp file.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if cuda_device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_device
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
     while True:
         task = tasks.get()
         if task is None:
@@ -164,12 +177,13 @@ class WorkerPool:
     """N spawned workers pulling tasks from one queue; a worker that dies is replaced and its point recorded
     as an error (e.g. killed for memory), so the sweep goes on."""
 
-    def __init__(self, n: int, devices: list[str | None], out_dir: Path, wandb_mode: str):
+    def __init__(self, n: int, devices: list[str | None], out_dir: Path, wandb_mode: str, threads: int | None):
         self.ctx = mp.get_context("spawn")  # fresh interpreters: CUDA must not be initialised before the fork
         self.tasks = self.ctx.Queue()
         self.results = self.ctx.Queue()
         self.out_dir, self.wandb_mode = out_dir, wandb_mode
         self.devices = devices
+        self.threads = threads
         self.workers: dict[int, tuple[mp.Process, str | None]] = {}
         self.current: dict[int, list[str]] = {}  # pid -> names it is working on
         for slot in range(n):
@@ -177,7 +191,8 @@ class WorkerPool:
 
     def _start(self, device: str | None) -> None:
         proc = self.ctx.Process(target=worker_main, daemon=True,
-                                args=(device, self.tasks, self.results, str(self.out_dir), self.wandb_mode))
+                                args=(device, self.tasks, self.results, str(self.out_dir), self.wandb_mode,
+                                      self.threads))
         proc.start()
         self.workers[proc.pid] = (proc, device)
 
@@ -254,7 +269,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fractal-llm local",
                                      description="Run a sweep YAML's grid on this machine (no W&B server).")
     parser.add_argument("file", help="sweep YAML (checked first)")
-    parser.add_argument("--workers", type=int, help="worker processes (default: one per visible GPU, else 1)")
+    parser.add_argument("--workers", type=int,
+                        help="worker processes (default: one per visible GPU, else 1; mlp sweeps: one per core)")
     parser.add_argument("--out", help="record directory (default: <cache>/runs/<sweep name>)")
     parser.add_argument("--limit", type=int, help="run at most this many pending points (the rest stay pending)")
     parser.add_argument("--wandb", choices=("offline", "disabled", "online"),
@@ -308,15 +324,17 @@ def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit:
     done_before = len(points) - len(pending)
     if limit is not None:
         pending = pending[:limit]
-    n_workers = workers or (default_workers(spec) if pending else 1)  # (the GPU count imports torch)
+    family = model_family(points)
+    tasks = make_tasks([p for p, _ in pending], [n for _, n in pending], mlp_chunk)
+    # More workers than tasks would idle; one worker runs in this process. (The default imports torch.)
+    n_workers = min(workers or (default_workers(spec, family) if tasks else 1), max(1, len(tasks)))
     console.print(f"sweep [bold]{spec.name}[/bold]: {len(points)} points, {done_before} already done, "
                   f"running {len(pending)} with {n_workers} worker(s); records in {out_dir}",
                   highlight=False, soft_wrap=True)
-    tasks = make_tasks(spec, [p for p, _ in pending], [n for _, n in pending], mlp_chunk)
     try:
         with _progress(console) as progress:
             bar = progress.add_task(spec.name, total=len(points), completed=done_before, counts=_counts_text(counts))
-            for _name, verdict in _execute(tasks, n_workers, out_dir, wandb_mode, spec):
+            for _name, verdict in _execute(tasks, n_workers, out_dir, wandb_mode, spec, family):
                 counts[verdict] += 1
                 progress.update(bar, advance=1, counts=_counts_text(counts))
     except KeyboardInterrupt:
@@ -326,15 +344,18 @@ def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit:
     return _finish(console, out_dir, names)
 
 
-def _execute(tasks: list[Task], n_workers: int, out_dir: Path, wandb_mode: str, spec: SweepSpec):
+def _execute(tasks: list[Task], n_workers: int, out_dir: Path, wandb_mode: str, spec: SweepSpec, family: str):
     if not tasks:
         return
     if n_workers == 1:
         for task in tasks:  # in-process: the train module's caches live in this process
             yield from run_task(task, out_dir, wandb_mode)
         return
-    devices = visible_cuda_devices() if spec.fixed.get("device") != "cpu" else []
-    pool = WorkerPool(min(n_workers, len(tasks)), devices or [None], out_dir, wandb_mode)
+    import torch
+    devices = visible_cuda_devices() if spec.fixed.get("device") != "cpu" and family != "mlp" else []
+    # CPU workers share the cores (as torch counts them) instead of each starting a thread per core.
+    threads = None if devices else max(1, torch.get_num_threads() // n_workers)
+    pool = WorkerPool(n_workers, devices or [None], out_dir, wandb_mode, threads)
     try:
         pool.submit(tasks)
         yield from pool.events()

@@ -70,12 +70,15 @@ def test_limit_runs_a_prefix_in_wandb_order_then_the_rest(tmp_path, capsys):
     assert len(read_records(out)) == 9
 
 
-def test_two_worker_processes(tmp_path):
-    sweep = mlp_sweep(tmp_path, steps=5)
-    out = tmp_path / "runs"
-    assert runner.main([str(sweep), "--out", str(out), "--workers", "2", "--mlp-chunk", "2"]) == 0
-    records = read_records(out)
-    assert len(records) == 9 and len({r.name for r in records}) == 9
+def test_two_worker_processes_match_this_process(tmp_path, capsys):
+    sweep = mlp_sweep(tmp_path, steps=30)
+    pooled, here = tmp_path / "pooled", tmp_path / "here"
+    assert runner.main([str(sweep), "--out", str(pooled), "--workers", "2", "--mlp-chunk", "2"]) == 0
+    assert "with 2 worker(s)" in capsys.readouterr().out
+    assert runner.main([str(sweep), "--out", str(here), "--workers", "1"]) == 0
+    assert "with 1 worker(s)" in capsys.readouterr().out
+    curves = [{r.name: r.history["train/loss"] for r in read_records(out)} for out in (pooled, here)]
+    assert len(curves[0]) == 9 and curves[0] == curves[1]
 
 
 def test_bad_yaml_fails_before_any_work(tmp_path, capsys):
