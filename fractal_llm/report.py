@@ -405,13 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `fractal-llm report` and reports/generate_report.py: 0 on success, 1 on bad input
+    """Entry point of `fractal-llm report` and reports/generate_report.py: 0 on success, 2 on bad input
     (a bad source, a run that does not fit the grid, sweeps that do not compare), with the message only."""
     try:
         run(argv)
     except (SourceError, GridError, FileNotFoundError) as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
-        return 1
+        return 2
     return 0
 
 

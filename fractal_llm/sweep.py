@@ -339,7 +339,7 @@ def main(argv: list[str]) -> int:
         return _main_check(args, console)
     except SweepError as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", markup=True, highlight=False)
-        return 1
+        return 2  # bad input, as for `local`, `agents`, `paper` and `report`
 
 
 def _main_new(args, argv: list[str], console: Console) -> int:

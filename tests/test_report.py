@@ -185,5 +185,5 @@ def test_wandb_summary_run_content(tmp_path, monkeypatch):
 
 
 def test_bad_local_dir_is_a_clean_error(tmp_path, capsys):
-    assert main(["--local", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 1
+    assert main(["--local", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "no sweep.yaml" in capsys.readouterr().err
