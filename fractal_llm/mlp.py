@@ -39,10 +39,14 @@ from fractal_llm.verdict import SCORE_CAP, summarize_losses
 DEFAULT_STEPS = 500
 DEFAULT_CHUNK = 4096  # points per train_losses call in train_many
 MIN_GRID_CHUNK, MAX_GRID_CHUNK = 128, 1024  # points per train_losses call in train_grid (grid_chunk_size)
-# Points per block inside train_losses, per torch thread. Measured on a 2-core Xeon (2 MB L2 per core), tanh
-# n = 16, N = 272: 16 beats 8, 24 and 32; a block's working set (pre-activations 0.56 MB, residuals of CHECK
-# ticks 0.35 MB, weights) then stays in L2 while each op is long enough to hide its ~2 us dispatch cost.
-BLOCK_PER_THREAD = 16
+# Points per block inside train_losses, per torch thread: as many as fit BLOCK_BYTES of pre-activations
+# (n x N floats per point), at most MAX_BLOCK. Measured on a 2-core Xeon (2 MB L2 per core): for tanh with
+# n = 16, N = 272, 16 points (0.56 MB) beat 8, 24 and 32; a block's working set (pre-activations, residuals
+# of CHECK ticks, weights) then stays in L2 while each op is long enough to hide its ~2 us dispatch cost.
+# Smaller networks need more points per op: the linear network (N = 16) ran 1.7x faster with 256 points
+# per block than with 16, the single data point (N = 1) 3x.
+BLOCK_BYTES = 16 * 16 * 272 * 8
+MAX_BLOCK = 256
 # Ticks between divergence checks (and slot refills) of a block.
 CHECK = 10
 MINIBATCH_SEED_OFFSET = 7919  # the minibatch index stream uses its own generator, seed + this
@@ -142,10 +146,16 @@ def train_losses(problem: Problem, lr_input, lr_output, init_offset) -> np.ndarr
     losses = np.full((total, problem.steps), math.nan)
     if total == 0:
         return losses
-    slots = max(1, min(BLOCK_PER_THREAD * max(1, torch.get_num_threads()), total))
+    slots = max(1, min(block_points(problem) * max(1, torch.get_num_threads()), total))
     queue = iter(range(total))
     _BatchedRun(problem, lr_in, lr_out, offset, slots).run(losses, lambda: next(queue, -1))
     return cut_after_divergence(losses)
+
+
+def block_points(problem: Problem) -> int:
+    """Points per block and torch thread (see BLOCK_BYTES)."""
+    per_point = problem.width * problem.dataset_size * 8
+    return max(1, min(MAX_BLOCK, BLOCK_BYTES // per_point))
 
 
 def cut_after_divergence(losses: np.ndarray) -> np.ndarray:
