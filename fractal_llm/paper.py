@@ -207,7 +207,7 @@ def _nanmedian(values) -> float | None:
 def write_outputs(paper: PaperConfig, frames: list[Frame], out: Path, problem: mlp.Problem, res: int,
                   workers: int) -> dict:
     from fractal_llm.grid import grid_from_arrays  # report modules load matplotlib: import when writing
-    from fractal_llm.report import write_report
+    from fractal_llm.report import print_summary, write_report
 
     base = frames[0]
     per_frame = [frame_dimensions(f) for f in frames]
@@ -233,6 +233,7 @@ def write_outputs(paper: PaperConfig, frames: list[Frame], out: Path, problem: m
         written = write_report(grid, target, title=title if k == 0 else f"{title}, zoom frame {k}",
                                history_of=lambda record: {}, zoom_k=0, extra=extra if k == 0 else None)
         report = written if k == 0 else report
+    print_summary(report, out)  # the base frame; the zoom frames are in the per-frame table
     return report
 
 
@@ -241,7 +242,7 @@ def print_frames(paper: PaperConfig, per_frame: list[dict]) -> None:
     for col in ("frame", "window (log10)", "trainable", "edges", "D (ours)", "D (paper method)", "s"):
         table.add_column(col)
     for k, f in enumerate(per_frame):
-        w = ", ".join(f"{v:.4g}" for v in f["window"])
+        w = ":".join(f"{v:.3g}" for v in f["window"])
         ours = _fmt(f["dimension"]) + ("" if f["uncertainty"] is None else f" ± {_fmt(f['uncertainty'])}")
         table.add_row(str(k), w, str(f["counts"]["trainable"]), str(f["n_edge_pixels"]), ours,
                       _fmt(f.get("paper_dimension")), f"{f['runtime_s']:.1f}")
@@ -324,8 +325,8 @@ def run(args) -> int:
             frames.append(run_frame(paper, problem, nxt, args.res, args.chunk, pool, label=f"frame {k}"))
     report = write_outputs(paper, frames, out, problem, args.res, workers)
     print_frames(paper, report["zoom_frames"])
-    console.print(f"median D over {len(frames)} frame(s): ours {report['zoom_median_dimension']}, "
-                  f"paper method {report['zoom_median_paper_dimension']} (published {paper.paper_dimension}); "
+    console.print(f"median D over {len(frames)} frame(s): ours {_fmt(report['zoom_median_dimension'])}, "
+                  f"paper method {_fmt(report['zoom_median_paper_dimension'])} (published {paper.paper_dimension}); "
                   f"{time.perf_counter() - start:.1f} s; report: {out / 'report.md'}")
     return 0
 

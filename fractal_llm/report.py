@@ -57,7 +57,7 @@ def json_safe(value):
 def write_report(grid: Grid, out_dir, *, title: str, sweep_config: dict | None = None,
                  history_of: HistoryFn | None = None, zoom_k: int = 3, zoom_resolution: int = 16,
                  extra: dict | None = None) -> dict:
-    """Write report.md, report.json and the PNGs into out_dir; print a summary; return the JSON dict."""
+    """Write report.md, report.json and the PNGs into out_dir; return the JSON dict (print_summary prints it)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     timing = {}
@@ -98,7 +98,6 @@ def write_report(grid: Grid, out_dir, *, title: str, sweep_config: dict | None =
     report = json_safe(report)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     (out_dir / "report.md").write_text(render_markdown(report, estimate, out_dir))
-    print_summary(report, out_dir)
     return report
 
 
@@ -431,6 +430,7 @@ def run(argv: list[str] | None = None, api=None) -> dict:
     report = write_report(grid, out_dir, title=args.title or f"Trainability report: {loaded.name}",
                           sweep_config=loaded.sweep_config, history_of=loaded.history_of, zoom_k=args.zoom,
                           zoom_resolution=args.zoom_res, extra={"sources": loaded.sources})
+    print_summary(report, out_dir)
     if args.compare or args.compare_local:
         other = load_sources(args.compare, args.compare_local, api=api)
         grid_b = build_grid(other.sweep_config, other.records)
