@@ -4,7 +4,8 @@ Sources for `load_model`:
   - a local directory: artifact layout (`checkpoints/` beside `tokenizer/`), or a directory of
     model/meta files with tokenizer.pkl beside it, in `tokenizer/`, or up to two levels above
     (nanochat's NANOCHAT_BASE_DIR layout: base_checkpoints/d20 with tokenizer/ at the base dir);
-  - "wandb:entity/project/name:version" (W&B model artifact, downloaded once per host into the cache);
+  - "wandb:entity/project/name:version" (W&B model artifact, downloaded once per host into the cache; an
+    alias such as ":latest" is looked up on every load and cached under the version it points to);
   - "hf:owner/repo" or "hf:owner/repo@revision" (Hugging Face snapshot, likewise cached).
 """
 
@@ -26,6 +27,7 @@ SOURCE_FORMS = "a local directory, 'wandb:entity/project/name:version', or 'hf:o
 CONFIG_FIELDS = tuple(f.name for f in fields(GPTConfig))
 COMPILE_PREFIX = "_orig_mod."
 _WANDB_RE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
+_WANDB_VERSION_RE = re.compile(r":v\d+$")  # a pinned version; anything else after ':' is a movable alias
 _HF_RE = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 _COMPLETE_MARKER = ".download-complete"
 
@@ -166,13 +168,22 @@ def _download_once(target: Path, download) -> Path:
 
 
 def _download_wandb(spec: str) -> Path:
-    # Cached under the name as given: an alias like ':latest' is resolved once per cache; delete the dir to refresh.
-    def fetch(target: Path) -> None:
-        import wandb
+    """A pinned version (':v3') never changes: cached under its name, with no API call once downloaded. An
+    alias (':latest', ':best') can move, so it is resolved through the API on every load and cached under the
+    version it points to now (a new 'latest' is downloaded; the old one stays in the cache)."""
+    if _WANDB_VERSION_RE.search(spec):
+        def fetch(target: Path) -> None:
+            import wandb
 
-        wandb.Api().artifact(spec).download(root=str(target))
+            wandb.Api().artifact(spec).download(root=str(target))
 
-    return _download_once(cache_root() / "wandb" / _safe_name(spec), fetch)
+        return _download_once(cache_root() / "wandb" / _safe_name(spec), fetch)
+    import wandb
+
+    artifact = wandb.Api().artifact(spec)
+    pinned = f"{spec.rsplit(':', 1)[0]}:{artifact.version}"
+    return _download_once(cache_root() / "wandb" / _safe_name(pinned),
+                          lambda target: artifact.download(root=str(target)))
 
 
 def _download_hf(spec: str) -> Path:

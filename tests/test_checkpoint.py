@@ -208,6 +208,38 @@ def test_wandb_source_downloads_once_with_lock(model, tok, tmp_path, monkeypatch
     assert len(results) == 4 and all(torch.equal(probe(m), probe(model)) for m, _, _ in results)
 
 
+def test_wandb_alias_is_resolved_on_every_load_and_cached_by_version(model, tok, tmp_path, monkeypatch):
+    """':latest' follows the alias (a new version is downloaded); a pinned ':vN' needs no API call once cached."""
+    monkeypatch.setenv("FRACTAL_LLM_HOME", str(tmp_path / "home"))
+    latest = {"version": "v4"}
+    lookups, downloads = [], []
+
+    class FakeArtifact:  # the attributes of wandb's Artifact that checkpoint.py reads
+        def __init__(self, name):
+            self.version = latest["version"] if name.endswith(":latest") else name.rsplit(":", 1)[1]
+
+        def download(self, root):
+            downloads.append(self.version)
+            save_model(root, model, tok, step=5)
+            return root
+
+    def artifact(name):
+        lookups.append(name)
+        return FakeArtifact(name)
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda: types.SimpleNamespace(artifact=artifact)))
+    load_model("wandb:ent/proj/base-d20:latest")
+    load_model("wandb:ent/proj/base-d20:latest")
+    assert lookups == ["ent/proj/base-d20:latest"] * 2 and downloads == ["v4"]
+    latest["version"] = "v5"  # someone logged a new version
+    load_model("wandb:ent/proj/base-d20:latest")
+    assert downloads == ["v4", "v5"]
+    load_model("wandb:ent/proj/base-d20:v4")  # already in the cache under its version: no lookup at all
+    assert len(lookups) == 3 and downloads == ["v4", "v5"]
+    cached = sorted(p.name for p in (tmp_path / "home" / "models" / "wandb").iterdir() if p.is_dir())
+    assert cached == ["ent__proj__base-d20__v4", "ent__proj__base-d20__v5"]
+
+
 def test_hf_source_uses_snapshot_download(model, tok, tmp_path, monkeypatch):
     monkeypatch.setenv("FRACTAL_LLM_HOME", str(tmp_path / "home"))
     calls = []
