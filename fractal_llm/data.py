@@ -2,7 +2,8 @@
 
 Sources (`dataset_id`):
 - "docqa": the shipped document-QA dataset (fractal_llm/datasets/docqa/{train,validation}.jsonl);
-- a local .json / .jsonl file (or a local directory `datasets` can read); `split` is not used;
+- a local .json / .jsonl file (its only split: `split` is not used, and evaluation is refused), or a local
+  directory `datasets` can read, split by its file names (train.jsonl, validation.jsonl);
 - anything else: a Hugging Face hub dataset id, loaded with `revision` and `split`.
 All go through `datasets.load_dataset`. Records need a "messages" list of {"role", "content"};
 ShareGPT-style "conversations" ({"from", "value"}) and prompt/response columns are mapped to it.
@@ -96,6 +97,17 @@ def check_dataset_id(dataset_id: str) -> None:
         return
     if _is_local_id(dataset_id) and not os.path.exists(os.path.expanduser(dataset_id)):
         raise DatasetError(f"dataset_id={dataset_id!r}: local file not found ({Path(dataset_id).expanduser().resolve()})")
+
+
+def check_has_validation(dataset_id: str, wanted_by: str) -> None:
+    """Cheap check that the dataset has a validation split (no hub access: hub ids are not checked). A single
+    local file is read as the training data whatever the split, so evaluating on it would report training
+    loss as validation loss; a directory is split by its file names (train.jsonl, validation.jsonl)."""
+    source = _local_source(dataset_id, "validation")
+    if source is not None and dataset_id != DOCQA_ID and not source.is_dir():
+        raise DatasetError(f"dataset_id={dataset_id!r}: a single file has no validation split, which {wanted_by} "
+                           "reads. Put train.jsonl and validation.jsonl in one directory and pass the directory, "
+                           "or turn those off.")
 
 
 def _local_source(dataset_id: str, split: str) -> Path | None:

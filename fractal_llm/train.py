@@ -161,6 +161,7 @@ def train(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
     if config.model_family == "mlp":
         from fractal_llm.mlp import train_one
         return train_one(config)
+    preflight(config)
     t_start = time.perf_counter()
     device = resolve_device(config)
     set_determinism(config)
@@ -392,10 +393,14 @@ def agent_function() -> None:
 
 def preflight(config: TrainConfig) -> None:
     """Cheap checks of the inputs on disk, so a missing file fails before W&B or any model work."""
-    from fractal_llm.data import check_dataset_id
+    from fractal_llm.data import check_dataset_id, check_has_validation
     if config.model_family != "gpt":
         return
     check_dataset_id(config.dataset_id)
+    wanted_by = [name for name, on in (("eval_every", config.eval_every > 0), ("sample_every", config.sample_every > 0),
+                                       ("sample_before_after", config.sample_before_after)) if on]
+    if wanted_by:
+        check_has_validation(config.dataset_id, " and ".join(f"{name}={getattr(config, name)!r}" for name in wanted_by))
     source = config.model_id
     if source != "tiny" and not source.startswith(("wandb:", "hf:")) and not Path(source).is_dir():
         raise ConfigError(f"model_id={source!r}: no such directory (expected \"tiny\", a local checkpoint "

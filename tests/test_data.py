@@ -49,6 +49,16 @@ def test_docqa_loads_through_datasets_in_file_order():
     assert len(conversations) == docqa.DEFAULT_VALIDATION
 
 
+def test_local_directory_is_split_by_file_name(tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", [KNOWN])
+    _write_jsonl(tmp_path / "validation.jsonl", [SHORT])
+    assert data.load_conversations(str(tmp_path), split="train") == [KNOWN]
+    assert data.load_conversations(str(tmp_path), split="validation") == [SHORT]
+    data.check_has_validation(str(tmp_path), "eval_every=5")
+    with pytest.raises(data.DatasetError, match=r"train\.jsonl'.*single file.*eval_every=5"):
+        data.check_has_validation(str(tmp_path / "train.jsonl"), "eval_every=5")
+
+
 def test_local_jsonl_loads_with_messages(local_file):
     conversations = data.load_conversations(str(local_file))
     assert conversations[0] == KNOWN

@@ -130,6 +130,21 @@ def test_bad_config_fails_before_training(args, needle, tiny_base, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing ran, nothing recorded
 
 
+def test_evaluation_on_a_single_local_file_is_refused_before_training(tiny_base, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}] * 4
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "chats.jsonl").write_text(text)
+    proc = run_cli([f"--dataset_id={tmp_path / 'chats.jsonl'}", "--eval_every=5"], tiny_base, tmp_path)
+    assert proc.returncode == 2
+    assert "chats.jsonl" in proc.stderr and "eval_every=5" in proc.stderr and "validation" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+    split_dir = tmp_path / "split"
+    split_dir.mkdir()
+    for name in ("train.jsonl", "validation.jsonl"):
+        (split_dir / name).write_text(text)
+    train_module.preflight(TrainConfig(dataset_id=str(split_dir), eval_every=5))  # a directory with both splits
+
+
 def test_bad_checkpoint_is_an_error_outcome(tiny_base, tmp_path):
     broken = tmp_path / "broken"
     (broken / "checkpoints").mkdir(parents=True)
