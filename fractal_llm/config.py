@@ -41,7 +41,6 @@ RANGES = {
     "trainable_loss_ratio_threshold": (0.0, None, False, True),
     "width": (1, None, True, True),
     "lr_input": (0.0, None, True, True),
-    "lr_output": (0.0, None, True, True),
 }
 
 
@@ -88,7 +87,7 @@ class TrainConfig:
     dataset_size: int = -1  # -1: number of parameters (tanh, relu) or width (linear)
     batch_size: int = -1  # -1: full batch; else minibatch size drawn with replacement
     lr_input: float = 0.1
-    lr_output: float = 0.1
+    lr_output: float = 0.1  # -1: the same as lr_input (one LR for both layers, as in the paper's init-offset image)
     init_offset: float = 0.0
     init_offset_mode: str = "init"  # "init": added to W0 once; "every_step": added after every update
 
@@ -112,6 +111,8 @@ class TrainConfig:
                 raise ConfigError(f"dataset_size={self.dataset_size!r}: must be a positive count or -1 (auto)")
             if self.batch_size == 0 or self.batch_size < -1:
                 raise ConfigError(f"batch_size={self.batch_size!r}: must be a positive count or -1 (full batch)")
+            if self.lr_output < 0 and self.lr_output != -1:
+                raise ConfigError(f"lr_output={self.lr_output!r}: must be >= 0, or -1 for the same LR as lr_input")
         elif self.num_iterations == 0 or self.num_iterations < -1:
             raise ConfigError(f"num_iterations={self.num_iterations!r}: must be a positive step count or -1 "
                               "(derive from num_tokens)")
@@ -144,11 +145,15 @@ class TrainConfig:
         unembedding = self.unembedding_lr if self.unembedding_lr > 0 else matrix * self.unembedding_lr_mult
         return {"matrix": matrix, "embedding": embedding, "unembedding": unembedding}
 
+    def lr_output_resolved(self) -> float:
+        """mlp family: the output layer's LR (lr_output = -1 ties it to lr_input)."""
+        return self.lr_input if self.lr_output == -1 else self.lr_output
+
     def resolved(self) -> "TrainConfig":
         """The config as used: derived learning rates written into their fields."""
         lrs = self.group_lrs()
         return replace(self, matrix_lr=lrs["matrix"], embedding_lr=lrs["embedding"],
-                       unembedding_lr=lrs["unembedding"])
+                       unembedding_lr=lrs["unembedding"], lr_output=self.lr_output_resolved())
 
 
 def parse_groups(text: str) -> tuple[str, ...]:

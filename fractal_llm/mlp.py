@@ -467,7 +467,8 @@ def train_many(configs: list[TrainConfig], chunk_size: int = DEFAULT_CHUNK) -> l
             chunk = members[lo:lo + chunk_size]
             start = time.perf_counter()
             losses = train_losses(problem, [configs[i].lr_input for i in chunk],
-                                  [configs[i].lr_output for i in chunk], [configs[i].init_offset for i in chunk])
+                                  [configs[i].lr_output_resolved() for i in chunk],
+                                  [configs[i].init_offset for i in chunk])
             per_point = (time.perf_counter() - start) / len(chunk)
             for row, i in enumerate(chunk):
                 results[i] = _result(configs[i], problem, losses[row], per_point, batched=chunk_size > 1)
@@ -486,7 +487,7 @@ def _result(config: TrainConfig, problem: Problem, row: np.ndarray, runtime_s: f
     history = {
         "train/loss": curve,
         "lr/input": [config.lr_input] * steps,
-        "lr/output": [config.lr_output] * steps,
+        "lr/output": [config.lr_output_resolved()] * steps,
         "train/tokens_seen": [float(per_step * (t + 1)) for t in range(steps)],
     }
     full = replace(config, num_iterations=problem.steps, dataset_size=problem.dataset_size).resolved()

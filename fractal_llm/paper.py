@@ -257,15 +257,20 @@ def _fmt(value) -> str:
 # ----------------------------------------------------------------------------------------------
 # Sweep YAML (the same grid as an ordinary sweep for `fractal-llm local`)
 
-def sweep_config(paper: PaperConfig, window, res: int, steps: int) -> dict:
+def sweep_config(paper: PaperConfig, window, res: int, steps: int, offset_mode: str | None = None) -> dict:
+    """The frame as a grid sweep. init-offset: x = init_offset, y = lr_input, with lr_output = -1 (tied)."""
     from fractal_llm.sweep import AxisArg, new_sweep
 
-    if paper.shared_lr:
-        raise PaperError(f"CONFIG={paper.name!r}: its y axis is one LR shared by both layers, which a 2-axis "
-                         "grid sweep cannot tie; use `fractal-llm paper init-offset` instead of --write-yaml")
     x0, x1, y0, y1 = window
-    axes = [AxisArg("lr_input", 10.0 ** x0, 10.0 ** x1, res), AxisArg("lr_output", 10.0 ** y0, 10.0 ** y1, res)]
+    x_values, y_values = (10.0 ** x0, 10.0 ** x1, res), (10.0 ** y0, 10.0 ** y1, res)
     fixed = {"model_family": "mlp", **paper.fixed, "num_iterations": steps}
+    if offset_mode is not None:
+        fixed["init_offset_mode"] = offset_mode
+    if paper.shared_lr:
+        axes = [AxisArg("init_offset", *x_values), AxisArg("lr_input", *y_values)]
+        fixed["lr_output"] = -1.0
+    else:
+        axes = [AxisArg("lr_input", *x_values), AxisArg("lr_output", *y_values)]
     return new_sweep(axes, fixed, name=f"paper-{paper.name}-{res}",
                      description=f"Sohl-Dickstein 2024 grid: {paper.description}")
 
@@ -305,7 +310,7 @@ def run(args) -> int:
     if args.write_yaml:
         from fractal_llm.sweep import dump_sweep_yaml
 
-        cfg = sweep_config(paper, window, args.res, steps)
+        cfg = sweep_config(paper, window, args.res, steps, args.offset_mode)
         Path(args.write_yaml).write_text(dump_sweep_yaml(cfg, header=f"fractal-llm paper {paper.name}"))
         console.print(f"sweep: {args.write_yaml} ({args.res}x{args.res} points)")
         return 0

@@ -75,7 +75,7 @@ def test_cli_is_deterministic(tmp_path):
     assert reports[0]["point_table"] == reports[1]["point_table"]
 
 
-def test_write_yaml_is_a_checked_sweep(tmp_path, capsys):
+def test_write_yaml_is_a_checked_sweep(tmp_path):
     from fractal_llm.sweep import expand_grid, load_sweep
 
     path = tmp_path / "tanh.yaml"
@@ -86,5 +86,24 @@ def test_write_yaml_is_a_checked_sweep(tmp_path, capsys):
     assert {p["model_family"] for p in points} == {"mlp"} and {p["num_iterations"] for p in points} == {50}
     params = yaml.safe_load(path.read_text())["parameters"]
     assert params["lr_input"]["values"][0] == pytest.approx(1.0)
-    assert paper.main(["init-offset", "--write-yaml", str(tmp_path / "x.yaml")]) == 2
-    assert "init-offset" in capsys.readouterr().out
+
+
+def test_init_offset_yaml_ties_the_output_lr_to_the_input_lr(tmp_path):
+    from fractal_llm.config import ConfigError, TrainConfig
+    from fractal_llm.sweep import expand_grid, load_sweep
+
+    path = tmp_path / "offset.yaml"
+    assert paper.main(["init-offset", "--res", "4", "--steps", "40", "--write-yaml", str(path)]) == 0
+    points = expand_grid(load_sweep(path))
+    assert len(points) == 16 and {p["lr_output"] for p in points} == {-1.0}
+    assert {p["init_offset_mode"] for p in points} == {"every_step"} and len({p["init_offset"] for p in points}) == 4
+    configs = [TrainConfig(**p) for p in points]
+    results = mlp.train_many(configs)
+    lrs = [c.lr_input for c in configs]
+    tied = mlp.train_losses(mlp.problem_of(configs[0]), lrs, lrs, [c.init_offset for c in configs])
+    for result, row in zip(results, tied):
+        curve = result.history["train/loss"]
+        assert np.array_equal(curve, row[:len(curve)])
+        assert result.config["lr_output"] == result.config["lr_input"]  # the record shows the LR used
+    with pytest.raises(ConfigError, match="lr_output=-2.0.*-1 for the same LR as lr_input"):
+        TrainConfig(model_family="mlp", lr_output=-2.0)
