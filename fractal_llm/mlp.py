@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -398,9 +399,18 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
     if workers == 1:
         yield None
         return
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker)
+    try:
         yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after Ctrl-C or an error: no new chunks
+
+
+def _start_worker() -> None:
+    torch.set_num_threads(1)
+    # Ctrl-C in a terminal reaches every process of the group. Only the parent acts on it (it cancels the
+    # queued chunks and waits for the running ones, a few seconds): a worker dying of it would break the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def grid_chunk_size(total: int) -> int:

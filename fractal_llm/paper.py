@@ -302,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     except PaperError as exc:  # bad input: one clear line (raised before any training)
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True, highlight=False)
         return 2
+    except KeyboardInterrupt:
+        console.print("\n[yellow]stopped.[/yellow] Paper mode writes its report at the end: nothing was written.")
+        return 130
 
 
 def run(args) -> int:

@@ -1,6 +1,12 @@
 """`fractal-llm paper`: argument errors, smooth linear boundary, zoom frames, report output, sweep YAML."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +113,19 @@ def test_init_offset_yaml_ties_the_output_lr_to_the_input_lr(tmp_path):
         assert result.config["lr_output"] == result.config["lr_input"]  # the record shows the LR used
     with pytest.raises(ConfigError, match="lr_output=-2.0.*-1 for the same LR as lr_input"):
         TrainConfig(model_family="mlp", lr_output=-2.0)
+
+
+def test_ctrl_c_in_a_terminal_stops_workers_and_parent_cleanly(tmp_path):
+    # A terminal's Ctrl-C reaches the whole process group: parent and worker processes.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "fractal_llm.paper", "tanh", "--res", "128", "--workers", "2",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(4)  # workers started and training (the whole grid takes far longer)
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "stopped." in output and "Traceback" not in output
+    assert not (out / "report.json").exists()
