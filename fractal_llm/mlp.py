@@ -138,11 +138,10 @@ def train_losses(problem: Problem, lr_input, lr_output, init_offset) -> np.ndarr
         raise ValueError(f"lr_input/lr_output/init_offset: need three 1-D arrays of one length, got "
                          f"{tuple(lr_in.shape)}, {tuple(lr_out.shape)}, {tuple(offset.shape)}")
     # Run a block of a few points per torch thread: a block's (n x N) arrays then stay in L2, which beats
-    # fewer, larger ops (each pass over a big chunk is memory-bound). (Measured: one single-threaded block per
-    # core in a Python thread pool is slower than one block with intra-op threads, as the threads contend
-    # for the GIL between the small ops.) The block's slots are a queue: a slot whose point has diverged or
-    # finished takes the next point (full batch; see _BatchedRun.run). Points are independent, so neither the
-    # blocking nor the refill changes any result.
+    # fewer, larger ops (each pass over a big chunk is memory-bound). Across cores, worker processes with one
+    # thread each (worker_pool) beat intra-op threads. The block's slots are a queue: a slot whose point has
+    # diverged or finished takes the next point (full batch; see _BatchedRun.run). Points are independent, so
+    # neither the blocking nor the refill changes any result.
     total = lr_in.shape[0]
     losses = np.full((total, problem.steps), math.nan)
     if total == 0:
