@@ -147,10 +147,7 @@ def run_frame(paper: PaperConfig, problem: mlp.Problem, window, res: int, chunk:
     x0, x1, y0, y1 = window
     xs, ys = axis_values(x0, x1, res), axis_values(y0, y1, res)
     xx, yy = np.meshgrid(xs, ys)  # (ny, nx): row i = y_values[i]
-    if paper.shared_lr:
-        lr_in, lr_out, offset = yy.ravel(), yy.ravel(), xx.ravel()
-    else:
-        lr_in, lr_out, offset = xx.ravel(), yy.ravel(), np.zeros(xx.size)
+    lr_in, lr_out, offset = hyperparameters(paper, xx.ravel(), yy.ravel())
     with console.status(f"{label} {res}x{res} points x {problem.steps} steps") as status:
         def progress(done, total):
             status.update(f"{label} {done}/{total} points x {problem.steps} steps")
@@ -158,6 +155,22 @@ def run_frame(paper: PaperConfig, problem: mlp.Problem, window, res: int, chunk:
     shaped = {k: (v.reshape(res, res) if isinstance(v, np.ndarray) else v) for k, v in summary.items()}
     labels = shaped["trainable"].astype(np.float64)
     return Frame(window=tuple(window), x_values=xs, y_values=ys, summary=shaped, labels=labels)
+
+
+def hyperparameters(paper: PaperConfig, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(lr_input, lr_output, init_offset) at image coordinates x, y (init-offset: x = offset, y = both LRs)."""
+    if paper.shared_lr:
+        return y, y, x
+    return x, y, np.zeros_like(x)
+
+
+def pixel_curve(paper: PaperConfig, problem: mlp.Problem, frame: Frame, i: int, j: int) -> list[float]:
+    """The loss curve of pixel (row i, column j), trained again alone: bit-identical to its run in the batched
+    grid, so the report's loss-curve panel needs no stored curves. Ends at the first non-finite loss."""
+    x, y = np.array([frame.x_values[j]]), np.array([frame.y_values[i]])
+    row = mlp.train_losses(problem, *hyperparameters(paper, x, y))[0]
+    bad = np.flatnonzero(~np.isfinite(row))
+    return row.tolist() if bad.size == 0 else row[:bad[0] + 1].tolist()
 
 
 def zoom_window(frame: Frame) -> tuple[float, float, float, float] | None:
@@ -230,8 +243,9 @@ def write_outputs(paper: PaperConfig, frames: list[Frame], out: Path, problem: m
                                 frame.summary["score"], final_loss=frame.summary["loss_last"], fixed=fixed,
                                 name=f"paper-{paper.name}")
         target = out if k == 0 else out / f"frame_{k:02d}"
+        curve_at = lambda i, j, frame=frame: pixel_curve(paper, problem, frame, i, j)  # noqa: E731
         written = write_report(grid, target, title=title if k == 0 else f"{title}, zoom frame {k}",
-                               history_of=lambda record: {}, zoom_k=0, extra=extra if k == 0 else None)
+                               curve_at=curve_at, zoom_k=0, extra=extra if k == 0 else None)
         report = written if k == 0 else report
     print_summary(report, out)  # the base frame; the zoom frames are in the per-frame table
     return report

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import matplotlib
 
@@ -32,7 +32,6 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocat
 
 from fractal_llm.fractal import DimensionEstimate, edge_mask  # noqa: E402
 from fractal_llm.grid import Grid, axis_is_log, cell_edges, plot_coordinates  # noqa: E402
-from fractal_llm.records import RunRecord  # noqa: E402
 from fractal_llm.zoom import ZoomBox, draw_boxes  # noqa: E402
 
 MESH_MAX_SIDE = 256  # above this many cells a side, draw with imshow
@@ -44,7 +43,7 @@ TRAINABLE_COLOR, NOT_TRAINABLE_COLOR = "#2166ac", "#b2182b"
 DPI = 110
 OVERVIEW_DPI = 100  # 2100 px wide; the single panels carry the detail
 
-HistoryFn = Callable[[RunRecord], dict]
+CurveFn = Callable[[int, int], Sequence[float]]  # the loss curve of grid cell (row i, column j)
 
 
 # ---------------------------------------------------------------- coordinates
@@ -300,10 +299,10 @@ def _fmt(x: float) -> str:
 # ---------------------------------------------------------------- loss curves
 
 
-def boundary_pairs(grid: Grid, n: int = 3) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+def boundary_pairs(grid: Grid, has_curve: np.ndarray, n: int = 3) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """Up to n pairs of neighbouring points with different classes, spread along the boundary.
-    Each pair is ((i, j) trainable, (i2, j2) not trainable or diverged); both must have a run record."""
-    labels, has_record = grid.labels, grid.record_index >= 0
+    Each pair is ((i, j) trainable, (i2, j2) not trainable or diverged); both must have a loss curve."""
+    labels, has_record = grid.labels, has_curve
     pairs = []
     for di, dj in ((0, 1), (1, 0)):
         a, b = labels[: labels.shape[0] - di, : labels.shape[1] - dj], labels[di:, dj:]
@@ -319,11 +318,11 @@ def boundary_pairs(grid: Grid, n: int = 3) -> list[tuple[tuple[int, int], tuple[
     return [pairs[k] for k in picks]
 
 
-def plot_loss_curves(axes, grid: Grid, pairs, history_of: HistoryFn | None) -> None:
+def plot_loss_curves(axes, grid: Grid, pairs, curve_at: CurveFn | None) -> None:
     """(e) one panel per pair: the trainable point's loss (blue) and its failing neighbour's (red)."""
     axes = list(np.atleast_1d(axes))
-    if not pairs or history_of is None:
-        why = "no run records (arrays only)" if not grid.records else "no pair of neighbours across the boundary"
+    if not pairs or curve_at is None:
+        why = "no loss curves (no run records)" if curve_at is None else "no pair of neighbours across the boundary"
         axes[0].text(0.5, 0.5, why, transform=axes[0].transAxes, ha="center")
         axes[0].set_xticks([])
         axes[0].set_yticks([])
@@ -332,9 +331,10 @@ def plot_loss_curves(axes, grid: Grid, pairs, history_of: HistoryFn | None) -> N
             ax.set_visible(False)
         return
     for ax, (good, bad) in zip(axes, pairs):
+        shown = []
         for (i, j), color in ((good, TRAINABLE_COLOR), (bad, NOT_TRAINABLE_COLOR)):
-            record = grid.records[grid.record_index[i, j]]
-            losses = np.asarray((history_of(record) or {}).get("train/loss", []), dtype=float)
+            losses = np.asarray(curve_at(i, j), dtype=float)
+            shown.append(losses[np.isfinite(losses) & (losses > 0)])
             label = (f"{grid.verdicts[i, j]}: {grid.x_name}={grid.x_values[j]:.3g}, "
                      f"{grid.y_name}={grid.y_values[i]:.3g}")
             ax.plot(np.arange(len(losses)), np.where(np.isfinite(losses), losses, np.nan), color=color, lw=1,
@@ -342,13 +342,28 @@ def plot_loss_curves(axes, grid: Grid, pairs, history_of: HistoryFn | None) -> N
             if len(losses) and not np.isfinite(losses[-1]):
                 ax.axvline(len(losses) - 1, color=color, ls=":", lw=1)  # where it diverged
         ax.set_yscale("log")
-        _plain_log_axis(ax.yaxis)
+        _loss_axis(ax, np.concatenate(shown))
         ax.set_ylabel("train loss")
         ax.legend(fontsize=6)
     axes[0].set_title("(e) neighbours across the boundary (dotted: divergence)", fontsize=10)
     axes[len(pairs) - 1].set_xlabel("step")
     for ax in axes[len(pairs):]:
         ax.set_visible(False)
+
+
+def _loss_axis(ax, values: np.ndarray) -> None:
+    """LLM losses span a decade or two: plain tick labels. The paper's MLP can go from 1e-30 to 1e300 within
+    one panel: a few powers of ten, limits at the finite values, clipped to 1e-100..1e100 (matplotlib's tick
+    labels fail near the float64 limits; a loss beyond 1e100 has diverged for every purpose)."""
+    if values.size == 0:
+        return
+    lo, hi = float(values.min()), float(values.max())
+    if hi / lo <= 1e3:
+        _plain_log_axis(ax.yaxis)
+        return
+    ax.set_ylim(max(lo / 2, 1e-100), min(hi * 2, 1e100))
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=6))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 # ---------------------------------------------------------------- files
@@ -361,11 +376,15 @@ def _save(fig, path: Path, dpi: int = DPI) -> Path:
 
 
 def write_plots(grid: Grid, estimate: DimensionEstimate, out_dir: str | Path, boxes: list[ZoomBox] | None = None,
-                history_of: HistoryFn | None = None, n_pairs: int = 3, title: str = "") -> dict[str, Path]:
-    """Every PNG of the report; returns {name: path}."""
+                curve_at: CurveFn | None = None, has_curve: np.ndarray | None = None, n_pairs: int = 3,
+                title: str = "") -> dict[str, Path]:
+    """Every PNG of the report; returns {name: path}. curve_at(i, j) gives the loss curves of the panel (e) for
+    the cells where has_curve is True (default: every cell)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = boundary_pairs(grid, n_pairs) if grid.records else []
+    if has_curve is None:
+        has_curve = np.ones(grid.shape, dtype=bool)
+    pairs = boundary_pairs(grid, has_curve, n_pairs) if curve_at is not None else []
     paths = {}
 
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -386,7 +405,7 @@ def write_plots(grid: Grid, estimate: DimensionEstimate, out_dir: str | Path, bo
 
     rows = max(1, len(pairs))  # stacked: a squarish image that tiles well into the overview
     fig, axes = plt.subplots(rows, 1, figsize=(7, 1.2 + 2.3 * rows), squeeze=False, sharex=True)
-    plot_loss_curves(axes[:, 0], grid, pairs, history_of)
+    plot_loss_curves(axes[:, 0], grid, pairs, curve_at)
     paths["loss_curves"] = _save(fig, out_dir / "loss_curves.png")
 
     paths["overview"] = compose_overview(paths, out_dir / "overview.png", title or grid.name or "trainability report")

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from fractal_llm.fractal import DimensionEstimate, estimate_dimension
 from fractal_llm.grid import OUTCOMES, Grid, GridError, build_grid
-from fractal_llm.plots import plot_difference, write_plots
+from fractal_llm.plots import CurveFn, plot_difference, write_plots
 from fractal_llm.records import RunRecord
 from fractal_llm.sources import SourceError, combined_history, local_history, local_source, parse_sweep_path, wandb_source
 from fractal_llm.zoom import find_zoom_boxes, write_zoom_sweeps
@@ -55,9 +55,12 @@ def json_safe(value):
 
 
 def write_report(grid: Grid, out_dir, *, title: str, sweep_config: dict | None = None,
-                 history_of: HistoryFn | None = None, zoom_k: int = 3, zoom_resolution: int = 16,
-                 extra: dict | None = None) -> dict:
-    """Write report.md, report.json and the PNGs into out_dir; return the JSON dict (print_summary prints it)."""
+                 history_of: HistoryFn | None = None, curve_at: CurveFn | None = None, zoom_k: int = 3,
+                 zoom_resolution: int = 16, extra: dict | None = None) -> dict:
+    """Write report.md, report.json and the PNGs into out_dir; return the JSON dict (print_summary prints it).
+
+    Loss curves (panel e): from the grid's run records through history_of (default: the local records), or,
+    for a grid without records (paper mode), curve_at(i, j) for any cell."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     timing = {}
@@ -72,8 +75,10 @@ def write_report(grid: Grid, out_dir, *, title: str, sweep_config: dict | None =
     timing["zoom"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    history_of = history_of or local_history
-    images = write_plots(grid, estimate, out_dir, boxes, history_of, title=title)
+    has_curve = None
+    if curve_at is None and grid.records:
+        curve_at, has_curve = record_curves(grid, history_of or local_history)
+    images = write_plots(grid, estimate, out_dir, boxes, curve_at, has_curve, title=title)
     timing["plots"] = time.perf_counter() - start
 
     report = {
@@ -194,6 +199,14 @@ def _zoom_markdown(report: dict, out_dir: Path) -> list[str]:
 
 def _num(x) -> str:
     return "–" if x is None else f"{x:.3f}"
+
+
+def record_curves(grid: Grid, history_of: HistoryFn) -> tuple[CurveFn, np.ndarray]:
+    """curve_at for a grid of run records (their train/loss histories), and the cells that have a record."""
+    def curve_at(i: int, j: int) -> list[float]:
+        return (history_of(grid.records[grid.record_index[i, j]]) or {}).get("train/loss", [])
+
+    return curve_at, grid.record_index >= 0
 
 
 def print_summary(report: dict, out_dir: Path) -> None:

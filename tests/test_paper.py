@@ -47,6 +47,22 @@ def test_linear_map_has_smooth_boundary_and_both_classes():
     assert estimate.dimension < 1.3, estimate
 
 
+def test_pixel_curve_retrains_a_pixel_exactly_as_the_batched_frame():
+    from fractal_llm.verdict import summarize_losses
+
+    for name in ("tanh", "init-offset"):
+        cfg = paper.CONFIGS[name]
+        problem = mlp.problem_of(paper.train_config(cfg, steps=120))
+        frame = paper.run_frame(cfg, problem, cfg.window, 6, chunk=0)
+        assert len(set(frame.verdicts.ravel())) >= 2
+        for i in range(6):
+            for j in range(6):
+                curve = paper.pixel_curve(cfg, problem, frame, i, j)
+                stats = summarize_losses(curve, 120, problem.window, problem.threshold)
+                assert stats["verdict"] == frame.verdicts[i, j], (name, i, j)
+                assert stats["score"] == frame.summary["score"][i, j], (name, i, j)
+
+
 def test_zoom_window_is_half_width_and_centred_on_boundary():
     labels = np.zeros((21, 21))
     labels[:, :7] = 1.0  # vertical boundary between columns 6 and 7

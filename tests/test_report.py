@@ -103,6 +103,23 @@ def test_large_array_grid_reports_a_dimension(tmp_path):
     assert "D = " in text and "no sweep config" in text
 
 
+def test_array_grid_draws_loss_curves_of_neighbours_across_the_boundary(tmp_path):
+    """Paper mode has no records: the report asks curve_at(i, j) for the cells it plots."""
+    trainable = np.zeros((8, 8), dtype=bool)
+    trainable[:, :3] = True  # boundary between columns 2 and 3
+    scores = np.where(trainable, -1.0, 1.0)
+    grid = grid_from_arrays("lr_input", "lr_output", np.logspace(0, 1, 8), np.logspace(0, 1, 8), trainable, scores)
+    asked = []
+
+    def curve_at(i, j):
+        asked.append((i, j))
+        return [1.0, 0.5, 0.25] if trainable[i, j] else [1.0, 2.0, float("inf")]
+
+    write_report(grid, tmp_path / "out", title="curves", curve_at=curve_at, zoom_k=0)
+    assert len(asked) == 6  # three pairs, one trainable and one failing cell each
+    assert {j for _, j in asked} == {2, 3} and sum(trainable[i, j] for i, j in asked) == 3
+
+
 def test_compare_two_local_sweeps(tmp_path):
     a = build_grid(*local_source(write_local_sweep(tmp_path / "cosine", name="cosine")))
     b = build_grid(*local_source(write_local_sweep(tmp_path / "constant", shift=-0.3, name="constant")))

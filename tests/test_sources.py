@@ -137,7 +137,7 @@ def test_history_is_fetched_unsampled_only_for_plotted_runs(tmp_path):
     api = FakeApi(cfg, {"s": fake_runs(calls, cfg)}, calls)
     sweep_config, records, history_of = wandb_source("e/p/s", api=api)
     grid = build_grid(sweep_config, records)
-    plotted = {grid.record_index[p] for pair in boundary_pairs(grid, 3) for p in pair}
+    plotted = {grid.record_index[p] for pair in boundary_pairs(grid, grid.record_index >= 0, 3) for p in pair}
     write_report(grid, tmp_path / "out", title="t", sweep_config=sweep_config, history_of=history_of, zoom_k=1)
     assert calls.history == len(plotted) and 0 < calls.history <= 6  # each plotted run once (cached)
     fetched = [r for r in records if r.history is not None]
