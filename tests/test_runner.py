@@ -130,7 +130,9 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_records(tmp_path, workers):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "fractal_llm.runner", str(sweep), "--out", str(out),
                              "--mlp-chunk", "1", "--workers", str(workers)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            # as in a terminal, whatever this test runs under (nohup and background jobs ignore it)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 40
     finished = lambda: [p for p in out.glob("*.json") if not p.name.startswith(".tmp-")]  # noqa: E731
     while time.time() < deadline and not finished():
