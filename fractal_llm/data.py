@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,15 +129,33 @@ def load_conversations(dataset_id: str, revision: str = "", split: str = "train"
 
     check_dataset_id(dataset_id)
     source = _local_source(dataset_id, split)
-    if source is None:
+    if source is None:  # a hub download: its progress bars are worth seeing
         table = datasets.load_dataset(dataset_id, revision=revision or None, split=split)
-    elif source.is_dir():
-        table = datasets.load_dataset(str(source), split=split)
     else:
-        # A private datasets cache under our home keeps the user's HF cache free of temporary files.
-        table = datasets.load_dataset("json", data_files={"train": str(source)}, split="train",
-                                      cache_dir=str(paths.data_cache_dir() / "hf_datasets"))
+        with _without_progress_bars(datasets):
+            table = _load_local(datasets, source, split)
     return _to_conversations(table, dataset_id)
+
+
+def _load_local(datasets, source: Path, split: str):
+    if source.is_dir():
+        return datasets.load_dataset(str(source), split=split)
+    # A private datasets cache under our home keeps the user's HF cache free of temporary files.
+    return datasets.load_dataset("json", data_files={"train": str(source)}, split="train",
+                                 cache_dir=str(paths.data_cache_dir() / "hf_datasets"))
+
+
+@contextmanager
+def _without_progress_bars(datasets):
+    """A local file converts in a fraction of a second; its "Generating train split" bars would only break
+    into the runner's progress bar. The caller's setting is restored afterwards."""
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _to_conversations(table, dataset_id: str) -> list[dict]:

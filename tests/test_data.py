@@ -59,6 +59,16 @@ def test_local_directory_is_split_by_file_name(tmp_path):
         data.check_has_validation(str(tmp_path / "train.jsonl"), "eval_every=5")
 
 
+def test_local_file_loads_without_progress_bars_and_keeps_the_setting(tmp_path, capfd):
+    import datasets
+
+    path = _write_jsonl(tmp_path / "fresh.jsonl", [KNOWN, SHORT])  # a new file: datasets converts it
+    assert not datasets.are_progress_bars_disabled()
+    assert data.load_conversations(str(path)) == [KNOWN, SHORT]
+    assert "Generating train split" not in capfd.readouterr().err
+    assert not datasets.are_progress_bars_disabled()  # the caller's setting is back
+
+
 def test_local_jsonl_loads_with_messages(local_file):
     conversations = data.load_conversations(str(local_file))
     assert conversations[0] == KNOWN
