@@ -30,6 +30,7 @@ _WANDB_RE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
 _WANDB_VERSION_RE = re.compile(r":v\d+$")  # a pinned version; anything else after ':' is a movable alias
 _HF_RE = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 _COMPLETE_MARKER = ".download-complete"
+HF_SKIPPED_FILES = ["optim_*", "*/optim_*"]  # optimizer state: never read here
 
 
 # ---------------------------------------------------------------------------- directory format
@@ -192,7 +193,10 @@ def _download_hf(spec: str) -> Path:
     def fetch(target: Path) -> None:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(repo_id=repo_id, revision=revision or None, local_dir=str(target))
+        # nanochat keeps optimizer state beside the weights (optim_<step>[_rank<r>].pt, larger than the model):
+        # fine-tuning from the weights never reads it.
+        snapshot_download(repo_id=repo_id, revision=revision or None, local_dir=str(target),
+                          ignore_patterns=HF_SKIPPED_FILES)
 
     return _download_once(cache_root() / "hf" / _safe_name(spec), fetch)
 

@@ -1,5 +1,6 @@
 """Checkpoint directories: write -> read, nanochat's native layout, load_model sources and errors."""
 
+import fnmatch
 import json
 import sys
 import threading
@@ -244,8 +245,12 @@ def test_hf_source_uses_snapshot_download(model, tok, tmp_path, monkeypatch):
     monkeypatch.setenv("FRACTAL_LLM_HOME", str(tmp_path / "home"))
     calls = []
 
-    def snapshot_download(repo_id, revision, local_dir):
+    def snapshot_download(repo_id, revision, local_dir, ignore_patterns):
         calls.append((repo_id, revision))
+        skipped = lambda name: any(fnmatch.fnmatch(name, p) for p in ignore_patterns)  # noqa: E731 (hub's matching)
+        assert skipped("optim_000650_rank0.pt") and skipped("checkpoints/optim_000650.pt")
+        assert not any(skipped(n) for n in ("model_000650.pt", "meta_000650.json", "tokenizer.pkl", "token_bytes.pt",
+                                            "checkpoints/model_000650.pt", "tokenizer/tokenizer.pkl"))
         save_checkpoint(local_dir, 650, model.state_dict(), {"model_config": CFG})
         tok.save(local_dir)  # karpathy/nanochat-d32 style: tokenizer.pkl at the repo root
         return local_dir
