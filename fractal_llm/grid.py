@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fractal_llm.records import RunRecord, point_name
-from fractal_llm.verdict import VERDICTS
-
-OUTCOMES = ("trainable", "not_trainable", "diverged", "error", "missing")
+from fractal_llm.verdict import VERDICTS, count_verdicts, labels_from_verdicts
 # Train-config fields where a value <= 0 means "derive me": the record holds the resolved (positive) value.
 DERIVED_WHEN_NONPOSITIVE = ("matrix_lr", "embedding_lr", "unembedding_lr")
 
@@ -207,7 +205,7 @@ def _assemble(x_name, y_name, x_values, y_values, records, best, best_error, fix
         record_index[i, j] = index
     return Grid(x_name=x_name, y_name=y_name, x_values=list(x_values), y_values=list(y_values),
                 labels=labels_from_verdicts(verdicts), verdicts=verdicts, scores=scores, final_loss=final_loss,
-                record_index=record_index, records=records, fixed=dict(fixed), counts=count_outcomes(verdicts),
+                record_index=record_index, records=records, fixed=dict(fixed), counts=count_verdicts(verdicts),
                 skipped=skipped, name=name)
 
 
@@ -216,61 +214,33 @@ def _float_or_nan(value) -> float:
     return math.nan if number is None else number
 
 
-def labels_from_verdicts(verdicts: np.ndarray) -> np.ndarray:
-    labels = np.full(verdicts.shape, np.nan)
-    labels[verdicts == "trainable"] = 1.0
-    labels[(verdicts == "not_trainable") | (verdicts == "diverged")] = 0.0
-    return labels
-
-
-def count_outcomes(verdicts: np.ndarray) -> dict:
-    return {outcome: int(np.count_nonzero(verdicts == outcome)) for outcome in OUTCOMES}
-
-
 # ---------------------------------------------------------------- paper mode
 
 
 def grid_from_arrays(x_name: str, y_name: str, x_values, y_values, verdicts, scores, final_loss=None,
                      fixed: dict | None = None, name: str = "") -> Grid:
-    """A Grid straight from arrays (paper mode: no run records). verdicts: (ny, nx) verdict strings,
-    or a bool array (True = trainable, False = not trainable)."""
+    """A Grid straight from arrays (paper mode: no run records). verdicts: (ny, nx) verdict strings."""
     x_values = [float(v) for v in x_values]
     y_values = [float(v) for v in y_values]
     shape = (len(y_values), len(x_values))
-    verdicts = np.asarray(verdicts)
-    labels = None
-    if verdicts.dtype == bool:  # fast path for big paper arrays: no string comparisons over 16M cells
-        trainable = verdicts
-        labels = trainable.astype(np.float64)
-        verdicts = np.full(trainable.shape, "not_trainable", dtype=object)
-        verdicts[trainable] = "trainable"
-        n_trainable = int(np.count_nonzero(trainable))
-        counts = {**{outcome: 0 for outcome in OUTCOMES}, "trainable": n_trainable,
-                  "not_trainable": trainable.size - n_trainable}
-    else:
-        verdicts = verdicts.astype(object)
-        counts = count_outcomes(verdicts)
+    verdicts = np.asarray(verdicts, dtype=object)
+    try:
+        counts = count_verdicts(verdicts)
+    except ValueError as e:
+        raise GridError(str(e)) from None
     scores = np.asarray(scores, dtype=np.float64)
     final_loss = np.full(shape, np.nan) if final_loss is None else np.asarray(final_loss, dtype=np.float64)
     for label, array in (("verdicts", verdicts), ("scores", scores), ("final_loss", final_loss)):
         if array.shape != shape:
             raise GridError(f"{label}.shape={array.shape}: must be (len(y_values), len(x_values)) = {shape}")
-    if sum(counts.values()) != verdicts.size:
-        unknown = set(np.unique(verdicts.astype(str))) - set(OUTCOMES)
-        raise GridError(f"verdicts: {sorted(unknown)} not allowed; allowed: {OUTCOMES}")
     for label, values in ((x_name, x_values), (y_name, y_values)):
         if any(b <= a for a, b in zip(values, values[1:])):
             raise GridError(f"{label} values must be strictly ascending")
     return Grid(x_name=x_name, y_name=y_name, x_values=x_values, y_values=y_values,
-                labels=labels if labels is not None else labels_from_verdicts(verdicts), verdicts=verdicts,
+                labels=labels_from_verdicts(verdicts), verdicts=verdicts,
                 scores=scores, final_loss=final_loss,
                 record_index=np.full(shape, -1, dtype=np.int64), records=[], fixed=dict(fixed or {}),
                 counts=counts, name=name)
-
-
-def point_record_name(grid: Grid, i: int, j: int) -> str:
-    """The record name a local runner gives the point at row i, column j."""
-    return point_name({grid.x_name: grid.x_values[j], grid.y_name: grid.y_values[i]})
 
 
 # ---------------------------------------------------------------- geometry shared by plots and zoom

@@ -35,7 +35,7 @@ import torch
 
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.records import RunResult, SUMMARY_KEYS
-from fractal_llm.verdict import SCORE_CAP, summarize_losses
+from fractal_llm.verdict import summarize_batch, summarize_losses
 
 DEFAULT_STEPS = 500
 DEFAULT_CHUNK = 4096  # points per train_losses call in train_many
@@ -322,62 +322,6 @@ class _BatchedRun:
             torch.ops.aten.threshold_backward.grad_input(res, h, 0.0, grad_input=out)
         else:
             out.copy_(res.expand_as(out))
-
-
-# ----------------------------------------------------------------------------------------------
-# Summaries, vectorised over points (equal to verdict.summarize_losses row by row; tests check it)
-
-def summarize_batch(losses: np.ndarray, planned_steps: int, window: int = 20, threshold: float = 1.0) -> dict:
-    """Per-point verdict arrays for a (B, S) loss matrix cut with cut_after_divergence.
-
-    Returns numpy arrays: verdict (object), trainable, diverged_at_step (-1 none), steps, loss_first,
-    loss_last, loss_mean_last_k, loss_ratio (NaN where summarize_losses gives None), score.
-    """
-    v = np.asarray(losses, dtype=np.float64)
-    b, s = v.shape
-    finite = np.isfinite(v)
-    # NaN after divergence is "not recorded"; the first non-finite entry is recorded.
-    any_bad = ~finite.all(axis=1)
-    first_bad = np.where(any_bad, np.argmin(finite, axis=1), -1)
-    n_finite = np.where(any_bad, first_bad, s)
-    steps = np.where(any_bad, first_bad + 1, s)
-    if not any_bad.all() and s < planned_steps:
-        raise ValueError(f"losses: {s} losses for {planned_steps} planned steps without divergence")
-    rows = np.arange(b)
-    has = n_finite > 0
-    loss_first = np.where(has, v[:, 0], np.nan)
-    loss_last = np.where(has, v[rows, np.maximum(n_finite - 1, 0)], np.nan)
-    mean_k = np.full(b, np.nan)
-    with np.errstate(over="ignore"):  # huge finite losses may sum to inf, as in summarize_losses
-        for length in np.unique(n_finite[has]):
-            sel = has & (n_finite == length)
-            k = min(window, int(length))
-            mean_k[sel] = np.mean(v[sel, length - k:length], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.where(has & (loss_first != 0), mean_k / loss_first, np.nan)
-    trainable = ~any_bad & np.isfinite(ratio) & (ratio < threshold)
-    verdict = np.where(any_bad, "diverged", np.where(trainable, "trainable", "not_trainable")).astype(object)
-    score = _scores(v, steps, planned_steps, trainable)
-    return {"verdict": verdict, "trainable": trainable, "diverged_at_step": first_bad, "steps": steps,
-            "loss_first": loss_first, "loss_last": loss_last, "loss_mean_last_k": mean_k, "loss_ratio": ratio,
-            "score": score}
-
-
-def _scores(v: np.ndarray, steps: np.ndarray, planned_steps: int, trainable: np.ndarray) -> np.ndarray:
-    """verdict.convergence_score per row: u = v/v0 capped, padded with the cap; -sum(u) or sum(1/u)."""
-    b, s = v.shape
-    width = max(planned_steps, s)
-    u = np.full((b, width), SCORE_CAP)
-    v0 = v[:, :1]
-    ok0 = np.isfinite(v0) & (v0 != 0)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        ratio = v / np.where(ok0, v0, 1.0)
-    recorded = np.arange(s)[None, :] < steps[:, None]
-    body = np.where(np.isfinite(ratio), np.minimum(ratio, SCORE_CAP), SCORE_CAP)
-    u[:, :s] = np.where(recorded & ok0, body, SCORE_CAP)
-    with np.errstate(divide="ignore"):
-        inverse = np.where(u > 0, 1.0 / np.maximum(u, 1e-300), SCORE_CAP)
-    return np.where(trainable, -np.sum(u, axis=1), np.sum(inverse, axis=1))
 
 
 # ----------------------------------------------------------------------------------------------

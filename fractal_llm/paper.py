@@ -31,6 +31,7 @@ from rich.table import Table
 from fractal_llm import mlp
 from fractal_llm.config import TrainConfig
 from fractal_llm.fractal import edge_mask, estimate_dimension, paper_dimension
+from fractal_llm.verdict import count_verdicts
 
 console = Console()
 PAPER_MIN_RES = 21  # fractal.paper_dimension needs an edge image >= 20 pixels on its short side
@@ -77,7 +78,7 @@ class Frame:
     window: tuple[float, float, float, float]
     x_values: np.ndarray
     y_values: np.ndarray
-    summary: dict  # mlp.summarize_batch arrays reshaped to (ny, nx), plus runtime_s
+    summary: dict  # verdict.summarize_batch arrays reshaped to (ny, nx), plus runtime_s
     labels: np.ndarray = field(default=None)  # 1.0 trainable, 0.0 not
 
     @property
@@ -193,7 +194,7 @@ def zoom_window(frame: Frame) -> tuple[float, float, float, float] | None:
 
 def frame_dimensions(frame: Frame) -> dict:
     ours = estimate_dimension(frame.labels)
-    out = {"window": list(frame.window), "counts": _counts(frame.verdicts),
+    out = {"window": list(frame.window), "counts": count_verdicts(frame.verdicts),
            "dimension": ours.dimension, "uncertainty": ours.uncertainty, "too_coarse": ours.too_coarse,
            "n_edge_pixels": ours.n_edge_pixels, "runtime_s": frame.summary["runtime_s"]}
     if min(frame.labels.shape) >= PAPER_MIN_RES:
@@ -202,11 +203,6 @@ def frame_dimensions(frame: Frame) -> dict:
         out["paper_local_slopes"] = paper.local_slopes
         out["paper_box_sizes"] = paper.box_sizes
     return out
-
-
-def _counts(verdicts: np.ndarray) -> dict:
-    return {key: int(np.count_nonzero(verdicts == key))
-            for key in ("trainable", "not_trainable", "diverged", "error", "missing")}
 
 
 def _nanmedian(values) -> float | None:

@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fractal_llm.fractal import DimensionEstimate, estimate_dimension
-from fractal_llm.grid import OUTCOMES, Grid, GridError, build_grid
+from fractal_llm.grid import Grid, GridError, build_grid
+from fractal_llm.verdict import OUTCOMES
 from fractal_llm.plots import CurveFn, plot_difference, write_plots
 from fractal_llm.records import RunRecord
 from fractal_llm.sources import SourceError, combined_history, local_history, local_source, parse_sweep_path, wandb_source

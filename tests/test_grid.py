@@ -137,8 +137,8 @@ def test_sweep_config_needs_two_numeric_axes():
 
 
 def test_grid_from_arrays_paper_mode():
-    trainable = np.zeros((3, 4), dtype=bool)
-    trainable[:, :2] = True
+    trainable = np.full((3, 4), "not_trainable", dtype=object)
+    trainable[:, :2] = "trainable"
     grid = grid_from_arrays("lr_input", "lr_output", [0.1, 1, 10, 100], [0.1, 1, 10], trainable,
                             scores=np.arange(12.0).reshape(3, 4), fixed={"nonlinearity": "tanh"})
     assert grid.counts == {"trainable": 6, "not_trainable": 6, "diverged": 0, "error": 0, "missing": 0}

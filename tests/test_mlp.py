@@ -8,7 +8,7 @@ import pytest
 from fractal_llm import mlp
 from fractal_llm.config import TrainConfig
 from fractal_llm.records import SUMMARY_KEYS
-from fractal_llm.verdict import summarize_losses
+from fractal_llm.verdict import summarize_batch, summarize_losses
 
 STEPS = 120
 
@@ -150,7 +150,7 @@ def test_summarize_batch_matches_summarize_losses():
     losses[24, :] = 1e300  # sums overflow
     losses[25, 0] = 0.0
     cut = mlp.cut_after_divergence(losses)
-    batch = mlp.summarize_batch(cut, s, window=20, threshold=1.0)
+    batch = summarize_batch(cut, s, window=20, threshold=1.0)
     for i in range(len(cut)):
         row = cut[i]
         bad = np.flatnonzero(~np.isfinite(row))
