@@ -22,11 +22,8 @@ the one-point path (which is this same core with B = 1) stops there.
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -34,6 +31,7 @@ import numpy as np
 import torch
 
 from fractal_llm.config import ConfigError, TrainConfig
+from fractal_llm.pool import WorkerPool
 from fractal_llm.records import RunResult, SUMMARY_KEYS
 from fractal_llm.verdict import summarize_batch, summarize_losses
 
@@ -328,32 +326,23 @@ class _BatchedRun:
 # Grid driver used by the paper CLI (arrays in, arrays out; no per-point records)
 
 @contextmanager
-def worker_pool(workers: int) -> Iterator[Executor | None]:
-    """`workers` single-threaded worker processes for train_grid, or None (train in this process) for 1.
+def worker_pool(workers: int) -> Iterator[WorkerPool | None]:
+    """`workers` single-threaded worker processes for train_grid, started and ready, or None (train in this
+    process) for 1.
 
     Why processes: at a cache-sized block the step is ~11 small torch ops, and splitting each of them over
     threads costs a fork/join per op (measured: two intra-op threads gave 1.6x one thread's points/s;
     Python threads were slower still, as they contend for the GIL between ops). Independent processes, one
-    block each, scale with the cores. Spawned, not forked: forking a process whose OpenMP pool is running
-    can deadlock.
+    block each, scale with the cores.
     """
     if workers < 1:
         raise ValueError(f"workers={workers!r}: must be >= 1")
     if workers == 1:
         yield None
         return
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker)
-    try:
+    with WorkerPool(summarized_task, workers, threads=1) as pool:
+        pool.wait_ready()
         yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # after Ctrl-C or an error: no new chunks
-
-
-def _start_worker() -> None:
-    torch.set_num_threads(1)
-    # Ctrl-C in a terminal reaches every process of the group. Only the parent acts on it (it cancels the
-    # queued chunks and waits for the running ones, a few seconds): a worker dying of it would break the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def grid_chunk_size(total: int) -> int:
@@ -365,7 +354,7 @@ def grid_chunk_size(total: int) -> int:
 
 
 def train_grid(problem: Problem, lr_input, lr_output, init_offset, chunk_size: int | None = None,
-               progress=None, pool: Executor | None = None) -> dict:
+               progress=None, pool: WorkerPool | None = None) -> dict:
     """Train every point in chunks (of chunk_size, default grid_chunk_size), in this process or in the
     worker processes of pool (worker_pool); returns summarize_batch arrays plus runtime_s (total). The
     results are the same either way: every point is computed alone."""
@@ -379,10 +368,9 @@ def train_grid(problem: Problem, lr_input, lr_output, init_offset, chunk_size: i
     parts: list[dict | None] = [None] * len(spans)
     done = 0
     if pool is None:
-        finished = ((i, summarized_chunk(*a)) for i, a in enumerate(args))
+        finished = ((i, summarized_task(a)) for i, a in enumerate(args))
     else:
-        futures = {pool.submit(summarized_chunk, *a): i for i, a in enumerate(args)}
-        finished = ((futures[f], f.result()) for f in as_completed(futures))
+        finished = pool.map_unordered(args)
     for i, part in finished:
         parts[i] = part
         done += spans[i][1] - spans[i][0]
@@ -393,8 +381,10 @@ def train_grid(problem: Problem, lr_input, lr_output, init_offset, chunk_size: i
     return merged
 
 
-def summarized_chunk(problem: Problem, lr_input, lr_output, init_offset) -> dict:
-    """summarize_batch of one chunk's loss curves (what a worker sends back: a few numbers per point)."""
+def summarized_task(task: tuple) -> dict:
+    """summarize_batch of one chunk's loss curves, task = (problem, lr_input, lr_output, init_offset): what a
+    worker sends back is a few numbers per point."""
+    problem, lr_input, lr_output, init_offset = task
     losses = train_losses(problem, lr_input, lr_output, init_offset)
     return summarize_batch(losses, problem.steps, problem.window, problem.threshold)
 

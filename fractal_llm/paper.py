@@ -334,6 +334,8 @@ def run(args) -> int:
     out = Path(args.out or f"paper-{paper.name}")
     start = time.perf_counter()
     with mlp.worker_pool(workers) as pool:
+        if pool is not None:
+            console.print(f"{workers} worker processes ready", highlight=False)
         frames = [run_frame(paper, problem, window, args.res, args.chunk, pool, label="frame 0")]
         for k in range(1, args.zoom + 1):
             nxt = zoom_window(frames[-1])

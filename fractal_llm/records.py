@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,20 @@ def error_summary(message: str, runtime_s: float) -> dict:
     summary = {key: None for key in SUMMARY_KEYS}
     summary.update(verdict="error", trainable=False, stable=False, runtime_s=runtime_s, error=message)
     return summary
+
+
+def error_message(exc: BaseException) -> str:
+    """'Type: message' and the traceback: our own bugs must be told apart from a run's failure."""
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}\n{trace}"
+
+
+def error_record(config: dict, name: str, exc: BaseException | str, runtime_s: float, run_id: str = "") -> RunRecord:
+    """The one `error` record: the point's config (so the grid places it), and the exception with its
+    traceback (or a message, for a worker that died and left no exception)."""
+    message = exc if isinstance(exc, str) else error_message(exc)
+    return RunRecord(name=name, config=config, summary=error_summary(message, runtime_s), history=None,
+                     created_at=time.time(), run_id=run_id)
 
 
 def _json_safe(value):

@@ -13,13 +13,9 @@ WANDB_MODE, which defaults to "offline" here (files under DIR/wandb/, upload wit
 """
 
 import argparse
-import multiprocessing as mp
 import os
-import queue
-import signal
 import sys
 import time
-import traceback
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fractal_llm import paths
 from fractal_llm.config import TrainConfig
-from fractal_llm.records import error_summary, file_name, point_name, read_record, record_from_result, write_record
+from fractal_llm.pool import WorkerPool
+from fractal_llm.records import error_record, file_name, point_name, read_record, record_from_result, write_record
 from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
 from fractal_llm.verdict import VERDICTS
 
@@ -122,7 +119,7 @@ def run_task(task: Task, out_dir: Path, wandb_mode: str) -> list[tuple[str, str]
     try:
         record = train.run_point(config, name, out_dir, wandb_mode=wandb_mode)
     except Exception as exc:  # run_point records its own failures; this catches failures around it (W&B init...)
-        record = _error_record(config, name, exc, time.perf_counter() - t0)
+        record = error_record(config.resolved().to_dict(), name, exc, time.perf_counter() - t0)
         write_record(record, out_dir)
     return [(name, record.verdict)]
 
@@ -135,7 +132,7 @@ def _run_mlp_chunk(task: Task, out_dir: Path) -> list[tuple[str, str]]:
         results = mlp.train_many(configs)
     except Exception as exc:  # the whole chunk failed: every point of it gets the error, to retry next time
         elapsed = time.perf_counter() - t0
-        records = [_error_record(c, n, exc, elapsed) for c, n in zip(configs, task.names)]
+        records = [error_record(c.resolved().to_dict(), n, exc, elapsed) for c, n in zip(configs, task.names)]
     else:
         records = [record_from_result(r, n) for r, n in zip(results, task.names)]
     for record in records:
@@ -143,113 +140,22 @@ def _run_mlp_chunk(task: Task, out_dir: Path) -> list[tuple[str, str]]:
     return [(r.name, r.verdict) for r in records]
 
 
-def _error_record(config: TrainConfig, name: str, exc: BaseException, runtime_s: float):
-    from fractal_llm.records import RunRecord
-    message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-    return RunRecord(name=name, config=config.resolved().to_dict(), summary=error_summary(message, runtime_s),
-                     history=None, created_at=time.time())
+@dataclass
+class TaskRunner:
+    """run_task bound to the sweep's record directory and W&B mode (what a worker process calls)."""
+    out_dir: str
+    wandb_mode: str
 
+    def __call__(self, task: Task) -> list[tuple[str, str]]:
+        return run_task(task, Path(self.out_dir), self.wandb_mode)
 
-# ---------------------------------------------------------------------------------------------- workers
-
-def worker_main(cuda_device: str | None, tasks, results, out_dir: str, wandb_mode: str,
-                threads: int | None = None) -> None:
-    """A long-lived worker: the CUDA device (or the CPU thread count) is chosen before torch starts, then
-    tasks until the sentinel."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's job: it terminates the workers
-    # SIGTERM from the parent becomes SystemExit, so a record being written cleans up its temp file.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if cuda_device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_device
-    if threads is not None:
-        import torch
-        torch.set_num_threads(threads)
-    while True:
-        task = tasks.get()
-        if task is None:
-            return
-        results.put(("start", os.getpid(), task.names))
-        for name, verdict in run_task(task, Path(out_dir), wandb_mode):
-            results.put(("done", os.getpid(), name, verdict))
-
-
-class WorkerPool:
-    """N spawned workers pulling tasks from one queue; a worker that dies is replaced and its point recorded
-    as an error (e.g. killed for memory), so the sweep goes on."""
-
-    def __init__(self, n: int, devices: list[str | None], out_dir: Path, wandb_mode: str, threads: int | None):
-        self.ctx = mp.get_context("spawn")  # fresh interpreters: CUDA must not be initialised before the fork
-        self.tasks = self.ctx.Queue()
-        self.results = self.ctx.Queue()
-        self.out_dir, self.wandb_mode = out_dir, wandb_mode
-        self.devices = devices
-        self.threads = threads
-        self.workers: dict[int, tuple[mp.Process, str | None]] = {}
-        self.current: dict[int, list[str]] = {}  # pid -> names it is working on
-        for slot in range(n):
-            self._start(devices[slot % len(devices)])
-
-    def _start(self, device: str | None) -> None:
-        proc = self.ctx.Process(target=worker_main, daemon=True,
-                                args=(device, self.tasks, self.results, str(self.out_dir), self.wandb_mode,
-                                      self.threads))
-        proc.start()
-        self.workers[proc.pid] = (proc, device)
-
-    def submit(self, tasks: list[Task]) -> None:
-        for task in tasks:
-            self.tasks.put(task)
-        for _ in range(len(self.workers) + len(tasks)):  # sentinels; spares cover replaced workers
-            self.tasks.put(None)
-
-    def events(self):
-        """Yield (name, verdict) as points finish, until every worker has exited."""
-        while self.workers:
-            try:
-                message = self.results.get(timeout=0.5)
-            except queue.Empty:
-                yield from self._reap()
-                continue
-            if message[0] == "start":
-                self.current[message[1]] = list(message[2])
-            else:
-                _, pid, name, verdict = message
-                if name in self.current.get(pid, []):
-                    self.current[pid].remove(name)
-                yield name, verdict
-
-    def _reap(self):
-        for pid, (proc, device) in list(self.workers.items()):
-            if proc.is_alive():
-                continue
-            del self.workers[pid]
-            lost = self.current.pop(pid, [])
-            if proc.exitcode == 0:
-                continue
-            if not lost:  # died before taking a point (e.g. an import error): restarting would loop forever
-                raise RuntimeError(f"worker process {pid} exited with code {proc.exitcode} before running any "
-                                   "point; its traceback is above")
-            for name in lost:  # e.g. killed for memory: its points become error records, retried next time
-                yield name, self._record_lost(name, proc.exitcode)
-            self._start(device)  # takes over the remaining tasks (sentinels were over-provisioned)
-
-    def _record_lost(self, name: str, exitcode: int) -> str:
-        from fractal_llm.records import RunRecord
+    def lost(self, task: Task, exitcode: int) -> list[tuple[str, str]]:
+        """A worker died running the task (e.g. killed for memory): its points become error records with
+        their parameters, retried by the next run."""
         message = f"worker process died with exit code {exitcode} while running this point"
-        write_record(RunRecord(name=name, config={}, summary=error_summary(message, 0.0), history=None,
-                               created_at=time.time()), self.out_dir)
-        return "error"
-
-    def stop(self) -> None:
-        for proc, _ in self.workers.values():
-            proc.terminate()
-        for proc, _ in self.workers.values():
-            proc.join(timeout=10)
-        self.tasks.cancel_join_thread()
-        self.results.cancel_join_thread()
-        self.workers.clear()
-        for tmp in self.out_dir.glob(".tmp-*"):  # a worker killed mid-write: its record never existed
-            tmp.unlink(missing_ok=True)
+        for name, params in zip(task.names, task.params):
+            write_record(error_record(params, name, message, 0.0), Path(self.out_dir))
+        return [(name, "error") for name in task.names]
 
 
 # ---------------------------------------------------------------------------------------------- progress + CLI
@@ -355,12 +261,14 @@ def _execute(tasks: list[Task], n_workers: int, out_dir: Path, wandb_mode: str, 
     devices = visible_cuda_devices() if spec.fixed.get("device") != "cpu" and family != "mlp" else []
     # CPU workers share the cores (as torch counts them) instead of each starting a thread per core.
     threads = None if devices else max(1, torch.get_num_threads() // n_workers)
-    pool = WorkerPool(n_workers, devices or [None], out_dir, wandb_mode, threads)
+    runner = TaskRunner(str(out_dir), wandb_mode)
     try:
-        pool.submit(tasks)
-        yield from pool.events()
+        with WorkerPool(runner, n_workers, devices or [None], threads, on_lost=runner.lost) as pool:
+            for _index, finished in pool.map_unordered(tasks):
+                yield from finished
     finally:
-        pool.stop()
+        for tmp in out_dir.glob(".tmp-*"):  # a worker stopped mid-write: its record never existed
+            tmp.unlink(missing_ok=True)
 
 
 def _finish(console: Console, out_dir: Path, names: list[str]) -> int:

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +138,9 @@ def test_ctrl_c_in_a_terminal_stops_workers_and_parent_cleanly(tmp_path):
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(4)  # workers started and training (the whole grid takes far longer)
+    for line in proc.stdout:  # wait until the workers have started (the whole grid takes far longer)
+        if "worker processes ready" in line:
+            break
     os.killpg(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
