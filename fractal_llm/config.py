@@ -9,6 +9,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 GROUPS = ("matrix", "embedding", "unembedding")
+DEFAULT_MLP_STEPS = 500  # mlp family: steps when num_iterations is -1
 
 # Names users type for parameter groups -> our canonical group names.
 GROUP_ALIASES = {
@@ -97,6 +98,17 @@ class TrainConfig:
         self._check_cross_fields()
 
     def _check_cross_fields(self) -> None:
+        """Rules between fields, of the family in use only (an mlp point has no GPT learning rates)."""
+        if self.num_iterations == 0 or self.num_iterations < -1:
+            derived = "num_tokens" if self.model_family == "gpt" else f"{DEFAULT_MLP_STEPS} steps"
+            raise ConfigError(f"num_iterations={self.num_iterations!r}: must be a positive step count or -1 "
+                              f"(derived from {derived})")
+        if self.model_family == "mlp":
+            self._check_mlp_fields()
+        else:
+            self._check_gpt_fields()
+
+    def _check_gpt_fields(self) -> None:
         groups = self.trainable_groups()  # raises on an unknown group name
         lrs = self.group_lrs()
         for group in groups:
@@ -104,22 +116,18 @@ class TrainConfig:
                 raise ConfigError(
                     f"{group}_lr={lrs[group]!r}: group {group!r} is trainable, so its learning rate must be > 0 "
                     f"(set {group}_lr, or learning_rate > 0 to derive it)")
-        if self.model_family == "mlp":
-            if self.num_iterations == 0 or self.num_iterations < -1:
-                raise ConfigError(f"num_iterations={self.num_iterations!r}: must be a positive step count or -1")
-            if self.dataset_size == 0 or self.dataset_size < -1:
-                raise ConfigError(f"dataset_size={self.dataset_size!r}: must be a positive count or -1 (auto)")
-            if self.batch_size == 0 or self.batch_size < -1:
-                raise ConfigError(f"batch_size={self.batch_size!r}: must be a positive count or -1 (full batch)")
-            if self.lr_output < 0 and self.lr_output != -1:
-                raise ConfigError(f"lr_output={self.lr_output!r}: must be >= 0, or -1 for the same LR as lr_input")
-        elif self.num_iterations == 0 or self.num_iterations < -1:
-            raise ConfigError(f"num_iterations={self.num_iterations!r}: must be a positive step count or -1 "
-                              "(derive from num_tokens)")
         if not self.model_id:
             raise ConfigError("model_id='': a model is required (\"tiny\", a local directory, wandb:..., hf:...)")
         if not self.dataset_id:
             raise ConfigError("dataset_id='': a dataset is required (\"docqa\", a local .jsonl, or a hub id)")
+
+    def _check_mlp_fields(self) -> None:
+        if self.dataset_size == 0 or self.dataset_size < -1:
+            raise ConfigError(f"dataset_size={self.dataset_size!r}: must be a positive count or -1 (auto)")
+        if self.batch_size == 0 or self.batch_size < -1:
+            raise ConfigError(f"batch_size={self.batch_size!r}: must be a positive count or -1 (full batch)")
+        if self.lr_output < 0 and self.lr_output != -1:
+            raise ConfigError(f"lr_output={self.lr_output!r}: must be >= 0, or -1 for the same LR as lr_input")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fractal_llm.records import RunRecord, point_name
+from fractal_llm.records import RunRecord, values_from_name
 from fractal_llm.verdict import VERDICTS, count_verdicts, labels_from_verdicts
 # Train-config fields where a value <= 0 means "derive me": the record holds the resolved (positive) value.
 DERIVED_WHEN_NONPOSITIVE = ("matrix_lr", "embedding_lr", "unembedding_lr")
@@ -149,8 +149,7 @@ def _axis_value(record: RunRecord, name: str, is_error: bool) -> float | None:
     if name in record.config:
         return _as_number(record.config[name])
     if is_error:
-        parts = dict(part.split("=", 1) for part in record.name.split(",") if "=" in part)
-        return _as_number(parts.get(name))
+        return _as_number(values_from_name(record.name).get(name))
     raise GridError(f"run {record.name!r} ({record.path}): config has no {name!r}, an axis of this sweep; "
                     "is it a run of another sweep?")
 

@@ -30,12 +30,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from fractal_llm.config import ConfigError, TrainConfig
+from fractal_llm.config import DEFAULT_MLP_STEPS, ConfigError, TrainConfig
 from fractal_llm.pool import WorkerPool
 from fractal_llm.records import RunResult, SUMMARY_KEYS
+from fractal_llm.repro import repro_metadata
 from fractal_llm.verdict import summarize_batch, summarize_losses
 
-DEFAULT_STEPS = 500
+DEFAULT_STEPS = DEFAULT_MLP_STEPS
 DEFAULT_CHUNK = 4096  # points per train_losses call in train_many
 MIN_GRID_CHUNK, MAX_GRID_CHUNK = 128, 1024  # points per train_losses call in train_grid (grid_chunk_size)
 # Points per block inside train_losses, per torch thread: as many as fit BLOCK_BYTES of pre-activations
@@ -435,6 +436,5 @@ def _result(config: TrainConfig, problem: Problem, row: np.ndarray, runtime_s: f
     }
     full = replace(config, num_iterations=problem.steps, dataset_size=problem.dataset_size).resolved()
     config_dict = full.to_dict()
-    config_dict["repro"] = {"device": "cpu", "torch": torch.__version__, "batched": batched,
-                            "dtype": "float64"}
+    config_dict["repro"] = repro_metadata("cpu", {"train_s": runtime_s}, batched=batched, dtype="float64")
     return RunResult(config=config_dict, summary=summary, history=history)

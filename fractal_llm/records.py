@@ -4,6 +4,7 @@ A local record is one JSON file per grid point, named after the point so a re-ru
 written atomically (temp file + rename) so a crash never leaves half a record.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 SUMMARY_KEYS = ("verdict", "trainable", "stable", "loss_first", "loss_last", "loss_mean_last_k", "loss_ratio",
                 "score", "diverged_at_step", "steps", "tokens_seen", "runtime_s", "error")
 RECORD_FORMAT = 1
+MAX_NAME = 150  # longer names (many values, e.g. a point list) are cut and get a hash tail
 
 
 @dataclass
@@ -49,6 +51,21 @@ class RunRecord:
 def point_name(point: dict) -> str:
     """A stable name for a grid point from its axis values, e.g. 'matrix_lr=0.001,unembedding_lr=1e-05'."""
     return ",".join(f"{key}={_format_value(point[key])}" for key in sorted(point))
+
+
+def record_name(values: dict) -> str:
+    """The one record-name rule (local runner, CLI, agents, W&B source): the point's values sorted by key,
+    so a re-run finds its record; "defaults" with no values at all; a long name gets a hash tail."""
+    name = point_name(values) or "defaults"
+    if len(name) <= MAX_NAME:
+        return name
+    return f"{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+
+
+def values_from_name(name: str) -> dict[str, str]:
+    """A record name read back ('matrix_lr=0.001,unembedding_lr=1e-05' -> {key: text}); hashed names give
+    what their kept head holds."""
+    return dict(part.split("=", 1) for part in name.split(",") if "=" in part)
 
 
 def _format_value(value) -> str:

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fractal_llm import paths
 from fractal_llm.config import TrainConfig
 from fractal_llm.pool import WorkerPool
-from fractal_llm.records import error_record, file_name, point_name, read_record, record_from_result, write_record
+from fractal_llm.records import error_record, file_name, record_name, read_record, record_from_result, write_record
 from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
 from fractal_llm.verdict import VERDICTS
 
@@ -44,7 +44,7 @@ class Task:
 # ---------------------------------------------------------------------------------------------- planning
 
 def point_names(spec: SweepSpec, points: list[dict]) -> list[str]:
-    return [point_name(axis_point(spec, p)) for p in points]
+    return [record_name(axis_point(spec, p)) for p in points]
 
 
 def existing_verdict(out_dir: Path, name: str, console: Console) -> str | None:

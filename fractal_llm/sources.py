@@ -14,7 +14,7 @@ from typing import Callable
 
 import yaml
 
-from fractal_llm.records import RunRecord, point_name, read_records
+from fractal_llm.records import RunRecord, read_records, record_name
 
 PAGE_SIZE = 1000  # runs per page of the listing: a 4096-run sweep is 5 pages
 LOSS_KEY = "train/loss"
@@ -109,7 +109,7 @@ def record_from_wandb_run(run, entity: str, project: str, axis_names: list[str])
         summary.setdefault("error", f"W&B run state {state!r} with no verdict in its summary")
     summary["wandb_state"] = state
     if all(name in config for name in axis_names) and axis_names:
-        name = point_name({key: config[key] for key in axis_names})
+        name = record_name({key: config[key] for key in axis_names})
     else:
         name = str(run.name)
     return RunRecord(name=name, config=config, summary=summary, history=None,

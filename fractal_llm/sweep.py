@@ -173,7 +173,7 @@ def expand_grid(spec: SweepSpec) -> list[dict]:
 
 
 def axis_point(spec: SweepSpec, point: dict) -> dict:
-    """Only the axis values of a point (what records.point_name names it by)."""
+    """Only the axis values of a point (what records.record_name names it by)."""
     return {name: point[name] for name in spec.axis_names}
 
 

@@ -8,10 +8,12 @@ import pytest
 
 import fractal_llm.data
 import nanochat.checkpoint
+from fractal_llm import finetune
 from fractal_llm import train as train_module
 from fractal_llm.config import TrainConfig
-from fractal_llm.records import SUMMARY_KEYS, read_record
-from fractal_llm.train import lr_multiplier, planned_steps, steps_for_budget, train
+from fractal_llm.records import SUMMARY_KEYS, read_record, record_name
+from fractal_llm.finetune import lr_multiplier, planned_steps, steps_for_budget
+from fractal_llm.train import train
 
 SHORT = dict(max_seq_len=192, device_batch_size=4, num_iterations=6, trainable_window_steps=3)
 
@@ -26,7 +28,7 @@ def test_token_budget_gives_step_count():
 def test_token_budget_on_a_real_dataset(tiny_base):
     config = TrainConfig(max_seq_len=192, device_batch_size=4, num_tokens=500)
     from nanochat.tokenizer import Tokenizer
-    dataset = train_module.get_dataset(config, "train", Tokenizer.from_directory(tiny_base / "tokenizer"))
+    dataset = finetune.get_dataset(config, "train", Tokenizer.from_directory(tiny_base / "tokenizer"))
     per_step = 4 * dataset.mean_supervised_tokens  # only assistant tokens count
     steps = planned_steps(config, dataset)
     assert (steps - 1) * per_step < 500 <= steps * per_step
@@ -53,7 +55,7 @@ def test_same_seed_gives_identical_losses(tiny_base):
 
 
 def test_second_call_does_not_reload_checkpoint_or_data(tiny_base, monkeypatch):
-    train_module.clear_caches()
+    finetune.clear_caches()
     calls = {"model": 0, "data": 0}
     real_load_model, real_load_tokenized = nanochat.checkpoint.load_model, fractal_llm.data.load_tokenized
 
@@ -165,7 +167,7 @@ def test_samples_before_after_and_every(tiny_base):
 
 
 def test_record_names_follow_the_overrides():
-    assert train_module.record_name({}) == "defaults"
-    assert train_module.record_name({"matrix_lr": 0.01, "seed": 1}) == "matrix_lr=0.01,seed=1"
-    long = train_module.record_name({f"field_{i}": i for i in range(40)})
-    assert len(long) <= 113 and long != train_module.record_name({f"field_{i}": i + 1 for i in range(40)})
+    assert record_name({}) == "defaults"
+    assert record_name({"matrix_lr": 0.01, "seed": 1}) == "matrix_lr=0.01,seed=1"
+    long = record_name({f"field_{i}": i for i in range(40)})
+    assert len(long) <= 113 and long != record_name({f"field_{i}": i + 1 for i in range(40)})

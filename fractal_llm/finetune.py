@@ -1,0 +1,275 @@
+"""The gpt family's trainer: fine-tune a nanochat GPT on chat data for one grid point.
+
+train_gpt(config) -> RunResult. The base model and the tokenized data are cached per process (a W&B agent or a
+runner worker serves many points): the second call only copies the base weights back into the working model,
+and every run starts from fresh optimizer state and no gradients.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from fractal_llm.config import ConfigError, TrainConfig
+from fractal_llm.records import RunResult
+from fractal_llm.repro import repro_metadata
+from fractal_llm.verdict import summarize_losses
+
+OnStep = Callable[[int, dict], None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-process caches: base model and tokenized data
+
+
+@dataclass
+class BaseModel:
+    model: "torch.nn.Module"  # the working model; its weights are reset from `state` at every run
+    state: dict  # the base weights (a private copy, never trained)
+    tokenizer: object
+    meta: dict
+    load_s: float
+
+
+_BASE_MODELS: dict[tuple[str, str], BaseModel] = {}
+_DATASETS: dict[tuple, object] = {}
+
+
+def resolve_device(config: TrainConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda': no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver?)")
+    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def model_source(model_id: str) -> str:
+    """The tiny preset is built on first use; every other id goes straight to the checkpoint loader."""
+    if model_id == "tiny":
+        from fractal_llm.tiny_base import ensure_tiny_base
+        return str(ensure_tiny_base())
+    return model_id
+
+
+def get_base_model(model_id: str, device: torch.device) -> BaseModel:
+    key = (model_id, str(device))
+    if key not in _BASE_MODELS:
+        from nanochat.checkpoint import load_model
+        t0 = time.perf_counter()
+        model, tokenizer, meta = load_model(model_source(model_id), device=str(device))
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        _BASE_MODELS[key] = BaseModel(model, state, tokenizer, meta, time.perf_counter() - t0)
+    return _BASE_MODELS[key]
+
+
+def get_dataset(config: TrainConfig, split: str, tokenizer):
+    from fractal_llm.data import load_tokenized
+    key = (config.dataset_id, config.dataset_revision, split, tokenizer.fingerprint(), config.max_seq_len)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_tokenized(config.dataset_id, config.dataset_revision, split, tokenizer,
+                                        config.max_seq_len)
+    return _DATASETS[key]
+
+
+def clear_caches() -> None:
+    _BASE_MODELS.clear()
+    _DATASETS.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning-rate schedule and token budget
+
+
+def lr_multiplier(step: int, total_steps: int, config: TrainConfig) -> float:
+    """init_lr_frac x (linear warmup over warmup_frac of the steps, then cosine to final_lr_frac, or constant)."""
+    warmup = round(config.warmup_frac * total_steps)
+    if step < warmup:
+        return config.init_lr_frac * (step + 1) / warmup
+    if config.lr_schedule == "constant":
+        return config.init_lr_frac
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.init_lr_frac * (config.final_lr_frac + (1.0 - config.final_lr_frac) * cosine)
+
+
+def steps_for_budget(num_tokens: int, batch_size: int, mean_supervised_tokens: float) -> int:
+    """Steps to see num_tokens supervised (assistant) tokens, as the seed study counted them."""
+    per_step = batch_size * mean_supervised_tokens
+    if per_step <= 0:
+        raise ValueError("dataset: no supervised (assistant) tokens, so a token budget cannot be met")
+    return max(1, math.ceil(num_tokens / per_step))
+
+
+def planned_steps(config: TrainConfig, dataset) -> int:
+    if config.num_iterations > 0:
+        return config.num_iterations
+    return steps_for_budget(config.num_tokens, config.device_batch_size, dataset.mean_supervised_tokens)
+
+
+def set_determinism(config: TrainConfig) -> None:
+    torch.manual_seed(config.seed)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def autocast_context(config: TrainConfig, device: torch.device):
+    use_bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def train_gpt(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
+    """Fine-tune one grid point. Raises on errors (bad checkpoint, OOM...); divergence is a verdict."""
+    preflight(config)
+    t_start = time.perf_counter()
+    device = resolve_device(config)
+    set_determinism(config)
+    base = get_base_model(config.model_id, device)
+    loaded = time.perf_counter()
+    dataset = get_dataset(config, config.dataset_split, base.tokenizer)
+    data_ready = time.perf_counter()
+
+    model = fresh_model(base)
+    lrs = config.group_lrs()
+    optimizers = model.setup_optimizers(unembedding_lr=lrs["unembedding"], embedding_lr=lrs["embedding"],
+                                        matrix_lr=lrs["matrix"], weight_decay=config.weight_decay,
+                                        trainable=config.trainable_groups())
+    total_steps = planned_steps(config, dataset)
+    samples = generate_samples(config, base, "before") if config.sample_before_after else []
+    losses, history, step_samples = run_steps(config, model, optimizers, dataset, base, total_steps, device,
+                                              on_step)
+    samples += step_samples
+    trained = time.perf_counter()
+    if config.sample_before_after:
+        samples += generate_samples(config, base, "after")
+
+    summary = summarize_losses(losses, total_steps, config.trainable_window_steps,
+                               config.trainable_loss_ratio_threshold)
+    summary.update(tokens_seen=history["train/tokens_seen"][-1] if losses else 0,
+                   runtime_s=trained - t_start, error=None)
+    resolved = config.resolved().to_dict()
+    resolved["repro"] = repro_metadata(device, {"load_s": loaded - t_start, "data_s": data_ready - loaded,
+                                                "train_s": trained - data_ready, "base_load_s": base.load_s})
+    return RunResult(config=resolved, summary=summary, history=history, samples=samples or None)
+
+
+def fresh_model(base: BaseModel):
+    """The working model with the base weights, every parameter trainable and no gradient left over: the
+    previous run in this process may have frozen groups, or died mid-backward with gradients in place."""
+    model = base.model
+    model.load_state_dict(base.state)
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def set_lr(groups: list[dict], multiplier: float) -> None:
+    for group in groups:
+        group["lr"] = group["initial_lr"] * multiplier
+
+
+def optimizer_step(model, loss: torch.Tensor, optimizers: list) -> None:
+    """backward, every optimizer's step, then drop the gradients (set_to_none: no stale sums next step)."""
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+
+
+def run_steps(config, model, optimizers, dataset, base, total_steps, device, on_step):
+    """The optimizer loop -> (losses, history, samples). Stops at the first non-finite loss (recorded: it is
+    the divergence). Samples are taken every `sample_every` steps."""
+    from fractal_llm.data import iterate_batches
+    tokenizer = base.tokenizer
+    pad_id = tokenizer.encode_special("<|assistant_end|>")
+    batches = iterate_batches(dataset, config.device_batch_size, config.seed, pad_id, device=device)
+    groups = [g for opt in optimizers for g in opt.param_groups]
+    history: dict[str, list[float]] = {"train/loss": [], "train/tokens_seen": []}
+    history.update({f"lr/{g['name']}": [] for g in groups})
+    losses: list[float] = []
+    samples: list[dict] = []
+    tokens_seen = 0
+    for step in range(total_steps):
+        set_lr(groups, lr_multiplier(step, total_steps, config))
+        batch = next(batches)
+        with autocast_context(config, device):
+            loss = model(batch.inputs, batch.targets)
+        loss_value = loss.item()
+        losses.append(loss_value)
+        tokens_seen += batch.n_supervised
+        row = {"train/loss": loss_value, "train/tokens_seen": tokens_seen}
+        row.update({f"lr/{g['name']}": g["lr"] for g in groups})
+        for key, value in row.items():
+            history[key].append(value)
+        if config.eval_every > 0 and (step % config.eval_every == 0 or step == total_steps - 1):
+            row["val/loss"] = evaluate(config, model, tokenizer, device)
+        if config.sample_every > 0 and step % config.sample_every == 0:
+            samples += generate_samples(config, base, f"step {step}")
+        if on_step is not None:
+            on_step(step, row)
+        if not math.isfinite(loss_value):
+            break  # divergence: a result, recorded by the verdict
+        if optimizers:  # trainable_param_groups="none": nothing to update (the loss is the base model's)
+            optimizer_step(model, loss, optimizers)
+    return losses, history, samples
+
+
+@torch.no_grad()
+def evaluate(config: TrainConfig, model, tokenizer, device, num_batches: int = 4) -> float:
+    """Mean loss over a fixed set of validation batches (same batches at every evaluation)."""
+    from fractal_llm.data import iterate_batches
+    dataset = get_dataset(config, "validation", tokenizer)
+    pad_id = tokenizer.encode_special("<|assistant_end|>")
+    batches = iterate_batches(dataset, config.device_batch_size, 0, pad_id, device=device)
+    total = 0.0
+    for _ in range(num_batches):
+        batch = next(batches)
+        with autocast_context(config, device):
+            total += model(batch.inputs, batch.targets).item()
+    return total / num_batches
+
+
+@torch.no_grad()
+def generate_samples(config: TrainConfig, base: BaseModel, when: str, count: int = 3,
+                     max_tokens: int = 32) -> list[dict]:
+    """Greedy answers to the first validation conversations, for before/after tables."""
+    from fractal_llm.data import load_conversations
+    conversations = load_conversations(config.dataset_id, config.dataset_revision, "validation")[:count]
+    samples = []
+    for index, conversation in enumerate(conversations):
+        prompt = base.tokenizer.render_for_completion(conversation)
+        end = base.tokenizer.encode_special("<|assistant_end|>")
+        out = []
+        for token in base.model.generate(prompt, max_tokens=max_tokens, temperature=0.0):
+            if token == end:
+                break
+            out.append(token)
+        question = conversation["messages"][-2]["content"]
+        samples.append({"when": when, "index": index, "question": question[-200:],
+                        "answer": base.tokenizer.decode(out)})
+    return samples
+
+
+def preflight(config: TrainConfig) -> None:
+    """gpt family: cheap checks of the inputs on disk, so a missing file fails before W&B or any model work."""
+    from fractal_llm.data import check_dataset_id, check_has_validation
+    check_dataset_id(config.dataset_id)
+    wanted_by = [name for name, on in (("eval_every", config.eval_every > 0), ("sample_every", config.sample_every > 0),
+                                       ("sample_before_after", config.sample_before_after)) if on]
+    if wanted_by:
+        check_has_validation(config.dataset_id, " and ".join(f"{name}={getattr(config, name)!r}" for name in wanted_by))
+    source = config.model_id
+    if source != "tiny" and not source.startswith(("wandb:", "hf:")) and not Path(source).is_dir():
+        raise ConfigError(f"model_id={source!r}: no such directory (expected \"tiny\", a local checkpoint "
+                          "directory, wandb:entity/project/name:version or hf:owner/repo)")
+
+
