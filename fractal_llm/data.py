@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 
 from fractal_llm import paths
 
@@ -247,10 +245,8 @@ def _save_npz(path: Path, ids: list[np.ndarray], masks: list[np.ndarray], n_drop
     offsets[1:] = np.cumsum([len(x) for x in ids])
     flat_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
     flat_masks = np.concatenate(masks) if masks else np.zeros(0, dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, ids=flat_ids, masks=flat_masks, offsets=offsets, n_dropped=np.int64(n_dropped))
-    os.replace(tmp, path)  # atomic: readers see the whole file or none
+    paths.atomic_write(path, lambda f: np.savez(f, ids=flat_ids, masks=flat_masks, offsets=offsets,
+                                                n_dropped=np.int64(n_dropped)), binary=True)
 
 
 def _load_npz(path: Path, key: str) -> TokenizedDataset:
@@ -273,18 +269,17 @@ def load_tokenized(dataset_id: str, revision: str, split: str, tokenizer, max_se
     check_dataset_id(dataset_id)
     key = cache_key(dataset_id, revision, split, tokenizer, max_seq_len)
     path = cache_path(key)
-    if path.is_file():
-        return _load_npz(path, key)
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():  # another process filled it while we waited for the lock
-            return _load_npz(path, key)
+
+    def build() -> None:
         conversations = load_conversations(dataset_id, revision, split)
         ids, masks, dropped = _tokenize(conversations, tokenizer, max_seq_len, dataset_id)
         if not ids:
             raise DatasetError(f"dataset_id={dataset_id!r} split={split!r}: none of {len(conversations)} conversations "
                                f"has a supervised (assistant) token within max_seq_len={max_seq_len}")
         _save_npz(path, ids, masks, dropped)
-    return TokenizedDataset(ids=ids, masks=masks, key=key, n_dropped=dropped)
+
+    paths.build_once(path, build, done=path.is_file)
+    return _load_npz(path, key)
 
 
 # ---------------------------------------------------------------------------- batches

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from fractal_llm.records import json_safe
+
 # Fit-window rules (see estimate_dimension's docstring).
 MIN_FIT_POINTS = 4          # a fit window holds at least this many box sizes ...
 MIN_FIT_SPAN = 8.0          # ... and spans at least this factor in box size (3 octaves)
@@ -57,19 +59,7 @@ class DimensionEstimate:
 
     def to_dict(self) -> dict:
         """Plain, JSON-safe dict: non-finite floats become None, tuples become lists."""
-        return {key: _json_safe(value) for key, value in asdict(self).items()}
-
-
-def _json_safe(value):
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
+        return json_safe(asdict(self))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,13 +7,15 @@ written atomically (temp file + rename) so a crash never leaves half a record.
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
+
+from fractal_llm.paths import atomic_write
 
 SUMMARY_KEYS = ("verdict", "trainable", "stable", "loss_first", "loss_last", "loss_mean_last_k", "loss_ratio",
                 "score", "diverged_at_step", "steps", "tokens_seen", "runtime_s", "error")
@@ -102,14 +104,17 @@ def error_record(config: dict, name: str, exc: BaseException | str, runtime_s: f
                      created_at=time.time(), run_id=run_id)
 
 
-def _json_safe(value):
-    """NaN/inf are not JSON: write them as strings the reader turns back into floats."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+def json_safe(value, keep_non_finite: bool = False):
+    """Strict JSON: numpy scalars -> Python, tuples -> lists, keys -> str; NaN/inf -> None (report.json), or
+    with keep_non_finite (run records) -> "nan"/"inf"/"-inf" strings that read_record turns back into floats."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v, keep_non_finite) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v, keep_non_finite) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value) if keep_non_finite else None
     return value
 
 
@@ -129,14 +134,7 @@ def write_record(record: RunRecord, directory: str | Path) -> Path:
     path = directory / file_name(record.name)
     payload = {"format": RECORD_FORMAT, **asdict(record)}
     payload.pop("path")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(payload), f)
-        os.replace(tmp, path)
-    except BaseException:  # interrupted (Ctrl-C) or failed: leave no half-written temp file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: json.dump(json_safe(payload, keep_non_finite=True), f))
     record.path = str(path)
     return path
 

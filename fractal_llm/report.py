@@ -28,7 +28,7 @@ from fractal_llm.fractal import DimensionEstimate, estimate_dimension
 from fractal_llm.grid import Grid, GridError, build_grid
 from fractal_llm.verdict import OUTCOMES
 from fractal_llm.plots import CurveFn, plot_difference, write_plots
-from fractal_llm.records import RunRecord
+from fractal_llm.records import RunRecord, json_safe
 from fractal_llm.sources import SourceError, combined_history, local_history, local_source, parse_sweep_path, wandb_source
 from fractal_llm.zoom import find_zoom_boxes, write_zoom_sweeps
 
@@ -37,19 +37,6 @@ ERRORS_LISTED = 50
 console = Console()
 
 HistoryFn = Callable[[RunRecord], dict]
-
-
-def json_safe(value):
-    """NaN/inf -> None, numpy scalars -> Python, tuples -> lists: strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ---------------------------------------------------------------- one report

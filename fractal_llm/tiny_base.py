@@ -1,22 +1,25 @@
-"""The tiny base model of the embedded default: a small BPE tokenizer and a ~0.3M-parameter GPT,
+"""The tiny base model of the embedded default: a small BPE tokenizer and a ~0.23M-parameter GPT,
 pre-trained on document text we generate, saved in nanochat's checkpoint format.
 
 `fractal-llm make-base` builds it; the train function builds it on first use of model_id "tiny".
-Deterministic for a seed. Several processes asking at once build it once (file lock).
+Deterministic for a recipe; the cache directory is keyed on the whole recipe, so a changed recipe never
+reuses an old build. Several processes asking at once build it once (paths.build_once).
+FRACTAL_LLM_TINY_RECIPE (JSON of TinyRecipe fields) changes the recipe, e.g. a much shorter one for tests.
 """
 
 import argparse
+import hashlib
 import json
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
 from fractal_llm import paths
 
-TINY_VERSION = 2  # bump when the recipe changes, so old caches are not mistaken for the new model
+TINY_VERSION = 3  # bump when the build code changes in a way the recipe does not show
 
 
 @dataclass(frozen=True)
@@ -37,22 +40,37 @@ class TinyRecipe:
     seed: int = 0
 
 
-def tiny_base_dir(recipe: TinyRecipe = TinyRecipe()) -> Path:
-    return paths.models_dir() / f"tiny-v{TINY_VERSION}-seed{recipe.seed}"
+def default_recipe() -> TinyRecipe:
+    """TinyRecipe(), with the fields FRACTAL_LLM_TINY_RECIPE (a JSON object) sets."""
+    text = os.environ.get("FRACTAL_LLM_TINY_RECIPE")
+    if not text:
+        return TinyRecipe()
+    changes = json.loads(text)
+    known = {f.name for f in fields(TinyRecipe)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"FRACTAL_LLM_TINY_RECIPE: unknown fields {unknown}; allowed: {sorted(known)}")
+    return replace(TinyRecipe(), **changes)
 
 
-def ensure_tiny_base(recipe: TinyRecipe = TinyRecipe()) -> Path:
+def tiny_base_dir(recipe: TinyRecipe | None = None) -> Path:
+    recipe = recipe or default_recipe()
+    key = hashlib.sha1(json.dumps([TINY_VERSION, asdict(recipe)], sort_keys=True).encode()).hexdigest()[:12]
+    return paths.models_dir() / f"tiny-v{TINY_VERSION}-seed{recipe.seed}-{key}"
+
+
+def ensure_tiny_base(recipe: TinyRecipe | None = None) -> Path:
     """Return the tiny base directory, building it first if no complete build exists."""
+    recipe = recipe or default_recipe()
     out = tiny_base_dir(recipe)
-    done = out / "DONE"
-    if done.exists():
-        return out
-    with FileLock(str(out) + ".lock"):
-        if not done.exists():
-            from rich.console import Console
-            Console(stderr=True).print(f"building the tiny base model on first use (about a minute on 2 CPU "
-                                       f"cores) into {out}", soft_wrap=True, highlight=False)
-            build_tiny_base(out, recipe)
+
+    def build() -> None:
+        from rich.console import Console
+        Console(stderr=True).print(f"building the tiny base model on first use (about a minute on 2 CPU "
+                                   f"cores) into {out}", soft_wrap=True, highlight=False)
+        build_tiny_base(out, recipe)
+
+    paths.build_once(out, build)
     return out
 
 
@@ -67,7 +85,9 @@ def token_stream(tokenizer, recipe: TinyRecipe) -> torch.Tensor:
 
 
 def pretrain(model, stream: torch.Tensor, recipe: TinyRecipe, on_step=None) -> list[float]:
-    """Plain next-token pre-training on random windows of the document stream."""
+    """Plain next-token pre-training on random windows of the document stream (the fine-tuning loop's
+    own LR and optimizer steps, finetune.set_lr and finetune.optimizer_step)."""
+    from fractal_llm.finetune import optimizer_step, set_lr
     generator = torch.Generator().manual_seed(recipe.seed)
     optimizers = model.setup_optimizers(unembedding_lr=recipe.unembedding_lr, embedding_lr=recipe.embedding_lr,
                                         matrix_lr=recipe.matrix_lr, weight_decay=0.0)
@@ -75,16 +95,11 @@ def pretrain(model, stream: torch.Tensor, recipe: TinyRecipe, on_step=None) -> l
     T = recipe.sequence_len
     losses = []
     for step in range(recipe.steps):
-        decay = 1.0 - step / recipe.steps  # linear decay to zero, as nanochat's base training ends
-        for group in groups:
-            group["lr"] = group["initial_lr"] * decay
+        set_lr(groups, 1.0 - step / recipe.steps)  # linear decay to zero, as nanochat's base training ends
         starts = torch.randint(0, len(stream) - T - 1, (recipe.batch_size,), generator=generator)
         window = torch.stack([stream[s: s + T + 1] for s in starts.tolist()])
         loss = model(window[:, :-1], window[:, 1:])
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-        model.zero_grad(set_to_none=True)
+        optimizer_step(model, loss, optimizers)
         losses.append(loss.item())
         if on_step is not None:
             on_step(step, losses[-1])
@@ -116,7 +131,7 @@ def build_tiny_base(out: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool
     tokenizer.save(out / "tokenizer")
     meta = {"model_config": asdict(config), "step": recipe.steps, "tiny_base": stats}
     save_checkpoint(out / "checkpoints", recipe.steps, model.state_dict(), meta)
-    (out / "DONE").write_text(json.dumps(stats, indent=2))
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
     return stats
 
 
@@ -136,14 +151,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
     args = parser.parse_args(argv)
-    recipe = TinyRecipe(seed=args.seed)
+    recipe = replace(default_recipe(), seed=args.seed)
     out = tiny_base_dir(recipe)
     console = Console()
-    if (out / "DONE").exists() and not args.force:
+    if paths.is_built(out) and not args.force:
         console.print(f"tiny base already built: {out}")
         return 0
-    with FileLock(str(out) + ".lock"):
-        stats = build_tiny_base(out, recipe, progress=True)
+    paths.build_once(out, lambda: build_tiny_base(out, recipe, progress=True), force=args.force)
+    stats = json.loads((out / "stats.json").read_text())
     console.print(f"tiny base: {stats['num_params']:,} parameters, pre-training loss "
                   f"{stats['loss_first']:.3f} -> {stats['loss_last']:.3f}, built in "
                   f"{stats['tokenizer_and_data_s'] + stats['pretrain_s']:.1f}s")

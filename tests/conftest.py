@@ -1,5 +1,6 @@
 """Test-wide settings: a private cache home per session, and W&B that never reaches a server."""
 
+import json
 import os
 
 import pytest
@@ -8,8 +9,10 @@ import pytest
 @pytest.fixture(scope="session", autouse=True)
 def isolated_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("fractal_home")
-    saved = {k: os.environ.get(k) for k in ("FRACTAL_LLM_HOME", "WANDB_MODE", "WANDB_SILENT", "WANDB_DIR")}
+    saved = {k: os.environ.get(k) for k in ("FRACTAL_LLM_HOME", "WANDB_MODE", "WANDB_SILENT", "WANDB_DIR",
+                                            "FRACTAL_LLM_TINY_RECIPE")}
     os.environ["FRACTAL_LLM_HOME"] = str(home)
+    os.environ["FRACTAL_LLM_TINY_RECIPE"] = json.dumps(TEST_RECIPE_CHANGES)
     os.environ["WANDB_MODE"] = "disabled"  # tests that want a real offline run set "offline" themselves
     os.environ["WANDB_SILENT"] = "true"
     os.environ["WANDB_DIR"] = str(home)
@@ -21,18 +24,15 @@ def isolated_home(tmp_path_factory):
             os.environ[key] = value
 
 
-# The tiny base of the embedded default takes a minute or two to pre-train; tests seed the cache
-# with a much shorter recipe of the same shape so model_id="tiny" finds a complete build.
+# The tiny base of the embedded default takes a minute or two to pre-train; tests (and the processes they
+# start, which inherit the environment) use a much shorter recipe of the same shape for model_id="tiny".
 TEST_RECIPE_CHANGES = dict(steps=25, batch_size=4, tokenizer_docs=300, pretrain_docs=400, vocab_size=512)
 
 
 @pytest.fixture(scope="session")
 def tiny_base(isolated_home):
-    from fractal_llm.tiny_base import TinyRecipe, build_tiny_base, tiny_base_dir
-    out = tiny_base_dir()
-    if not (out / "DONE").exists():
-        build_tiny_base(out, TinyRecipe(**TEST_RECIPE_CHANGES))
-    return out
+    from fractal_llm.tiny_base import ensure_tiny_base
+    return ensure_tiny_base()
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from fractal_llm.tiny_base import TinyRecipe, build_tiny_base
@@ -18,3 +19,14 @@ def test_tiny_base_is_deterministic_and_loadable(tmp_path):
     assert meta["model_config"]["vocab_size"] == 400 and model_a.num_params() < 2_000_000
     other = build_tiny_base(tmp_path / "c", TinyRecipe(**{**SMALL.__dict__, "seed": 6}))
     assert other["loss_last"] != stats_a["loss_last"]
+
+
+def test_cache_directory_is_keyed_on_the_whole_recipe(monkeypatch):
+    from fractal_llm.tiny_base import default_recipe, tiny_base_dir
+    assert tiny_base_dir(SMALL) != tiny_base_dir(TinyRecipe(**{**SMALL.__dict__, "steps": 5}))
+    assert tiny_base_dir(SMALL) == tiny_base_dir(TinyRecipe(**SMALL.__dict__))
+    monkeypatch.setenv("FRACTAL_LLM_TINY_RECIPE", '{"steps": 7}')
+    assert default_recipe().steps == 7 and tiny_base_dir() == tiny_base_dir(TinyRecipe(steps=7))
+    monkeypatch.setenv("FRACTAL_LLM_TINY_RECIPE", '{"stepz": 7}')
+    with pytest.raises(ValueError, match="stepz"):
+        default_recipe()

@@ -171,3 +171,38 @@ def test_record_names_follow_the_overrides():
     assert record_name({"matrix_lr": 0.01, "seed": 1}) == "matrix_lr=0.01,seed=1"
     long = record_name({f"field_{i}": i for i in range(40)})
     assert len(long) <= 113 and long != record_name({f"field_{i}": i + 1 for i in range(40)})
+
+
+def test_every_family_gives_one_record_shape_through_execute(tiny_base, tmp_path):
+    """The mlp result once lacked repro.timing and crashed execute outside its try: both families now
+    go through one path and one repro shape."""
+    from fractal_llm.train import execute
+    mlp_record = execute(TrainConfig(model_family="mlp", num_iterations=5), "mlp", tmp_path)
+    gpt_record = execute(TrainConfig(matrix_lr=0.01, **SHORT), "gpt", tmp_path)
+    for record in (mlp_record, gpt_record):
+        assert record.verdict in ("trainable", "not_trainable", "diverged")
+        assert set(record.config["repro"]) >= {"git_commit", "torch", "device", "host", "timing"}
+        assert "log_s" in record.config["repro"]["timing"] and read_record(record.path).config == record.config
+
+
+def test_an_exception_in_the_trainer_is_an_error_record_with_its_traceback(tmp_path, monkeypatch):
+    from fractal_llm import train as glue
+
+    def broken(config, on_step):
+        raise ZeroDivisionError("our own bug")
+
+    monkeypatch.setitem(glue.TRAINERS, "mlp", broken)
+    record = glue.execute(TrainConfig(model_family="mlp", num_iterations=5), "broken", tmp_path)
+    assert record.verdict == "error" and record.config["lr_input"] == 0.1
+    assert record.summary["error"].startswith("ZeroDivisionError: our own bug")
+    assert "Traceback" in record.summary["error"] and "in broken" in record.summary["error"]
+
+
+def test_only_the_family_in_use_is_validated():
+    from fractal_llm.config import ConfigError
+    TrainConfig(model_family="mlp", learning_rate=0.0, model_id="", dataset_id="")  # no GPT group in an mlp run
+    with pytest.raises(ConfigError, match="matrix_lr=0.0"):
+        TrainConfig(learning_rate=0.0)
+    with pytest.raises(ConfigError, match="dataset_size=-2"):
+        TrainConfig(model_family="mlp", dataset_size=-2)
+    TrainConfig(dataset_size=-2)  # an mlp field is not a GPT run's business
