@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from fractal_llm.config import TrainConfig
 from fractal_llm.grid import build_grid, grid_from_arrays
+from fractal_llm.verdict import from_trainable
 from fractal_llm.records import RunRecord, point_name, write_record
 from fractal_llm.report import write_report
 from fractal_llm.sources import local_source
@@ -105,7 +106,7 @@ def time_array_report(n: int, out_dir: Path) -> float:
     trainable = boundary_field(u, v) > 0
     scores = np.where(trainable, -100.0 * (1 + u), 50.0 * (1 + v))
     start = time.perf_counter()
-    grid = grid_from_arrays("lr_input", "lr_output", np.logspace(-2, 2, n), np.logspace(-2, 2, n), trainable, scores)
+    grid = grid_from_arrays("lr_input", "lr_output", np.logspace(-2, 2, n), np.logspace(-2, 2, n), from_trainable(trainable), scores)
     write_report(grid, out_dir, title=f"array {n}x{n}", zoom_k=3)
     return time.perf_counter() - start
 

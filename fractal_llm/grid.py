@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fractal_llm.records import RunRecord, values_from_name
+from fractal_llm.sweep import SweepError, parse_parameters
 from fractal_llm.verdict import VERDICTS, count_verdicts, labels_from_verdicts
 # Train-config fields where a value <= 0 means "derive me": the record holds the resolved (positive) value.
 DERIVED_WHEN_NONPOSITIVE = ("matrix_lr", "embedding_lr", "unembedding_lr")
@@ -54,42 +55,13 @@ class Grid:
 
 
 def sweep_axes(sweep_config: dict) -> tuple[list[tuple[str, list[float]]], dict]:
-    """((x_name, x_values), (y_name, y_values)) sorted by name, values ascending; and the fixed params."""
-    params = sweep_config.get("parameters")
-    if not isinstance(params, dict) or not params:
-        raise GridError(f"sweep config parameters={params!r}: a mapping of parameter name -> "
-                        "{values: [...]} or {value: x} is required")
-    axes, fixed = [], {}
-    for name in sorted(params):
-        spec = params[name]
-        if not isinstance(spec, dict):
-            raise GridError(f"parameters.{name}={spec!r}: must be a mapping with 'values' or 'value'")
-        if "values" in spec:
-            axes.append((name, _axis_values(name, spec["values"])))
-        elif "value" in spec:
-            fixed[name] = spec["value"]
-        else:
-            raise GridError(f"parameters.{name}={spec!r}: the report needs 'values' (an axis) or 'value' "
-                            "(fixed); other distributions do not make a grid")
-    if len(axes) != 2:
-        names = [name for name, _ in axes]
-        raise GridError(f"sweep parameters with 'values': {names}: exactly two axes are needed for a 2-D map")
-    return axes, fixed
-
-
-def _axis_values(name: str, values) -> list[float]:
-    if not isinstance(values, list) or len(values) < 2:
-        raise GridError(f"parameters.{name}.values={values!r}: a list of at least two numbers is required")
-    out = []
-    for v in values:
-        number = _as_number(v)
-        if number is None:
-            raise GridError(f"parameters.{name}.values: {v!r} is not a number; axes must be numeric")
-        out.append(number)
-    out.sort()  # plots and zoom boxes need ascending axes; W&B order never matters for placement
-    if any(np.isclose(a, b, rtol=1e-9, atol=0) for a, b in zip(out, out[1:])):
-        raise GridError(f"parameters.{name}.values={values!r}: values must be distinct")
-    return out
+    """((x_name, x_values), (y_name, y_values)) sorted by name, values ascending (plots and zoom boxes need
+    ascending axes; W&B order never matters for placement); and the fixed params (sweep.parse_parameters)."""
+    try:
+        axes, fixed = parse_parameters(sweep_config.get("parameters"), numeric_strings=True)
+    except SweepError as e:
+        raise GridError(str(e)) from None
+    return [(name, sorted(float(v) for v in values)) for name, values in axes], fixed
 
 
 def _as_number(value) -> float | None:

@@ -14,6 +14,7 @@ from typing import Callable
 
 import yaml
 
+from fractal_llm.grid import sweep_axes
 from fractal_llm.records import RunRecord, read_records, record_name
 
 PAGE_SIZE = 1000  # runs per page of the listing: a 4096-run sweep is 5 pages
@@ -74,8 +75,7 @@ def wandb_source(path: str, api=None) -> tuple[dict, list[RunRecord], HistoryFn]
         api = wandb.Api()
     sweep = api.sweep(f"{entity}/{project}/{sweep_id}")
     sweep_config = dict(sweep.config)
-    axis_names = sorted(name for name, spec in (sweep_config.get("parameters") or {}).items()
-                        if isinstance(spec, dict) and "values" in spec)
+    axis_names = [name for name, _ in sweep_axes(sweep_config)[0]]
     # lazy=False: each page carries config and summary (lazy pages cost one extra query per run touched).
     runs = api.runs(f"{entity}/{project}", filters={"sweep": sweep_id}, per_page=PAGE_SIZE, lazy=False)
     records, run_objects = [], {}

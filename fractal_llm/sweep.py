@@ -73,7 +73,9 @@ def check_sweep(cfg: dict, default_name: str = "sweep") -> SweepSpec:
     if method != "grid":
         raise SweepError(f"method={method!r}: only grid sweeps are supported (method: grid)")
     _check_command(cfg)
-    axes, fixed = _check_parameters(cfg.get("parameters"))
+    axes, fixed = parse_parameters(cfg.get("parameters"))
+    for axis_name, values in axes:
+        _check_monotonic(axis_name, values)
     name = cfg.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise SweepError(f"name={name!r}: must be a non-empty string")
@@ -100,7 +102,13 @@ def _check_command(cfg: dict) -> None:
                          f"(the --name=value pairs of each point); use {expected}")
 
 
-def _check_parameters(params) -> tuple[list[tuple[str, list]], dict]:
+def parse_parameters(params, numeric_strings: bool = False) -> tuple[list[tuple[str, list]], dict]:
+    """The one reader of a sweep's `parameters`: (axes sorted by name, each [(name, values in file order)],
+    fixed values), every value checked and normalised per train-config field.
+
+    numeric_strings: accept '1e-4' for a number. yaml.safe_load reads an unquoted `1e-4` as a string, so a
+    sweep created on the server without `sweep check` may hold them; the report reads such configs, while
+    `sweep check` refuses them (the in-process agent would hand the string to the train function)."""
     if not isinstance(params, dict) or not params:
         raise SweepError(f"parameters={params!r}: must be a mapping of train-config fields to "
                          "{value: X} or {values: [...]}")
@@ -113,9 +121,9 @@ def _check_parameters(params) -> tuple[list[tuple[str, list]], dict]:
             raise SweepError(f"parameters.{name}={spec!r}: a grid parameter needs exactly one key, "
                              "`value: X` (fixed) or `values: [...]` (an axis)")
         if "value" in spec:
-            fixed[name] = _checked_value(f"parameters.{name}.value", name, spec["value"])
+            fixed[name] = _checked_value(f"parameters.{name}.value", name, spec["value"], numeric_strings)
         else:
-            axes[name] = _check_axis(name, spec["values"])
+            axes[name] = _check_axis(name, spec["values"], numeric_strings)
     if len(axes) != N_AXES:
         raise SweepError(f"parameters: {len(axes)} axes ({', '.join(sorted(axes)) or 'none'}); a sweep needs "
                          f"exactly {N_AXES} parameters with `values` lists (the two axes of the map), every "
@@ -123,14 +131,19 @@ def _check_parameters(params) -> tuple[list[tuple[str, list]], dict]:
     return [(name, axes[name]) for name in sorted(axes)], fixed
 
 
-def _checked_value(where: str, name: str, value):
+def _checked_value(where: str, name: str, value, numeric_strings: bool = False):
+    if numeric_strings and isinstance(value, str) and field_types()[name] in (int, float):
+        try:
+            value = float(value)
+        except ValueError:
+            pass  # check_field_value names the field and the value
     try:
         return check_field_value(name, value)
     except ConfigError as e:
         raise SweepError(f"{where}: {e}") from None
 
 
-def _check_axis(name: str, values) -> list:
+def _check_axis(name: str, values, numeric_strings: bool) -> list:
     where = f"parameters.{name}.values"
     if not isinstance(values, list):
         raise SweepError(f"{where}={values!r}: must be a list of numbers")
@@ -139,18 +152,23 @@ def _check_axis(name: str, values) -> list:
                          "(int or float field)")
     if len(values) < 2:
         raise SweepError(f"{where}={values!r}: an axis needs at least 2 values, got {len(values)}")
-    checked = [_checked_value(f"{where}[{i}]", name, v) for i, v in enumerate(values)]
+    checked = [_checked_value(f"{where}[{i}]", name, v, numeric_strings) for i, v in enumerate(values)]
     seen: dict = {}
     for i, v in enumerate(checked):
         if v in seen:  # after normalisation, so 3e6 and 3000000 are the same point (as W&B sees them)
             raise SweepError(f"{where}[{i}]={values[i]!r}: duplicate of {where}[{seen[v]}]={values[seen[v]]!r}")
         seen[v] = i
-    steps = [b - a for a, b in zip(checked, checked[1:])]
+    return checked
+
+
+def _check_monotonic(name: str, values: list) -> None:
+    """Axes in a sweep file run one way (W&B keeps the file's order; a shuffled axis is most likely a typo)."""
+    where = f"parameters.{name}.values"
+    steps = [b - a for a, b in zip(values, values[1:])]
     if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
         i = next(i for i in range(1, len(steps)) if (steps[i] > 0) != (steps[0] > 0))
         raise SweepError(f"{where}[{i + 1}]={values[i + 1]!r}: axis values must be monotonic (all increasing "
                          f"or all decreasing); {values[i]!r} -> {values[i + 1]!r} breaks the order")
-    return checked
 
 
 def _check_points(spec: SweepSpec) -> None:

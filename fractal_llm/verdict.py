@@ -121,3 +121,8 @@ def labels_from_verdicts(verdicts) -> np.ndarray:
     labels[verdicts == "trainable"] = 1.0
     labels[np.isin(verdicts, NOT_TRAINABLE)] = 0.0
     return labels
+
+
+def from_trainable(trainable) -> np.ndarray:
+    """Verdict strings for a bool map (True: trainable, False: not_trainable), e.g. a hand-made label image."""
+    return np.where(np.asarray(trainable, dtype=bool), "trainable", "not_trainable").astype(object)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fractal_llm.config import field_types
 from fractal_llm.fractal import edge_mask
 from fractal_llm.grid import Grid, axis_is_log, cell_edges, plot_coordinates
 from fractal_llm.sweep import axis_values, check_sweep, dump_sweep_yaml
@@ -89,9 +90,8 @@ def child_sweep_config(sweep_config: dict, grid: Grid, box: ZoomBox, resolution:
     child = copy.deepcopy(sweep_config)
     child.pop("run_cap", None)  # the parent's cap says nothing about the child's grid
     for name, (lo, hi) in ((grid.x_name, box.x_range), (grid.y_name, box.y_range)):
-        parent_values = child["parameters"][name]["values"]
         values = axis_values(lo, hi, resolution, "log" if axis_is_log([lo, hi]) else "lin")
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in parent_values):
+        if field_types()[name] is int:
             values = sorted({int(round(v)) for v in values})  # an integer field stays integer
         child["parameters"][name] = {"values": list(values)}
     child["name"] = f"{parent_name}-zoom{box.rank}"

@@ -129,10 +129,10 @@ def test_run_without_an_axis_key_is_refused():
 def test_sweep_config_needs_two_numeric_axes():
     cfg = sweep_config()
     cfg["parameters"]["seed"] = {"values": [0, 1]}
-    with pytest.raises(GridError, match="exactly two axes"):
+    with pytest.raises(GridError, match="3 axes.*exactly 2 parameters"):
         build_grid(cfg, [])
     cfg = sweep_config(ys=["a", "b"])
-    with pytest.raises(GridError, match="not a number"):
+    with pytest.raises(GridError, match="unembedding_lr.*must be a number"):
         build_grid(cfg, [])
 
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from fractal_llm.grid import GridError, build_grid, grid_from_arrays
+from fractal_llm.verdict import from_trainable
 from fractal_llm.records import RunRecord, error_summary, point_name, write_record
 from fractal_llm.report import compare_reports, main, run, write_report
 from fractal_llm.sources import local_source
@@ -94,7 +95,7 @@ def test_large_array_grid_reports_a_dimension(tmp_path):
     u, v = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
     trainable = v < 0.5 + 0.15 * np.sin(9 * u) + 0.05 * np.sin(61 * u)
     scores = np.where(trainable, -100.0 * (1 + u), 50.0 * (1 + v))
-    grid = grid_from_arrays("lr_input", "lr_output", np.logspace(-2, 2, n), np.logspace(-2, 2, n), trainable, scores)
+    grid = grid_from_arrays("lr_input", "lr_output", np.logspace(-2, 2, n), np.logspace(-2, 2, n), from_trainable(trainable), scores)
     report = write_report(grid, tmp_path / "paper", title="paper mode", zoom_k=2)
     assert report["fractal"]["too_coarse"] is False and 0.9 < report["fractal"]["dimension"] < 1.6
     assert len(report["zoom"]) == 2 and all(box["yaml_path"] == "" for box in report["zoom"])
@@ -108,7 +109,7 @@ def test_array_grid_draws_loss_curves_of_neighbours_across_the_boundary(tmp_path
     trainable = np.zeros((8, 8), dtype=bool)
     trainable[:, :3] = True  # boundary between columns 2 and 3
     scores = np.where(trainable, -1.0, 1.0)
-    grid = grid_from_arrays("lr_input", "lr_output", np.logspace(0, 1, 8), np.logspace(0, 1, 8), trainable, scores)
+    grid = grid_from_arrays("lr_input", "lr_output", np.logspace(0, 1, 8), np.logspace(0, 1, 8), from_trainable(trainable), scores)
     asked = []
 
     def curve_at(i, j):
@@ -132,7 +133,7 @@ def test_compare_two_local_sweeps(tmp_path):
     assert "not meaningful" in result["delta_dimension_note"]  # 16x16: too coarse on both sides
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["cosine"]["counts"] == a.counts
-    other_axes = grid_from_arrays("matrix_lr", "seed", a.x_values, a.y_values, a.labels == 1, a.scores)
+    other_axes = grid_from_arrays("matrix_lr", "seed", a.x_values, a.y_values, from_trainable(a.labels == 1), a.scores)
     with pytest.raises(GridError, match="seed"):
         compare_reports(a, other_axes, tmp_path / "bad")
 

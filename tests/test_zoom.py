@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from fractal_llm.grid import grid_from_arrays  # noqa: E402
+from fractal_llm.verdict import from_trainable  # noqa: E402
 from fractal_llm.sweep import MODULE_COMMAND, axis_values, load_sweep  # noqa: E402
 from fractal_llm.zoom import draw_boxes, find_zoom_boxes, write_zoom_sweeps  # noqa: E402
 
@@ -32,7 +33,7 @@ def checkerboard_corner_grid():
     trainable = i + j < N
     corner = (i >= 24) & (j >= 24)
     trainable = np.where(corner, (i + j) % 2 == 0, trainable)
-    return grid_from_arrays("matrix_lr", "unembedding_lr", XS, YS, trainable, np.zeros((N, N)), name="parent")
+    return grid_from_arrays("matrix_lr", "unembedding_lr", XS, YS, from_trainable(trainable), np.zeros((N, N)), name="parent")
 
 
 def test_densest_box_is_the_checkerboard_and_boxes_do_not_overlap():
@@ -54,7 +55,7 @@ def test_densest_box_is_the_checkerboard_and_boxes_do_not_overlap():
 
 
 def test_no_boundary_no_boxes_and_bad_sizes_refused():
-    flat = grid_from_arrays("a", "b", XS, YS, np.ones((N, N), dtype=bool), np.zeros((N, N)))
+    flat = grid_from_arrays("a", "b", XS, YS, from_trainable(np.ones((N, N), dtype=bool)), np.zeros((N, N)))
     assert find_zoom_boxes(flat, k=3) == []
     with pytest.raises(ValueError, match="size"):
         find_zoom_boxes(flat, k=1, size=N + 1)
