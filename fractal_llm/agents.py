@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fractal_llm import paths
+from fractal_llm.sweep import SweepError, parse_sweep_path
 
 LOCAL = socket.gethostname()  # pid/log names carry the host: a shared logdir (NFS) never collides
 AGENT_MARK = "fractal_llm.agents"  # what an agent's command line contains (checked before signalling a pid)
@@ -60,11 +61,19 @@ class Slot:
         return "" if self.gpu == "cpu" else self.gpu
 
 
-def parse_sweep_path(text: str) -> tuple[str, str, str]:
-    parts = text.split("/")
-    if len(parts) != 3 or not all(parts):
-        raise AgentsError(f"SWEEP={text!r}: expected ENTITY/PROJECT/SWEEP_ID (as printed by `wandb sweep`)")
-    return parts[0], parts[1], parts[2]
+def sweep_path(text: str) -> tuple[str, str, str]:
+    try:
+        return parse_sweep_path(text)
+    except SweepError as e:
+        raise AgentsError(f"SWEEP: {e}") from None
+
+
+def refuse_offline_mode() -> None:
+    """Sweeps need a server: an offline run in a sweep is never acknowledged, so W&B hands its point out again."""
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode in ("offline", "disabled", "dryrun"):
+        raise AgentsError(f"WANDB_MODE={mode!r}: sweep agents need a W&B server (online mode; offline runs are "
+                          "never acknowledged and get re-issued); without one use `fractal-llm local SWEEP.yaml`")
 
 
 def parse_gpus(text: str) -> list[str] | None:
@@ -120,6 +129,7 @@ def remote_status_script(host: str, workdir: str, logdir: str, stop: bool) -> st
 # ---------------------------------------------------------------------------------------------- local host
 
 def detect_local_gpus() -> list[str]:
+    """This host's GPUs as CUDA_VISIBLE_DEVICES ids (agents and the local runner; no torch import, no CUDA init)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:  # this shell already restricts the GPUs: use exactly those
         return [d.strip() for d in visible.split(",") if d.strip()]
@@ -257,15 +267,12 @@ def _run(args) -> list[tuple[str, str, str, int]]:
         return _status(args, hosts, workdir)
     if not args.sweep:
         raise AgentsError("SWEEP: missing; give ENTITY/PROJECT/SWEEP_ID (or --status / --stop)")
-    parse_sweep_path(args.sweep)
+    sweep_path(args.sweep)
     if args.count is not None and args.count < 1:
         raise AgentsError(f"--count={args.count}: must be >= 1")
     gpus = parse_gpus(args.gpus)
     if not hosts:
-        mode = os.environ.get("WANDB_MODE", "")
-        if mode in ("offline", "disabled", "dryrun"):
-            raise AgentsError(f"WANDB_MODE={mode!r}: sweep agents need a W&B server (online mode); "
-                              "without one use `fractal-llm local SWEEP.yaml`")
+        refuse_offline_mode()
         slots = [Slot(LOCAL, g) for g in (gpus if gpus is not None else detect_local_gpus()) or ["cpu"]]
         argv = worker_argv(args.python or sys.executable, args.sweep, args.count)
         logdir = _local_logdir(args, workdir)
@@ -320,11 +327,8 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("sweep")
     parser.add_argument("--count", type=int)
     args = parser.parse_args(argv)
-    entity, project, sweep_id = parse_sweep_path(args.sweep)
-    mode = os.environ.get("WANDB_MODE", "")
-    if mode in ("offline", "disabled", "dryrun"):
-        raise AgentsError(f"WANDB_MODE={mode!r}: sweep agents need online mode (offline runs are never "
-                          "acknowledged and get re-issued); use `fractal-llm local` without a server")
+    entity, project, sweep_id = sweep_path(args.sweep)
+    refuse_offline_mode()
     # With this set, wandb.agent(function=...) stops at the first failed run; without it the agent goes on.
     os.environ.pop("WANDB_AGENT_DISABLE_FLAPPING", None)
     import wandb

@@ -6,6 +6,7 @@ and every run starts from fresh optimizer state and no gradients.
 """
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path

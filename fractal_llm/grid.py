@@ -214,23 +214,9 @@ def grid_from_arrays(x_name: str, y_name: str, x_values, y_values, verdicts, sco
                 counts=counts, name=name)
 
 
-# ---------------------------------------------------------------- geometry shared by plots and zoom
+# ---------------------------------------------------------------- axes
 
 
 def axis_is_log(values) -> bool:
     """Positive axes are drawn on a log scale (learning rates span decades)."""
     return bool(np.all(np.asarray(values, dtype=float) > 0))
-
-
-def plot_coordinates(values, log: bool) -> np.ndarray:
-    """Maps are drawn in log10(value) for log axes, so pcolormesh and imshow share one coordinate system."""
-    values = np.asarray(values, dtype=float)
-    return np.log10(values) if log else values
-
-
-def cell_edges(coords: np.ndarray) -> np.ndarray:
-    """Cell edges at the midpoints of (plot) coordinates, i.e. geometric midpoints of log axes;
-    the outer edges mirror the first and last half-steps."""
-    coords = np.asarray(coords, dtype=float)
-    middle = (coords[:-1] + coords[1:]) / 2
-    return np.concatenate([[coords[0] - (middle[0] - coords[0])], middle, [coords[-1] + (coords[-1] - middle[-1])]])

@@ -31,8 +31,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from fractal_llm.fractal import DimensionEstimate, edge_mask  # noqa: E402
-from fractal_llm.grid import Grid, axis_is_log, cell_edges, plot_coordinates  # noqa: E402
-from fractal_llm.zoom import ZoomBox, draw_boxes  # noqa: E402
+from fractal_llm.grid import Grid, axis_is_log  # noqa: E402
+from fractal_llm.zoom import ZoomBox  # noqa: E402
 
 MESH_MAX_SIDE = 256  # above this many cells a side, draw with imshow
 DISPLAY_MAX_SIDE = 2048  # imshow gets at most this many pixels a side
@@ -47,6 +47,34 @@ CurveFn = Callable[[int, int], Sequence[float]]  # the loss curve of grid cell (
 
 
 # ---------------------------------------------------------------- coordinates
+
+
+def plot_coordinates(values, log: bool) -> np.ndarray:
+    """Maps are drawn in log10(value) for log axes, so pcolormesh and imshow share one coordinate system."""
+    values = np.asarray(values, dtype=float)
+    return np.log10(values) if log else values
+
+
+def cell_edges(coords: np.ndarray) -> np.ndarray:
+    """Cell edges at the midpoints of (plot) coordinates, i.e. geometric midpoints of log axes;
+    the outer edges mirror the first and last half-steps."""
+    coords = np.asarray(coords, dtype=float)
+    middle = (coords[:-1] + coords[1:]) / 2
+    return np.concatenate([[coords[0] - (middle[0] - coords[0])], middle, [coords[-1] + (coords[-1] - middle[-1])]])
+
+
+def draw_boxes(ax, grid: Grid, boxes: list[ZoomBox], color: str = "black") -> None:
+    """Outline each box (in the map's plot coordinates) with its rank."""
+    from matplotlib.patches import Rectangle
+
+    x_edges = cell_edges(plot_coordinates(grid.x_values, axis_is_log(grid.x_values)))
+    y_edges = cell_edges(plot_coordinates(grid.y_values, axis_is_log(grid.y_values)))
+    for box in boxes:
+        x0, x1 = x_edges[box.cols[0]], x_edges[box.cols[1]]
+        y0, y1 = y_edges[box.rows[0]], y_edges[box.rows[1]]
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.6))
+        ax.text(x0, y1, f" {box.rank}", color=color, fontsize=9, fontweight="bold", va="top", ha="left")
+
 
 
 class MapFrame:

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fractal_llm import paths
+from fractal_llm.agents import detect_local_gpus
 from fractal_llm.config import TrainConfig
 from fractal_llm.pool import WorkerPool
 from fractal_llm.records import error_record, file_name, record_name, read_record, record_from_result, write_record
@@ -92,17 +93,7 @@ def default_workers(spec: SweepSpec, family: str) -> int:
         return torch.get_num_threads()
     if spec.fixed.get("device") == "cpu":
         return 1
-    return max(1, len(visible_cuda_devices()))
-
-
-def visible_cuda_devices() -> list[str]:
-    import torch
-    count = torch.cuda.device_count()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible:
-        ids = [d.strip() for d in visible.split(",") if d.strip()]
-        return ids[:count]
-    return [str(i) for i in range(count)]
+    return max(1, len(detect_local_gpus()))
 
 
 # ---------------------------------------------------------------------------------------------- running a task
@@ -258,7 +249,7 @@ def _execute(tasks: list[Task], n_workers: int, out_dir: Path, wandb_mode: str, 
             yield from run_task(task, out_dir, wandb_mode)
         return
     import torch
-    devices = visible_cuda_devices() if spec.fixed.get("device") != "cpu" and family != "mlp" else []
+    devices = detect_local_gpus() if spec.fixed.get("device") != "cpu" and family != "mlp" else []
     # CPU workers share the cores (as torch counts them) instead of each starting a thread per core.
     threads = None if devices else max(1, torch.get_num_threads() // n_workers)
     runner = TaskRunner(str(out_dir), wandb_mode)

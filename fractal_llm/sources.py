@@ -8,6 +8,7 @@ loss curves are fetched afterwards, unsampled, only for the few runs that get pl
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,7 @@ import yaml
 
 from fractal_llm.grid import sweep_axes
 from fractal_llm.records import RunRecord, read_records, record_name
+from fractal_llm.sweep import SweepError, parse_sweep_path
 
 PAGE_SIZE = 1000  # runs per page of the listing: a 4096-run sweep is 5 pages
 LOSS_KEY = "train/loss"
@@ -57,19 +59,15 @@ def local_history(record: RunRecord) -> dict:
 # ---------------------------------------------------------------- W&B
 
 
-def parse_sweep_path(path: str) -> tuple[str, str, str]:
-    parts = path.strip("/").split("/")
-    if len(parts) != 3 or not all(parts):
-        raise SourceError(f"sweep path {path!r}: expected ENTITY/PROJECT/SWEEP_ID")
-    return parts[0], parts[1], parts[2]
-
-
 def wandb_source(path: str, api=None) -> tuple[dict, list[RunRecord], HistoryFn]:
     """(sweep config, records, history_of) for the W&B sweep ENTITY/PROJECT/SWEEP_ID.
 
     Costs one sweep query and ceil(runs / PAGE_SIZE) listing pages; never touches run history.
     """
-    entity, project, sweep_id = parse_sweep_path(path)
+    try:
+        entity, project, sweep_id = parse_sweep_path(path)
+    except SweepError as e:
+        raise SourceError(str(e)) from None
     if api is None:
         import wandb
         api = wandb.Api()
@@ -141,3 +139,44 @@ def combined_history(*functions: HistoryFn) -> HistoryFn:
                 return history
         return {}
     return history_of
+
+
+# ---------------------------------------------------------------- sources -> one list of records
+
+
+@dataclass
+class Loaded:
+    """Everything the sources gave: the first source's sweep config defines the grid."""
+    sweep_config: dict
+    records: list[RunRecord]
+    history_of: HistoryFn
+    name: str
+    sweep_id: str = ""  # first W&B sweep id, for tags
+    entity: str = ""
+    project: str = ""
+    sources: list[str] = field(default_factory=list)
+
+
+def load_sources(sweep_paths: list[str], local_dirs: list[str], api=None) -> Loaded:
+    if not sweep_paths and not local_dirs:
+        raise ValueError("no source: give ENTITY/PROJECT/SWEEP_ID and/or --local DIR")
+    configs, records, history_fns, sources = [], [], [], []
+    entity = project = sweep_id = ""
+    for path in sweep_paths:
+        config, recs, history_of = wandb_source(path, api=api)
+        if not sweep_id:
+            entity, project, sweep_id = parse_sweep_path(path)  # checked by wandb_source
+        configs.append((config, sweep_id))
+        records += recs
+        history_fns.append(history_of)
+        sources.append(f"wandb:{path} ({len(recs)} runs)")
+    for directory in local_dirs:
+        config, recs = local_source(directory)
+        configs.append((config, Path(directory).resolve().name))
+        records += recs
+        sources.append(f"local:{directory} ({len(recs)} records)")
+    sweep_config, fallback = configs[0]
+    name = str(sweep_config.get("name") or fallback)
+    return Loaded(sweep_config, records, combined_history(*history_fns), name, sweep_id,
+                  entity or str(sweep_config.get("entity") or ""), project or str(sweep_config.get("project") or ""),
+                  sources)

@@ -47,6 +47,14 @@ class SweepSpec:
         return math.prod(len(values) for _, values in self.axes)
 
 
+def parse_sweep_path(text: str) -> tuple[str, str, str]:
+    """'ENTITY/PROJECT/SWEEP_ID' (as `wandb sweep` prints it) -> its three parts."""
+    parts = text.strip().strip("/").split("/")
+    if len(parts) != 3 or not all(parts):
+        raise SweepError(f"sweep path {text!r}: expected ENTITY/PROJECT/SWEEP_ID (as printed by `wandb sweep`)")
+    return parts[0], parts[1], parts[2]
+
+
 # ---------------------------------------------------------------------------------------------- checking
 
 def load_sweep(path: str | Path) -> SweepSpec:

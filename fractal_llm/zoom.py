@@ -15,7 +15,7 @@ import numpy as np
 
 from fractal_llm.config import field_types
 from fractal_llm.fractal import edge_mask
-from fractal_llm.grid import Grid, axis_is_log, cell_edges, plot_coordinates
+from fractal_llm.grid import Grid, axis_is_log
 from fractal_llm.sweep import axis_values, check_sweep, dump_sweep_yaml
 
 
@@ -115,19 +115,3 @@ def write_zoom_sweeps(grid: Grid, boxes: list[ZoomBox], sweep_config: dict, out_
         box.name, box.yaml_path = child["name"], str(path)
         paths.append(path)
     return paths
-
-
-# ---------------------------------------------------------------- drawing
-
-
-def draw_boxes(ax, grid: Grid, boxes: list[ZoomBox], color: str = "black") -> None:
-    """Outline each box (in the map's plot coordinates) with its rank."""
-    from matplotlib.patches import Rectangle
-
-    x_edges = cell_edges(plot_coordinates(grid.x_values, axis_is_log(grid.x_values)))
-    y_edges = cell_edges(plot_coordinates(grid.y_values, axis_is_log(grid.y_values)))
-    for box in boxes:
-        x0, x1 = x_edges[box.cols[0]], x_edges[box.cols[1]]
-        y0, y1 = y_edges[box.rows[0]], y_edges[box.rows[1]]
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.6))
-        ax.text(x0, y1, f" {box.rank}", color=color, fontsize=9, fontweight="bold", va="top", ha="left")

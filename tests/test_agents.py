@@ -186,7 +186,7 @@ def test_offline_mode_is_refused_before_starting(stubs, monkeypatch, capsys):
 
 def test_bad_sweep_path_and_gpus(stubs, capsys):
     assert agents.main(["e/p", "--python", stubs["python"]]) == 2
-    assert "SWEEP='e/p': expected ENTITY/PROJECT/SWEEP_ID" in capsys.readouterr().err
+    assert "SWEEP: sweep path 'e/p': expected ENTITY/PROJECT/SWEEP_ID" in capsys.readouterr().err
     assert run_agents(stubs, "--gpus", "0,x") == 2
     assert "--gpus='0,x'" in capsys.readouterr().err
 
@@ -236,4 +236,4 @@ def test_worker_refuses_offline_mode(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-m", "fractal_llm.agents", "worker", "e/p/s"], env=env,
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0 and "sweep agents need online mode" in out.stderr
+    assert out.returncode != 0 and "sweep agents need a W&B server (online mode" in out.stderr
