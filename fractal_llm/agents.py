@@ -4,7 +4,7 @@ Each agent is `PYTHON -m fractal_llm.agents worker SWEEP`, started with CUDA_VIS
 wandb.agent(sweep, function=fractal_llm.train.agent_function): the runs of one agent share its process, so
 the base model and the tokenized data are loaded once per GPU, not once per run.
 
-In-process agent caveats (WANDB.md) and what we do about them:
+In-process agent caveats (docs/design.md, "What W&B does for us") and what we do about them:
 - WANDB_AGENT_DISABLE_FLAPPING=true makes wandb.agent(function=...) stop at the *first* failed run, so the
   worker removes it from its environment; wandb's default checks (3 failures in the first 60 s, ...) stay.
 - A diverged run returns normally (agent_function raises only for `error`), so divergence never counts as a

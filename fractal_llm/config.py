@@ -1,6 +1,6 @@
 """TrainConfig: every knob of one grid point, validated before any model or data is touched.
 
-Field names keep the seed study's names so its users' commands and sweep YAMLs carry over.
+Field names keep the seed study's names (docs/design.md) so its users' commands and sweep YAMLs carry over.
 A bad value raises ConfigError naming the field, the value and what is allowed.
 """
 
@@ -243,14 +243,24 @@ def _string_hint(value) -> str:
         except ValueError:
             return ""
         return (f" (YAML read {value!r} as a string: write floats with a dot in the mantissa, "
-                f"e.g. {_yaml_float(float(value))})")
+                f"e.g. {format_float(float(value))})")
     return ""
 
 
-def _yaml_float(x: float) -> str:
-    mantissa, exponent = f"{x:.15e}".split("e")
-    mantissa = mantissa.rstrip("0")
-    return f"{mantissa}0e{exponent}" if mantissa.endswith(".") else f"{mantissa}e{exponent}"
+def format_float(x: float) -> str:
+    """The shortest exponent form that reads back exactly, with a '.' in the mantissa and a signed exponent:
+    yaml.safe_load (YAML 1.1) reads `1e-4` as a string but `1.0e-04` as a float."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{x!r}: a sweep value must be finite")
+    for digits in range(17):
+        text = f"{x:.{digits}e}"
+        if float(text) == x:
+            break
+    mantissa, exponent = text.split("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    return f"{mantissa}e{exponent}"
 
 
 def _check_range(name, value, low, high, low_inclusive, high_inclusive) -> None:

@@ -1,4 +1,4 @@
-"""Grid reconstruction: place run records on the 2-D grid a sweep config defines (rules: shared DESIGN.md).
+"""Grid reconstruction: place run records on the 2-D grid a sweep config defines (rules: docs/design.md).
 
 The axes are the sweep's two `values` parameters (sorted by name: x = first, y = second); every other
 parameter is fixed. A run is placed by its config values, matched with a relative tolerance, never by its

@@ -66,10 +66,6 @@ class Problem:
     threshold: float
 
     @property
-    def n_params(self) -> int:
-        return self.width * self.width + self.width
-
-    @property
     def examples_per_step(self) -> int:
         return self.dataset_size if self.batch_size < 0 else self.batch_size
 

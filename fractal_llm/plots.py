@@ -39,7 +39,11 @@ DISPLAY_MAX_SIDE = 2048  # imshow gets at most this many pixels a side
 DIVERGING = "RdBu"  # red (not trainable) .. white .. blue (trainable)
 MISSING_RGBA = (0.85, 0.85, 0.85, 1.0)
 ERROR_RGBA = (0.45, 0.45, 0.45, 1.0)
-TRAINABLE_COLOR, NOT_TRAINABLE_COLOR = "#2166ac", "#b2182b"
+TRAINABLE_COLOR, NOT_TRAINABLE_COLOR = "#2166ac", "#b2182b"  # the ends of DIVERGING
+TRAINABLE_LIGHT, NOT_TRAINABLE_LIGHT = "#92c5de", "#f4a582"  # the two classes under an overlay (boundary map)
+ONLY_A_COLOR, ONLY_B_COLOR, BOTH_COLOR = "#1b7837", "#762a83", "#4393c3"  # compare's difference map
+FIT_COLOR, SLOPE_COLOR = "tab:red", "tab:blue"  # box counting: the fitted line and window; local slopes
+INK, MARK_COLOR, GUIDE_COLOR = "black", "white", "grey"  # data points and labels; error marks; guide lines
 DPI = 110
 OVERVIEW_DPI = 100  # 2100 px wide; the single panels carry the detail
 
@@ -63,7 +67,7 @@ def cell_edges(coords: np.ndarray) -> np.ndarray:
     return np.concatenate([[coords[0] - (middle[0] - coords[0])], middle, [coords[-1] + (coords[-1] - middle[-1])]])
 
 
-def draw_boxes(ax, grid: Grid, boxes: list[ZoomBox], color: str = "black") -> None:
+def draw_boxes(ax, grid: Grid, boxes: list[ZoomBox], color: str = INK) -> None:
     """Outline each box (in the map's plot coordinates) with its rank."""
     from matplotlib.patches import Rectangle
 
@@ -198,8 +202,8 @@ def score_rgba(grid: Grid) -> np.ndarray:
 def binary_rgba(grid: Grid) -> np.ndarray:
     rgba = np.empty(grid.shape + (4,))
     rgba[:] = MISSING_RGBA
-    rgba[grid.labels == 1.0] = matplotlib.colors.to_rgba("#92c5de")
-    rgba[grid.labels == 0.0] = matplotlib.colors.to_rgba("#f4a582")
+    rgba[grid.labels == 1.0] = matplotlib.colors.to_rgba(TRAINABLE_LIGHT)
+    rgba[grid.labels == 0.0] = matplotlib.colors.to_rgba(NOT_TRAINABLE_LIGHT)
     rgba[grid.verdicts == "error"] = ERROR_RGBA
     return rgba
 
@@ -207,7 +211,7 @@ def binary_rgba(grid: Grid) -> np.ndarray:
 def _mark_errors(ax, frame: MapFrame, grid: Grid) -> None:
     rows, cols = np.nonzero(grid.verdicts == "error")
     if len(rows) and not frame.big:
-        ax.scatter(frame.x[cols], frame.y[rows], marker="x", s=12, color="white", linewidths=0.8)
+        ax.scatter(frame.x[cols], frame.y[rows], marker="x", s=12, color=MARK_COLOR, linewidths=0.8)
 
 
 def _outcome_legend(ax, grid: Grid) -> None:
@@ -286,13 +290,13 @@ def plot_box_counting(ax_counts, ax_slopes, estimate: DimensionEstimate) -> None
             ax.text(0.5, 0.5, estimate.reason, transform=ax.transAxes, ha="center", wrap=True, fontsize=8)
         ax_counts.set_title("(d) box counting: no boundary", fontsize=10)
         return
-    ax_counts.loglog(sizes[has], counts[has], "o", color="black", label="N(s)")
+    ax_counts.loglog(sizes[has], counts[has], "o", color=INK, label="N(s)")
     if estimate.fit_range != (0, 0) and math.isfinite(estimate.intercept):
         lo, hi = estimate.fit_range
         s = np.array([lo, hi], dtype=float)
-        ax_counts.loglog(s, np.exp(estimate.intercept) * s ** (-estimate.dimension), "-", color="tab:red",
+        ax_counts.loglog(s, np.exp(estimate.intercept) * s ** (-estimate.dimension), "-", color=FIT_COLOR,
                          label=f"fit s={lo}..{hi}: D={estimate.dimension:.3f} ± {estimate.uncertainty:.3f}")
-        ax_counts.axvspan(lo, hi, color="tab:red", alpha=0.08)
+        ax_counts.axvspan(lo, hi, color=FIT_COLOR, alpha=0.08)
     ax_counts.set_xlabel("box size s (grid cells)")
     ax_counts.set_ylabel("boxes holding boundary N(s)")
     _plain_log_axis(ax_counts.xaxis, sizes)
@@ -305,14 +309,14 @@ def plot_box_counting(ax_counts, ax_slopes, estimate: DimensionEstimate) -> None
         mids = np.sqrt(sizes[:-1] * sizes[1:])
     else:  # paper-median estimates give one gradient per size
         mids = sizes[: len(slopes)]
-    ax_slopes.semilogx(mids, slopes, "s-", color="tab:blue", label="local slope -dlnN/dlns")
+    ax_slopes.semilogx(mids, slopes, "s-", color=SLOPE_COLOR, label="local slope -dlnN/dlns")
     if math.isfinite(estimate.dimension):
-        ax_slopes.axhline(estimate.dimension, color="tab:red", lw=1, label="D")
+        ax_slopes.axhline(estimate.dimension, color=FIT_COLOR, lw=1, label="D")
         if math.isfinite(estimate.uncertainty):
             ax_slopes.axhspan(estimate.dimension - estimate.uncertainty, estimate.dimension + estimate.uncertainty,
-                              color="tab:red", alpha=0.12)
+                              color=FIT_COLOR, alpha=0.12)
     for reference in (1.0, 2.0):
-        ax_slopes.axhline(reference, color="grey", lw=0.6, ls=":")
+        ax_slopes.axhline(reference, color=GUIDE_COLOR, lw=0.6, ls=":")
     _plain_log_axis(ax_slopes.xaxis, sizes)
     ax_slopes.set_xlabel("box size s (grid cells)")
     ax_slopes.set_ylabel("local slope")
@@ -459,10 +463,10 @@ def compose_overview(paths: dict[str, Path], out_path: Path, title: str) -> Path
 def plot_difference(ax, grid_a: Grid, grid_b: Grid, labels: tuple[str, str]) -> dict:
     """Categorical map of where two sweeps agree; returns the count of each category."""
     a, b = grid_a.labels, grid_b.labels
-    categories = [("both trainable", (a == 1) & (b == 1), "#4393c3"),
-                  ("neither", (a == 0) & (b == 0), "#f4a582"),
-                  (f"only {labels[0]}", (a == 1) & (b == 0), "#1b7837"),
-                  (f"only {labels[1]}", (a == 0) & (b == 1), "#762a83"),
+    categories = [("both trainable", (a == 1) & (b == 1), BOTH_COLOR),
+                  ("neither", (a == 0) & (b == 0), NOT_TRAINABLE_LIGHT),
+                  (f"only {labels[0]}", (a == 1) & (b == 0), ONLY_A_COLOR),
+                  (f"only {labels[1]}", (a == 0) & (b == 1), ONLY_B_COLOR),
                   ("missing in one", np.isnan(a) | np.isnan(b), MISSING_RGBA)]
     codes = np.zeros(a.shape, dtype=float)
     for code, (_, mask, _) in enumerate(categories):

@@ -17,11 +17,11 @@ import yaml
 from rich.console import Console
 
 from fractal_llm.config import (ConfigError, TrainConfig, check_field_value, coerce_cli_value,
-                                field_types, unknown_field_message)
+                                field_types, format_float, unknown_field_message)
 
 TRAIN_MODULE = "fractal_llm.train"
 MODULE_COMMAND = ["${env}", "${interpreter}", "-m", TRAIN_MODULE, "${args}"]
-# Top-level keys W&B accepts in a sweep config (WANDB.md); anything else is most likely a typo.
+# Top-level keys W&B accepts in a sweep config; anything else is most likely a typo.
 TOP_LEVEL_KEYS = ("program", "command", "method", "parameters", "metric", "name", "description", "project",
                   "entity", "run_cap", "early_terminate")
 N_AXES = 2
@@ -222,22 +222,6 @@ def axis_values(lo: float, hi: float, n: int, scale: str = "log") -> list[float]
         raise SweepError(f"scale={scale!r}: allowed values are log, lin")
     values[0], values[-1] = float(lo), float(hi)  # exact endpoints, not 10**log10(x)
     return values
-
-
-def format_float(x: float) -> str:
-    """The shortest exponent form that reads back exactly, with a '.' in the mantissa and a signed exponent:
-    yaml.safe_load (YAML 1.1) reads `1e-4` as a string but `1.0e-04` as a float."""
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"{x!r}: a sweep value must be finite")
-    for digits in range(17):
-        text = f"{x:.{digits}e}"
-        if float(text) == x:
-            break
-    mantissa, exponent = text.split("e")
-    if "." not in mantissa:
-        mantissa += ".0"
-    return f"{mantissa}e{exponent}"
 
 
 class _SweepDumper(yaml.SafeDumper):
