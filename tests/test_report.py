@@ -1,12 +1,10 @@
 """The report: every file from a local sweep dir, report.json contents, compare, --wandb, big arrays."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from fractal_llm.grid import GridError, build_grid, grid_from_arrays
 from fractal_llm.verdict import from_trainable
@@ -167,8 +165,6 @@ def test_default_out_dir_is_reports_out_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run(["--local", str(sweep_dir), "--zoom", "0"])
     assert (tmp_path / "reports" / "out" / "tiny-sweep" / "report.json").is_file()
-    assert yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["name"] == "tiny-sweep"
-    assert os.getcwd() == str(tmp_path)
 
 
 def test_wandb_summary_run_content(tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from fractal_llm import paths
-from fractal_llm.config import TrainConfig
 from fractal_llm.sweep import (MODULE_COMMAND, AxisArg, SweepError, axis_values, check_sweep, dump_sweep_yaml,
                                expand_grid, format_float, load_sweep, main, new_sweep)
 
@@ -271,7 +270,10 @@ def test_expand_grid_count_and_full_configs():
     points = expand_grid(spec)
     assert len(points) == 35 == spec.n_points
     assert len({(p["matrix_lr"], p["unembedding_lr"]) for p in points}) == 35
-    assert all(isinstance(TrainConfig(**p), TrainConfig) for p in points)
+    first, second, last = points[0], points[1], points[-1]  # W&B order: the last name varies fastest
+    assert (first["matrix_lr"], first["unembedding_lr"]) == (1e-4, 1e-4)
+    assert (second["matrix_lr"], second["unembedding_lr"]) == (1e-4, spec.axes[1][1][1])
+    assert (last["matrix_lr"], last["unembedding_lr"]) == (1.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- shipped YAMLs
