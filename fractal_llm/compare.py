@@ -14,6 +14,7 @@ from fractal_llm.fractal import estimate_dimension
 from fractal_llm.grid import Grid, GridError
 from fractal_llm.plots import plot_difference
 from fractal_llm.records import json_safe
+from fractal_llm.report import dimension_sentence
 from fractal_llm.verdict import OUTCOMES
 
 console = Console()
@@ -93,7 +94,6 @@ def _compare_markdown(result: dict, labels: tuple[str, str]) -> str:
                      f"{b['counts'][outcome] - a['counts'][outcome]:+d} |")
     lines.append(f"| trainable fraction | {_pct(_nan(a['trainable_fraction']))} | "
                  f"{_pct(_nan(b['trainable_fraction']))} | {_pct(_nan(result['delta_trainable_fraction']))} |")
-    from fractal_llm.report import dimension_sentence  # the report's wording of D, shared
     lines.append(f"| D | {dimension_sentence(a['fractal'])} | {dimension_sentence(b['fractal'])} | "
                  f"{_pm(_nan(result['delta_dimension']), _nan(result['delta_dimension_uncertainty']))} "
                  f"{result['delta_dimension_note']} |")

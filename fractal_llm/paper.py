@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from rich.table import Table
 
 from fractal_llm import mlp
 from fractal_llm.config import TrainConfig
+from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
 from fractal_llm.fractal import edge_mask, estimate_dimension, paper_dimension
 from fractal_llm.verdict import count_verdicts
 
@@ -269,7 +271,6 @@ def _fmt(value) -> str:
 
 def sweep_config(paper: PaperConfig, window, res: int, steps: int, offset_mode: str | None = None) -> dict:
     """The frame as a grid sweep. init-offset: x = init_offset, y = lr_input, with lr_output = -1 (tied)."""
-    from fractal_llm.sweep import AxisArg, new_sweep
 
     x0, x1, y0, y1 = window
     x_values, y_values = (10.0 ** x0, 10.0 ** x1, res), (10.0 ** y0, 10.0 ** y1, res)
@@ -321,8 +322,6 @@ def run(args) -> int:
     paper, window = check_args(args)
     steps = mlp.DEFAULT_STEPS if args.steps == -1 else args.steps
     if args.write_yaml:
-        from fractal_llm.sweep import dump_sweep_yaml
-
         cfg = sweep_config(paper, window, args.res, steps, args.offset_mode)
         Path(args.write_yaml).write_text(dump_sweep_yaml(cfg, header=f"fractal-llm paper {paper.name}"))
         console.print(f"sweep: {args.write_yaml} ({args.res}x{args.res} points)")
@@ -352,6 +351,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

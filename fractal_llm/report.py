@@ -305,7 +305,7 @@ def run(argv: list[str] | None = None, api=None) -> dict:
         labels = tuple(args.labels) if args.labels else (loaded.name, other.name)
         if labels[0] == labels[1]:
             labels = (f"{labels[0]} (a)", f"{labels[1]} (b)")
-        from fractal_llm.compare import compare_reports
+        from fractal_llm.compare import compare_reports  # compare imports this module's wording of D
         report["compare"] = compare_reports(grid, grid_b, out_dir / "compare", labels)
     if args.wandb:
         run_path = log_to_wandb(report, out_dir, grid, project=args.wandb_project or loaded.project,

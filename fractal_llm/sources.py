@@ -16,7 +16,7 @@ from typing import Callable
 import yaml
 
 from fractal_llm.grid import sweep_axes
-from fractal_llm.records import RunRecord, read_records, record_name
+from fractal_llm.records import RunRecord, read_record, read_records, record_name
 from fractal_llm.sweep import SweepError, parse_sweep_path
 
 PAGE_SIZE = 1000  # runs per page of the listing: a 4096-run sweep is 5 pages
@@ -51,7 +51,6 @@ def local_history(record: RunRecord) -> dict:
     if record.history is not None:
         return record.history
     if record.path and Path(record.path).is_file():
-        from fractal_llm.records import read_record
         return read_record(record.path).history or {}
     return {}
 
