@@ -22,6 +22,7 @@ installed at --workdir.
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -38,6 +39,8 @@ from fractal_llm import paths
 from fractal_llm.sweep import SweepError, parse_sweep_path
 
 LOCAL = socket.gethostname()  # pid/log names carry the host: a shared logdir (NFS) never collides
+PLACEHOLDER = re.compile(r"<[A-Za-z][\w-]*>")  # <entity>, <hf-owner>: what the seed-study YAMLs ask to fill in
+DEFAULT_MAX_FAILURES = 5  # consecutive failed runs after which an agent stops (a broken host, not a bad point)
 AGENT_MARK = "fractal_llm.agents"  # what an agent's command line contains (checked before signalling a pid)
 REMOTE_LOGDIR = '"${FRACTAL_LLM_HOME:-$HOME/.cache/fractal-llm}/agents"'  # expanded by the remote shell
 
@@ -248,13 +251,13 @@ def main(argv: list[str]) -> int:
         try:
             return worker_main(argv[1:])
         except AgentsError as e:
-            Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+            Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             return 2
     args = _build_parser().parse_args(argv)
     try:
         rows = _run(args)
     except AgentsError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 2
     _print_rows(rows, args)
     return 0
@@ -321,21 +324,72 @@ def _print_rows(rows: list[tuple[str, str, str, int]], args) -> None:
 
 # ---------------------------------------------------------------------------------------------- the agent itself
 
+def check_server_sweep(sweep_config: dict) -> None:
+    """What a worker checks before claiming its first run: the sweep as the server holds it passes `sweep
+    check`, has no placeholder left (<entity>, <hf-owner>, ...), and its fixed inputs exist (train preflight:
+    model source, dataset), so a bad sweep fails here once instead of as an error record per point."""
+    from fractal_llm.config import TrainConfig
+    from fractal_llm.data import DatasetError
+    from fractal_llm.sweep import check_sweep, expand_grid
+    from fractal_llm.train import preflight
+    try:
+        spec = check_sweep(sweep_config)
+    except SweepError as e:
+        raise AgentsError(f"the sweep on the server does not pass `fractal-llm sweep check`: {e}") from None
+    for key, value in spec.fixed.items():
+        if isinstance(value, str) and PLACEHOLDER.search(value):
+            raise AgentsError(f"parameters.{key}.value={value!r}: unfilled placeholder "
+                              f"{PLACEHOLDER.search(value).group(0)!r}; edit the YAML and create the sweep again")
+    try:
+        preflight(TrainConfig(**expand_grid(spec)[0]))
+    except (ValueError, DatasetError) as e:  # ConfigError is a ValueError
+        raise AgentsError(f"the sweep's fixed values fail before any run: {e}") from None
+
+
+def agent_kwargs(max_failures: int) -> dict:
+    """max_consecutive_failed_runs where wandb.agent takes it (wandb >= 0.31): after its first success the
+    in-process agent otherwise never stops on failures, and a full disk or expired credentials would mark
+    every remaining grid point failed in seconds (a grid never re-issues a point that has a run)."""
+    import inspect
+
+    import wandb
+    if "max_consecutive_failed_runs" in inspect.signature(wandb.agent).parameters:
+        return {"max_consecutive_failed_runs": max_failures}
+    print(f"warning: wandb {wandb.__version__} has no max_consecutive_failed_runs; failures never stop this "
+          "agent (upgrade wandb)", flush=True)
+    return {}
+
+
 def worker_main(argv: list[str]) -> int:
     """`python -m fractal_llm.agents worker SWEEP [--count N]`: one in-process W&B agent (what each slot runs)."""
     parser = argparse.ArgumentParser(prog="fractal-llm agents worker")
     parser.add_argument("sweep")
     parser.add_argument("--count", type=int)
+    parser.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES)
     args = parser.parse_args(argv)
     entity, project, sweep_id = sweep_path(args.sweep)
     refuse_offline_mode()
     # With this set, wandb.agent(function=...) stops at the first failed run; without it the agent goes on.
     os.environ.pop("WANDB_AGENT_DISABLE_FLAPPING", None)
     import wandb
-    from fractal_llm.train import agent_function
-    print(f"agent: sweep {entity}/{project}/{sweep_id} count={args.count} "
-          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} pid={os.getpid()}", flush=True)
-    wandb.agent(sweep_id, function=agent_function, entity=entity, project=project, count=args.count)
+
+    from fractal_llm import train
+    if not os.environ.get("WANDB_MODE") and not train.wandb_credentials_found():
+        raise AgentsError("no W&B credentials found on this host (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, "
+                          "~/.netrc or $NETRC, wandb settings): run `wandb login` (with --host for a W&B Server)")
+    check_server_sweep(dict(wandb.Api().sweep(f"{entity}/{project}/{sweep_id}").config))
+    signal.signal(signal.SIGTERM, train.on_sigterm)  # --stop: finish the run in flight as preempting, then exit
+    print(f"agent: sweep {entity}/{project}/{sweep_id} count={args.count} max_failures={args.max_failures} "
+          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')!r} pid={os.getpid()}", flush=True)
+    try:
+        wandb.agent(sweep_id, function=train.agent_function, entity=entity, project=project, count=args.count,
+                    **agent_kwargs(args.max_failures))
+    except SystemExit as exit_:  # SIGTERM between runs
+        print(f"{train.AGENT_EXIT_MARK} stopped by SIGTERM between runs", flush=True)
+        return int(exit_.code or 0)
+    print(f"{train.AGENT_EXIT_MARK} wandb.agent returned (sweep finished, --count reached, or "
+          f"{args.max_failures} consecutive failures: see above)", flush=True)
     return 0
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fractal_llm import agents
 
@@ -40,14 +41,22 @@ sleep 60 &
 wait
 """
 
+# Stands in for the wandb client where a server must answer: wandb.agent, and the sweep as the server holds it.
 FAKE_WANDB = '''
 import json, os
-def agent(sweep_id, function=None, entity=None, project=None, count=None):
+__version__ = "0.31.0"
+class _Sweep:
+    def __init__(self, path):
+        self.config = json.loads(os.environ["STUB_SWEEP_CONFIG"])
+class Api:
+    def sweep(self, path):
+        return _Sweep(path)
+def agent(sweep_id, function=None, entity=None, project=None, count=None, max_consecutive_failed_runs=None):
     with open(os.environ["STUB_WANDB_LOG"], "w") as f:
         json.dump({"sweep_id": sweep_id, "entity": entity, "project": project, "count": count,
                    "function": f"{function.__module__}.{function.__name__}",
                    "flapping": os.environ.get("WANDB_AGENT_DISABLE_FLAPPING"),
-                   "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}, f)
+                   "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "max_failures": max_consecutive_failed_runs}, f)
 '''
 
 
@@ -216,20 +225,45 @@ def test_unreachable_host_is_a_clear_error(stubs, capsys):
     assert "unreachable: ssh failed" in capsys.readouterr().err
 
 
-def test_worker_calls_wandb_agent_with_the_train_function(tmp_path):
+def run_worker(tmp_path, sweep_config: dict, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     fake = tmp_path / "fake"
-    (fake / "wandb").mkdir(parents=True)
+    (fake / "wandb").mkdir(parents=True, exist_ok=True)
     (fake / "wandb" / "__init__.py").write_text(FAKE_WANDB)
     log = tmp_path / "wandb.json"
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{fake}:{repo}", "STUB_WANDB_LOG": str(log), "WANDB_MODE": "online",
-           "WANDB_AGENT_DISABLE_FLAPPING": "true", "CUDA_VISIBLE_DEVICES": "3"}
-    out = subprocess.run([sys.executable, "-m", "fractal_llm.agents", "worker", "ent/proj/abc123", "--count", "7"],
+           "WANDB_AGENT_DISABLE_FLAPPING": "true", "CUDA_VISIBLE_DEVICES": "3",
+           "STUB_SWEEP_CONFIG": json.dumps(sweep_config)}
+    out = subprocess.run([sys.executable, "-m", "fractal_llm.agents", "worker", "ent/proj/abc123", *args],
                          env=env, capture_output=True, text=True, timeout=60)
+    return out, log
+
+
+def smoke_sweep() -> dict:
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml").read_text())
+
+
+def test_worker_calls_wandb_agent_with_the_train_function(tmp_path):
+    out, log = run_worker(tmp_path, smoke_sweep(), "--count", "7")
     assert out.returncode == 0, out.stderr
     called = json.loads(log.read_text())
     assert called == {"sweep_id": "abc123", "entity": "ent", "project": "proj", "count": 7,
-                      "function": "fractal_llm.train.agent_function", "flapping": None, "cuda": "3"}
+                      "function": "fractal_llm.train.agent_function", "flapping": None, "cuda": "3",
+                      "max_failures": agents.DEFAULT_MAX_FAILURES}
+    assert "agent exit: wandb.agent returned" in out.stdout
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("model_id", "wandb:<entity>/fractal-llm/nanochat-d20:latest", "unfilled placeholder '<entity>'"),
+    ("model_id", "/no/such/dir", "model_id='/no/such/dir': no such directory"),
+    ("matrix_lr", "fast", "does not pass `fractal-llm sweep check`"),
+])
+def test_worker_checks_the_servers_sweep_before_claiming_a_run(tmp_path, key, value, needle):
+    cfg = smoke_sweep()
+    cfg["parameters"][key] = {"value": value}
+    out, log = run_worker(tmp_path, cfg)
+    assert out.returncode == 2 and needle in out.stderr, out.stderr
+    assert not log.exists()  # wandb.agent never called: no point claimed
 
 
 def test_worker_refuses_offline_mode(tmp_path):
