@@ -40,6 +40,7 @@ from fractal_llm.sweep import SweepError, parse_sweep_path
 
 LOCAL = socket.gethostname()  # pid/log names carry the host: a shared logdir (NFS) never collides
 PLACEHOLDER = re.compile(r"<[A-Za-z][\w-]*>")  # <entity>, <hf-owner>: what the seed-study YAMLs ask to fill in
+AGENT_EXIT = "agent exit:"  # the last line a worker prints when it ends; --status shows it
 DEFAULT_MAX_FAILURES = 5  # consecutive failed runs after which an agent stops (a broken host, not a bad point)
 AGENT_MARK = "fractal_llm.agents"  # what an agent's command line contains (checked before signalling a pid)
 REMOTE_LOGDIR = '"${FRACTAL_LLM_HOME:-$HOME/.cache/fractal-llm}/agents"'  # expanded by the remote shell
@@ -96,21 +97,34 @@ def count_gpus_in(nvidia_smi_output: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- commands
 
-def worker_argv(python: str, sweep: str, count: int | None) -> list[str]:
-    argv = [*shlex.split(python), "-m", "fractal_llm.agents", "worker", sweep]
+def worker_argv(python: str, sweep: str, count: int | None, max_failures: int = DEFAULT_MAX_FAILURES) -> list[str]:
+    argv = [*shlex.split(python), "-m", "fractal_llm.agents", "worker", sweep, "--max-failures", str(max_failures)]
     return argv + (["--count", str(count)] if count is not None else [])
+
+
+def threads_per_agent(cores: int, slots: list[Slot]) -> int | None:
+    """torch/OMP threads of each agent on a GPU host: the cores shared out (eight agents each starting a
+    thread per core fight for the CPU: on this project's 2-core machine two busy processes with default
+    threads ran 5.8x slower each, not 2x). A CPU-only host runs one agent, which keeps every core."""
+    gpu_slots = [s for s in slots if s.gpu != "cpu"]
+    return max(1, cores // len(gpu_slots)) if gpu_slots else None
 
 
 def remote_start_script(slots: list[Slot], workdir: str, logdir: str, argv: list[str]) -> str:
     """One shell script for a host: per slot, start the agent unless its pid file names a live agent."""
     command = shlex.join(argv)
     lines = [f"cd {shlex.quote(workdir)} || exit 3", f"LOGDIR={logdir}", 'mkdir -p "$LOGDIR" || exit 3']
+    threads = ""
+    gpu_slots = [s for s in slots if s.gpu != "cpu"]
+    if gpu_slots:  # threads_per_agent, with the remote host's core count
+        lines.append(f'THREADS=$(( $(nproc) / {len(gpu_slots)} )); [ "$THREADS" -ge 1 ] || THREADS=1')
+        threads = 'OMP_NUM_THREADS="$THREADS" '
     for slot in slots:
         pid_file, log_file = f'"$LOGDIR/{slot.label}.pid"', f'"$LOGDIR/{slot.label}.log"'
         lines.append(
             f"if [ -f {pid_file} ] && ps -ww -o args= -p \"$(cat {pid_file})\" 2>/dev/null | grep -q {AGENT_MARK}; "
             f"then echo \"{slot.label} running $(cat {pid_file})\"; "
-            f"else CUDA_VISIBLE_DEVICES={shlex.quote(slot.cuda_visible_devices)} setsid nohup {command} "
+            f"else {threads}CUDA_VISIBLE_DEVICES={shlex.quote(slot.cuda_visible_devices)} setsid nohup {command} "
             f"> {log_file} 2>&1 < /dev/null & echo $! > {pid_file}; echo \"{slot.label} started $!\"; fi")
     return "\n".join(lines)
 
@@ -125,7 +139,7 @@ def remote_status_script(host: str, workdir: str, logdir: str, stop: bool) -> st
         '  [ -f "$f" ] || continue',
         '  name=$(basename "$f" .pid); pid=$(cat "$f")',
         f'  if ps -ww -o args= -p "$pid" 2>/dev/null | grep -q {AGENT_MARK}; then {action};',
-        '  else echo "$name dead $pid"; fi',
+        f'  else echo "$name dead $pid $(grep -h "{AGENT_EXIT}" "$LOGDIR/$name.log" 2>/dev/null | tail -n 1)"; fi',
         "done"])
 
 
@@ -156,6 +170,7 @@ def read_pid(pid_file: Path) -> int | None:
 
 def start_local(slots: list[Slot], workdir: Path, logdir: Path, argv: list[str]) -> list[tuple[Slot, str, int]]:
     logdir.mkdir(parents=True, exist_ok=True)
+    threads = threads_per_agent(os.cpu_count() or 1, slots)
     started = []
     for slot in slots:
         pid_file = logdir / f"{slot.label}.pid"
@@ -165,6 +180,8 @@ def start_local(slots: list[Slot], workdir: Path, logdir: Path, argv: list[str])
             continue
         env = {k: v for k, v in os.environ.items() if k != "WANDB_AGENT_DISABLE_FLAPPING"}
         env["CUDA_VISIBLE_DEVICES"] = slot.cuda_visible_devices
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
         with open(logdir / f"{slot.label}.log", "w") as log:
             # start_new_session: the agent survives this command and its terminal; its pid is its group id.
             proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -174,7 +191,15 @@ def start_local(slots: list[Slot], workdir: Path, logdir: Path, argv: list[str])
     return started
 
 
-def status_local(logdir: Path, stop: bool) -> list[tuple[str, str, int]]:
+def last_exit_line(log_file: Path) -> str:
+    """Why an agent ended itself: the last `agent exit:` line of its log ('' when it never said)."""
+    if not log_file.is_file():
+        return ""
+    lines = [line for line in log_file.read_text(errors="replace").splitlines() if AGENT_EXIT in line]
+    return lines[-1].strip() if lines else ""
+
+
+def status_local(logdir: Path, stop: bool) -> list[tuple[str, str, int, str]]:
     rows = []
     for pid_file in sorted(logdir.glob(f"agent-{LOCAL}-*.pid")) if logdir.is_dir() else []:
         pid = read_pid(pid_file)
@@ -182,9 +207,11 @@ def status_local(logdir: Path, stop: bool) -> list[tuple[str, str, int]]:
         if alive and stop:
             os.killpg(pid, signal.SIGTERM)
             pid_file.unlink()
-            rows.append((pid_file.stem, "stopped", pid))
+            rows.append((pid_file.stem, "stopped", pid, ""))
+        elif alive:
+            rows.append((pid_file.stem, "running", pid, ""))
         else:
-            rows.append((pid_file.stem, "running" if alive else "dead", pid or -1))
+            rows.append((pid_file.stem, "dead", pid or -1, last_exit_line(logdir / f"{pid_file.stem}.log")))
     return rows
 
 
@@ -205,12 +232,13 @@ def detect_remote_gpus(ssh: str, host: str) -> list[str]:
     return count_gpus_in(out.stdout)
 
 
-def parse_script_output(text: str) -> list[tuple[str, str, int]]:
+def parse_script_output(text: str) -> list[tuple[str, str, int, str]]:
+    """'NAME STATE PID [WHY...]' lines of the remote scripts."""
     rows = []
     for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0].startswith("agent-") and parts[2].lstrip("-").isdigit():
-            rows.append((parts[0], parts[1], int(parts[2])))
+        parts = line.split(maxsplit=3)
+        if len(parts) >= 3 and parts[0].startswith("agent-") and parts[2].lstrip("-").isdigit():
+            rows.append((parts[0], parts[1], int(parts[2]), parts[3] if len(parts) == 4 else ""))
     return rows
 
 
@@ -233,6 +261,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus", default="all", help="`all` (detect with nvidia-smi -L) or indices 0,1,..")
     parser.add_argument("--hosts", help="comma-separated ssh hosts (default: this host only)")
     parser.add_argument("--count", type=int, help="runs per agent (default: until the sweep is done)")
+    parser.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES,
+                        help=f"an agent stops after this many consecutive failed runs (default {DEFAULT_MAX_FAILURES})")
     parser.add_argument("--workdir", help="directory agents run in (default: the current directory; on remote "
                                           "hosts the same path, e.g. a shared file system)")
     parser.add_argument("--python", help="python to run the agents (default: this interpreter locally, "
@@ -271,17 +301,19 @@ def _run(args) -> list[tuple[str, str, str, int]]:
     if not args.sweep:
         raise AgentsError("SWEEP: missing; give ENTITY/PROJECT/SWEEP_ID (or --status / --stop)")
     sweep_path(args.sweep)
+    if args.max_failures < 1:
+        raise AgentsError(f"--max-failures={args.max_failures}: must be >= 1")
     if args.count is not None and args.count < 1:
         raise AgentsError(f"--count={args.count}: must be >= 1")
     gpus = parse_gpus(args.gpus)
     if not hosts:
         refuse_offline_mode()
         slots = [Slot(LOCAL, g) for g in (gpus if gpus is not None else detect_local_gpus()) or ["cpu"]]
-        argv = worker_argv(args.python or sys.executable, args.sweep, args.count)
+        argv = worker_argv(args.python or sys.executable, args.sweep, args.count, args.max_failures)
         logdir = _local_logdir(args, workdir)
-        return [(LOCAL, s.label, state, pid) for s, state, pid in start_local(slots, Path(workdir), logdir, argv)]
+        return [(LOCAL, s.label, state, pid, "") for s, state, pid in start_local(slots, Path(workdir), logdir, argv)]
     rows = []
-    argv = worker_argv(args.python or "python", args.sweep, args.count)
+    argv = worker_argv(args.python or "python", args.sweep, args.count, args.max_failures)
     logdir = shlex.quote(args.logdir) if args.logdir else REMOTE_LOGDIR
     for host in hosts:
         slots = [Slot(host, g) for g in (gpus if gpus is not None else detect_remote_gpus(args.ssh, host)) or ["cpu"]]
@@ -297,7 +329,7 @@ def _local_logdir(args, workdir: str) -> Path:
     return logdir if logdir.is_absolute() else Path(workdir) / logdir
 
 
-def _status(args, hosts: list[str], workdir: str) -> list[tuple[str, str, str, int]]:
+def _status(args, hosts: list[str], workdir: str) -> list[tuple[str, str, str, int, str]]:
     if not hosts:
         return [(LOCAL, *row) for row in status_local(_local_logdir(args, workdir), args.stop)]
     logdir = shlex.quote(args.logdir) if args.logdir else REMOTE_LOGDIR
@@ -308,13 +340,14 @@ def _status(args, hosts: list[str], workdir: str) -> list[tuple[str, str, str, i
     return rows
 
 
-def _print_rows(rows: list[tuple[str, str, str, int]], args) -> None:
+def _print_rows(rows: list[tuple[str, str, str, int, str]], args) -> None:
     table = Table(title="W&B agents")
-    for column in ("host", "agent", "state", "pid"):
+    for column in ("host", "agent", "state", "pid", "why it ended"):
         table.add_column(column)
     colours = {"started": "green", "running": "green", "stopped": "yellow", "dead": "red"}
-    for host, label, state, pid in rows:
-        table.add_row(host, label, f"[{colours.get(state, 'white')}]{state}[/]", str(pid))
+    for host, label, state, pid, why in rows:
+        table.add_row(host, label, f"[{colours.get(state, 'white')}]{state}[/]", str(pid),
+                      why.removeprefix(AGENT_EXIT).strip() or ("(no `agent exit:` line in its log)" if state == "dead" else ""))
     console = Console()
     console.print(table if rows else "no agents found")
     if rows and not (args.status or args.stop):
@@ -386,9 +419,9 @@ def worker_main(argv: list[str]) -> int:
         wandb.agent(sweep_id, function=train.agent_function, entity=entity, project=project, count=args.count,
                     **agent_kwargs(args.max_failures))
     except SystemExit as exit_:  # SIGTERM between runs
-        print(f"{train.AGENT_EXIT_MARK} stopped by SIGTERM between runs", flush=True)
+        print(f"{AGENT_EXIT} stopped by SIGTERM between runs", flush=True)
         return int(exit_.code or 0)
-    print(f"{train.AGENT_EXIT_MARK} wandb.agent returned (sweep finished, --count reached, or "
+    print(f"{AGENT_EXIT} wandb.agent returned (sweep finished, --count reached, or "
           f"{args.max_failures} consecutive failures: see above)", flush=True)
     return 0
 

@@ -19,7 +19,6 @@ from fractal_llm.config import ConfigError, TrainConfig, field_names, parse_cli_
 from fractal_llm.records import RunRecord, RunResult, error_message, error_summary, record_from_result, record_name, write_record
 
 OnStep = Callable[[int, dict], None]
-AGENT_EXIT_MARK = "agent exit:"  # the line a worker prints when it ends itself; --status shows it
 
 
 def _train_gpt(config: TrainConfig, on_step: OnStep | None) -> RunResult:
@@ -250,7 +249,8 @@ def agent_function() -> None:
 def _exit_worker(code: int, reason: str) -> None:
     """End this agent process now, from the run's thread (the run is finished and synced); the last line of
     the log says why, for `fractal-llm agents --status`."""
-    print(f"{AGENT_EXIT_MARK} {reason}", flush=True)
+    from fractal_llm.agents import AGENT_EXIT
+    print(f"{AGENT_EXIT} {reason}", flush=True)
     sys.stderr.flush()
     os._exit(code)
 

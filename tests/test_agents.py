@@ -36,7 +36,8 @@ STUB_HOST=$host exec bash -c "$*"
 # Stands in for `python`: records how it was started, then lives like an agent until signalled.
 FAKE_PYTHON = """#!/bin/bash
 printf '%s\\n' "{\\"argv\\": \\"$*\\", \\"cuda\\": \\"${CUDA_VISIBLE_DEVICES-unset}\\", \\"cwd\\": \\"$PWD\\", \
-\\"host\\": \\"${STUB_HOST:-local}\\", \\"flapping\\": \\"${WANDB_AGENT_DISABLE_FLAPPING-unset}\\"}" >> "$STUB_STARTS"
+\\"host\\": \\"${STUB_HOST:-local}\\", \\"flapping\\": \\"${WANDB_AGENT_DISABLE_FLAPPING-unset}\\", \
+\\"threads\\": \\"${OMP_NUM_THREADS-unset}\\"}" >> "$STUB_STARTS"
 sleep 60 &
 wait
 """
@@ -120,7 +121,8 @@ def test_one_agent_per_detected_gpu_with_its_cuda_device(stubs, capsys):
     starts = sorted(wait_for_starts(stubs["starts"], 2), key=lambda s: s["cuda"])
     assert [s["cuda"] for s in starts] == ["0", "1"]
     for s in starts:
-        assert s["argv"] == "-m fractal_llm.agents worker e/p/sw1 --count 5"
+        assert s["argv"] == f"-m fractal_llm.agents worker e/p/sw1 --max-failures {agents.DEFAULT_MAX_FAILURES} --count 5"
+        assert s["threads"] == str(max(1, (os.cpu_count() or 1) // 2))  # the cores shared out over 2 GPUs
         assert s["cwd"] == str(stubs["workdir"])
         assert s["flapping"] == "unset"  # would stop the in-process agent at its first failed run
     assert "nvidia-smi -L" in stubs["log"].read_text()
@@ -206,7 +208,7 @@ def test_hosts_over_ssh(stubs, monkeypatch, capsys):
     assert agents.main(["e/p/sw1", "--python", stubs["python"], *common]) == 0
     starts = wait_for_starts(stubs["starts"], 3)
     assert sorted((s["host"], s["cuda"]) for s in starts) == [("h1", "0"), ("h1", "1"), ("h2", "0")]
-    assert all(s["argv"].endswith("-m fractal_llm.agents worker e/p/sw1") for s in starts)
+    assert all(s["argv"].endswith("-m fractal_llm.agents worker e/p/sw1 --max-failures 5") for s in starts)
     assert all(s["cwd"] == str(stubs["workdir"]) for s in starts)
     calls = stubs["log"].read_text().splitlines()
     assert "ssh -o BatchMode=yes h1 nvidia-smi -L" in calls and "ssh -o BatchMode=yes h2 nvidia-smi -L" in calls
@@ -271,3 +273,24 @@ def test_worker_refuses_offline_mode(tmp_path):
     out = subprocess.run([sys.executable, "-m", "fractal_llm.agents", "worker", "e/p/s"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "sweep agents need a W&B server (online mode" in out.stderr
+
+
+def test_status_says_why_a_dead_agent_ended(stubs, capsys):
+    logdir = stubs["logdir"]
+    logdir.mkdir(parents=True, exist_ok=True)
+    label = f"agent-{agents.LOCAL}-gpu0"
+    (logdir / f"{label}.pid").write_text("999999\n")  # no such process
+    (logdir / f"{label}.log").write_text("agent: sweep e/p/sw1\n...\nagent exit: accelerator error in run r1, "
+                                         "this process's CUDA context cannot be reused\n")
+    assert agents.main(["--status", "--logdir", str(logdir)]) == 0
+    out = capsys.readouterr().out
+    assert "dead" in out and "accelerator error in run r1" in out
+    rows = agents.parse_script_output("agent-h1-gpu0 dead 42 agent exit: stopped by SIGTERM between runs\n"
+                                      "agent-h1-gpu1 running 43\n")
+    assert rows == [("agent-h1-gpu0", "dead", 42, "agent exit: stopped by SIGTERM between runs"),
+                    ("agent-h1-gpu1", "running", 43, "")]
+
+
+def test_bad_max_failures_is_refused(stubs, capsys):
+    assert run_agents(stubs, "--max-failures", "0") == 2
+    assert "--max-failures=0: must be >= 1" in capsys.readouterr().err
