@@ -1,0 +1,211 @@
+"""agent_function as W&B drives it: wandb's own in-process agent (wandb.agent(function=...), its threads,
+wandb.teardown() between runs, the sweep config delivered through WANDB_SWEEP_PARAM_PATH) with the real client
+in offline mode. Fakes only where a server must answer: agent registration, the heartbeat that hands out
+runs, and wandb.Api (which would verify the key against the server)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fractal_llm import finetune, train
+from fractal_llm.config import TrainConfig
+from fractal_llm.records import read_records
+
+SHORT = dict(max_seq_len=192, device_batch_size=4, num_iterations=6, trainable_window_steps=3)
+FAKE_KEY = "a" * 40  # wandb.agent logs in first: any well-formed key, never sent anywhere
+
+
+# The server boundary, patched into a fresh interpreter or this one: registration, the heartbeat (which hands
+# out the queued jobs, or stops a run when `stop_when` says so) and wandb.Api.
+SERVER = '''
+import json, os, time
+import wandb
+import wandb.apis.public.sweeps as sweeps_api
+from wandb.agents import pyagent
+
+def serve(jobs, stop_when=None):
+    """jobs: [(run_id, params)]; stop_when(run_status) -> run_id to stop, or None."""
+    pyagent.Agent.HEARTBEAT_SLEEP_SECONDS = 0.05
+    queue = [{"type": "run", "run_id": rid, "args": {k: {"value": v} for k, v in params.items()}}
+             for rid, params in jobs]
+    sent_stop = []
+    def heartbeat(api, agent_id, metrics, run_status):
+        if stop_when is not None and not sent_stop:
+            victim = stop_when(run_status)
+            if victim:
+                sent_stop.append(victim)
+                return [{"type": "stop", "run_id": victim}]
+        return [queue.pop(0)] if queue else []
+    sweeps_api._register_agent = lambda api, host, **kw: {"id": "agent-test"}
+    sweeps_api._agent_heartbeat = heartbeat
+    wandb.Api = lambda *args, **kwargs: object()
+'''
+
+
+@pytest.fixture
+def agent_env(tmp_path, monkeypatch, tiny_base):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("FRACTAL_LLM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(SERVER, namespace)  # noqa: S102  (the fake server, same text as the subprocess tests use)
+    return namespace["serve"], tmp_path
+
+
+def broken_checkpoint(tmp_path: Path) -> Path:
+    broken = tmp_path / "broken"
+    (broken / "checkpoints").mkdir(parents=True)
+    (broken / "checkpoints" / "model_000001.pt").write_bytes(b"not a checkpoint")
+    (broken / "checkpoints" / "meta_000001.json").write_text("{}")
+    return broken
+
+
+def test_runs_in_one_process_diverged_is_a_result_and_an_error_is_a_failure(agent_env):
+    import wandb
+    serve, tmp_path = agent_env
+    jobs = [("r0", {"matrix_lr": 0.01, **SHORT}),
+            ("r1", {"matrix_lr": 1e30, "unembedding_lr": 1e30, **SHORT}),  # diverges
+            ("r2", {"matrix_lr": 0.02, **SHORT}),
+            ("r3", {"matrix_lr": 0.01, "model_id": str(broken_checkpoint(tmp_path)), **SHORT}),  # error
+            ("r4", {"matrix_lr": 0.03, **SHORT})]
+    serve(jobs)
+    # max_consecutive_failed_runs=1: the agent stops at the first failed run. The diverged run must not count
+    # as one; the error must (so r4 never runs).
+    wandb.agent("sw1", function=train.agent_function, entity="e", project="p", count=5,
+                max_consecutive_failed_runs=1)
+    records = {r.run_id: r for r in read_records(tmp_path / "runs")}
+    assert set(records) == {"r0", "r1", "r2", "r3"}
+    assert records["r1"].verdict == "diverged"
+    assert records["r0"].verdict in ("trainable", "not_trainable") and records["r0"].config["matrix_lr"] == 0.01
+    assert records["r2"].verdict in ("trainable", "not_trainable") and records["r2"].config["matrix_lr"] == 0.02
+    error = records["r3"]
+    assert error.verdict == "error" and "Traceback" in error.summary["error"]
+    assert error.config["model_id"].endswith("broken")
+
+
+def test_a_stop_from_wandb_is_recorded_as_stopped_not_as_an_error(agent_env):
+    import wandb
+    serve, tmp_path = agent_env
+
+    def stop_when(run_status):
+        # The run is training (past wandb.init, inside the step loop): W&B's stop raises a bare Exception there.
+        if train._IN_FLIGHT.is_set():
+            time.sleep(0.3)
+            return "r0"
+        return None
+
+    serve([("r0", {"matrix_lr": 0.01, **{**SHORT, "num_iterations": 3000}}), ("r1", {"matrix_lr": 0.02, **SHORT})],
+          stop_when)
+    wandb.agent("sw1", function=train.agent_function, entity="e", project="p", count=2,
+                max_consecutive_failed_runs=1)
+    records = read_records(tmp_path / "runs")
+    assert [r.run_id for r in records] == ["r1"]  # r0 left no record (not done), and did not stop the agent
+
+
+def test_sigterm_finishes_the_run_as_preempting_and_ends_the_worker(tiny_base, tmp_path):
+    script = SERVER + f'''
+import signal
+from fractal_llm import train
+serve([("r0", {json.dumps({"matrix_lr": 0.01, **SHORT, "num_iterations": 5000})})])
+signal.signal(signal.SIGTERM, train.on_sigterm)
+print("agent ready", flush=True)
+wandb.agent("sw1", function=train.agent_function, entity="e", project="p", count=1)
+print("agent returned", flush=True)
+'''
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": FAKE_KEY, "WANDB_DIR": str(tmp_path),
+           "FRACTAL_LLM_RUNS_DIR": str(tmp_path / "runs"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("wandb/offline-run-*")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # wandb.init has run: the point is claimed
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "agent exit: stopped by SIGTERM" in output and "preempting" in output
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))  # not done
+
+
+def test_an_accelerator_error_ends_the_worker_after_finishing_its_run(tiny_base, tmp_path):
+    script = SERVER + f'''
+from fractal_llm import train
+def poisoned(config, on_step):
+    raise RuntimeError("CUDA error: device-side assert triggered")
+train.TRAINERS["gpt"] = poisoned
+serve([("r0", {json.dumps({"matrix_lr": 0.01, **SHORT})}), ("r1", {json.dumps({"matrix_lr": 0.02, **SHORT})})])
+wandb.agent("sw1", function=train.agent_function, entity="e", project="p", count=2)
+print("agent returned", flush=True)
+'''
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": FAKE_KEY, "WANDB_DIR": str(tmp_path),
+           "FRACTAL_LLM_RUNS_DIR": str(tmp_path / "runs"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "agent exit: accelerator error in run r0" in out.stdout and "agent returned" not in out.stdout
+    records = read_records(tmp_path / "runs")
+    assert [r.run_id for r in records] == ["r0"] and records[0].verdict == "error"  # r1 never started here
+
+
+def test_each_run_starts_without_gradients_left_by_a_failed_backward(tiny_base):
+    config = TrainConfig(matrix_lr=0.01, **SHORT)
+    base = finetune.get_base_model(config.model_id, torch.device("cpu"))
+    # The first block's first matrix: backward reaches it last, so lm_head and the later blocks already hold
+    # gradients when the hook raises.
+    weight = [p for name, p in base.model.named_parameters() if p.dim() == 2 and ".0." in name][0]
+    weight.requires_grad_(True)
+
+    def fail(grad):
+        raise RuntimeError("failed mid-backward")
+
+    handle = weight.register_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="mid-backward"):
+            finetune.train_gpt(config)
+    finally:
+        handle.remove()
+    assert any(p.grad is not None for p in base.model.parameters())  # what the failed run left behind
+    model = finetune.fresh_model(base)
+    assert all(p.grad is None for p in model.parameters())
+    first = finetune.train_gpt(config).history["train/loss"]
+    assert first == finetune.train_gpt(config).history["train/loss"]  # fresh optimizer state every run
+
+
+def test_no_credentials_inside_a_sweep_run_exits_2_naming_wandb_login(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), WANDB_SWEEP_ID="sw1", WANDB_RUN_ID="r0", WANDB_DIR=str(tmp_path),
+               FRACTAL_LLM_RUNS_DIR=str(tmp_path / "runs"), WANDB_CONFIG_DIR=str(tmp_path / "cfg"))
+    out = subprocess.run([sys.executable, "-m", "fractal_llm.train", "--model_family=mlp", "--num_iterations=5"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "wandb login" in out.stderr and "sw1" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_credentials_are_found_the_way_wandb_finds_them(tmp_path, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "cfg"))
+    import wandb
+    wandb.teardown()
+    assert not train.wandb_credentials_found()
+    netrc = tmp_path / "elsewhere.netrc"  # a W&B Server host, in $NETRC: the old check saw neither
+    netrc.write_text(f"machine wandb.example.org\n  login user\n  password {FAKE_KEY}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    wandb.teardown()
+    assert train.wandb_credentials_found() and train.default_wandb_mode() == "online"
+    wandb.teardown()
