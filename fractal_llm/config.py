@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 GROUPS = ("matrix", "embedding", "unembedding")
 DEFAULT_MLP_STEPS = 500  # mlp family: steps when num_iterations is -1
+# LR fields where a value <= 0 is the sentinel "derive me" (group_lrs): the resolved config holds the value used.
+DERIVED_WHEN_NONPOSITIVE = ("matrix_lr", "embedding_lr", "unembedding_lr")
 
 # Names users type for parameter groups -> our canonical group names.
 GROUP_ALIASES = {

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fractal_llm.config import DERIVED_WHEN_NONPOSITIVE
 from fractal_llm.records import RunRecord, values_from_name
 from fractal_llm.sweep import SweepError, parse_parameters
 from fractal_llm.verdict import VERDICTS, count_verdicts, labels_from_verdicts
-# Train-config fields where a value <= 0 means "derive me": the record holds the resolved (positive) value.
-DERIVED_WHEN_NONPOSITIVE = ("matrix_lr", "embedding_lr", "unembedding_lr")
 
 
 class GridError(ValueError):

@@ -16,7 +16,6 @@ import argparse
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fractal_llm import paths
 from fractal_llm.agents import detect_local_gpus
-from fractal_llm.config import TrainConfig
+from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.pool import WorkerPool
 from fractal_llm.records import error_record, file_name, record_name, read_record, record_from_result, write_record
 from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
-from fractal_llm.verdict import VERDICTS
+from fractal_llm.verdict import VERDICTS, count_verdicts
 
 DEFAULT_MLP_CHUNK = 512  # mlp points per train_many call: big enough to batch well, small enough for progress
 
@@ -75,6 +74,21 @@ def check_out_dir(out_dir: Path, spec: SweepSpec) -> None:
                          "its records would be reused for the wrong config. Use another --out or remove the dir.")
 
 
+def preflight_sweep(spec: SweepSpec) -> None:
+    """The train preflight (model source, dataset) once on the sweep's fixed values, before any point: a
+    missing model directory is one clear error, not an error record per point."""
+    from fractal_llm.train import preflight
+    preflight(TrainConfig(**expand_grid(spec)[0]))
+
+
+def cpu_workers(requested: int, cores: int) -> tuple[int, int]:
+    """(workers, torch threads each) on the CPU: workers x threads never exceeds the cores. Two CPU-busy
+    processes with torch's default threads (one per core each) slowed each other 5.8x on a 2-core machine,
+    where a fair share is 2x (benchmarks/bench_threads.py)."""
+    workers = max(1, min(requested, cores))
+    return workers, max(1, cores // workers)
+
+
 def model_family(points: list[dict]) -> str:
     return TrainConfig(**points[0]).model_family if points else "gpt"
 
@@ -88,9 +102,8 @@ def make_tasks(points: list[dict], names: list[str], mlp_chunk: int) -> list[Tas
 def default_workers(spec: SweepSpec, family: str) -> int:
     """mlp: one single-threaded worker per core (its points are tiny float64 CPU work; see mlp.worker_pool).
     gpt: one worker per visible CUDA device, else 1 (torch already spreads one run over the CPU cores)."""
-    import torch
     if family == "mlp":
-        return torch.get_num_threads()
+        return len(os.sched_getaffinity(0))
     if spec.fixed.get("device") == "cpu":
         return 1
     return max(1, len(detect_local_gpus()))
@@ -157,7 +170,7 @@ def _progress(console: Console) -> Progress:
                     TimeRemainingColumn(), console=console)
 
 
-def _counts_text(counts: Counter) -> str:
+def _counts_text(counts: dict) -> str:
     colours = {"trainable": "green", "not_trainable": "yellow", "diverged": "red", "error": "magenta"}
     return "  ".join(f"[{colours[v]}]{v} {counts[v]}[/{colours[v]}]" for v in VERDICTS)
 
@@ -186,12 +199,14 @@ def main(argv: list[str]) -> int:
         if value is not None and value < 1:
             err.print(f"[red]error:[/red] --{flag.replace('_', '-')}={value}: must be >= 1")
             return 2
+    from fractal_llm.data import DatasetError
     try:
         spec = load_sweep(args.file)
         out_dir = Path(args.out) if args.out else paths.runs_dir() / spec.name
         check_out_dir(out_dir, spec)
-    except SweepError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        preflight_sweep(spec)
+    except (SweepError, ConfigError, DatasetError) as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 2
     wandb_mode = args.wandb or os.environ.setdefault("WANDB_MODE", "offline")
     # One W&B run per point: keep its console summary out of the progress bar, and its files with the records.
@@ -210,14 +225,14 @@ def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit:
     (out_dir / "sweep.yaml").write_text(dump_sweep_yaml(spec.raw))
     points = expand_grid(spec)
     names = point_names(spec, points)
-    counts: Counter = Counter()
-    pending = []
+    pending, done = [], []
     for point, name in zip(points, names):
         verdict = existing_verdict(out_dir, name, console)
         if verdict is not None and verdict != "error":
-            counts[verdict] += 1
+            done.append(verdict)
         else:
             pending.append((point, name))
+    counts = count_verdicts(done)
     done_before = len(points) - len(pending)
     if limit is not None:
         pending = pending[:limit]
@@ -225,13 +240,18 @@ def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit:
     tasks = make_tasks([p for p, _ in pending], [n for _, n in pending], mlp_chunk)
     # More workers than tasks would idle; one worker runs in this process. (The default imports torch.)
     n_workers = min(workers or (default_workers(spec, family) if tasks else 1), max(1, len(tasks)))
+    devices, threads = [], None
+    if n_workers > 1:
+        devices = detect_local_gpus() if spec.fixed.get("device") != "cpu" and family != "mlp" else []
+        if not devices:
+            n_workers, threads = cpu_workers(n_workers, len(os.sched_getaffinity(0)))
     console.print(f"sweep [bold]{spec.name}[/bold]: {len(points)} points, {done_before} already done, "
                   f"running {len(pending)} with {n_workers} worker(s); records in {out_dir}",
                   highlight=False, soft_wrap=True)
     try:
         with _progress(console) as progress:
             bar = progress.add_task(spec.name, total=len(points), completed=done_before, counts=_counts_text(counts))
-            for _name, verdict in _execute(tasks, n_workers, out_dir, wandb_mode, spec, family):
+            for _name, verdict in _execute(tasks, n_workers, devices, threads, out_dir, wandb_mode):
                 counts[verdict] += 1
                 progress.update(bar, advance=1, counts=_counts_text(counts))
     except KeyboardInterrupt:
@@ -241,17 +261,14 @@ def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit:
     return _finish(console, out_dir, names)
 
 
-def _execute(tasks: list[Task], n_workers: int, out_dir: Path, wandb_mode: str, spec: SweepSpec, family: str):
+def _execute(tasks: list[Task], n_workers: int, devices: list[str], threads: int | None, out_dir: Path,
+             wandb_mode: str):
     if not tasks:
         return
     if n_workers == 1:
         for task in tasks:  # in-process: the train module's caches live in this process
             yield from run_task(task, out_dir, wandb_mode)
         return
-    import torch
-    devices = detect_local_gpus() if spec.fixed.get("device") != "cpu" and family != "mlp" else []
-    # CPU workers share the cores (as torch counts them) instead of each starting a thread per core.
-    threads = None if devices else max(1, torch.get_num_threads() // n_workers)
     runner = TaskRunner(str(out_dir), wandb_mode)
     try:
         with WorkerPool(runner, n_workers, devices or [None], threads, on_lost=runner.lost) as pool:
@@ -264,7 +281,7 @@ def _execute(tasks: list[Task], n_workers: int, out_dir: Path, wandb_mode: str, 
 
 def _finish(console: Console, out_dir: Path, names: list[str]) -> int:
     verdicts = [existing_verdict(out_dir, n, console) for n in names]
-    counts = Counter(v for v in verdicts if v is not None)
+    counts = count_verdicts([v for v in verdicts if v is not None])
     errors, pending = counts["error"], verdicts.count(None)
     console.print(f"records: {out_dir}  ({_counts_text(counts)}{f'  pending {pending}' if pending else ''})",
                   soft_wrap=True)

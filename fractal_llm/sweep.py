@@ -10,16 +10,18 @@ import itertools
 import math
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from rich.console import Console
 
-from fractal_llm.config import (ConfigError, TrainConfig, check_field_value, coerce_cli_value,
-                                field_types, format_float, unknown_field_message)
+from fractal_llm.config import (DERIVED_WHEN_NONPOSITIVE, ConfigError, TrainConfig, check_field_value,
+                                coerce_cli_value, field_types, format_float, unknown_field_message)
 
 TRAIN_MODULE = "fractal_llm.train"
+PROGRAM = "fractal_llm/train.py"  # what `wandb agent` reads as the sweep's program (the command runs it with -m)
+PROJECT = "fractal-llm"  # the W&B project `wandb sweep` creates the sweep in when the YAML says so
 MODULE_COMMAND = ["${env}", "${interpreter}", "-m", TRAIN_MODULE, "${args}"]
 # Top-level keys W&B accepts in a sweep config; anything else is most likely a typo.
 TOP_LEVEL_KEYS = ("program", "command", "method", "parameters", "metric", "name", "description", "project",
@@ -37,6 +39,7 @@ class SweepSpec:
     axes: list[tuple[str, list]]  # sorted by name (W&B order); values normalised per field type
     fixed: dict  # parameters with a single `value`
     raw: dict  # the config as loaded
+    warnings: list[str] = field(default_factory=list)  # allowed, but likely to surprise (`sweep check` shows them)
 
     @property
     def axis_names(self) -> list[str]:
@@ -87,9 +90,19 @@ def check_sweep(cfg: dict, default_name: str = "sweep") -> SweepSpec:
     name = cfg.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise SweepError(f"name={name!r}: must be a non-empty string")
-    spec = SweepSpec(name=name, axes=axes, fixed=fixed, raw=cfg)
+    spec = SweepSpec(name=name, axes=axes, fixed=fixed, raw=cfg, warnings=_warnings(cfg))
     _check_points(spec)
     return spec
+
+
+def _warnings(cfg: dict) -> list[str]:
+    out = []
+    if "program" not in cfg:
+        out.append(f"program: missing; `wandb agent` reads it (add `program: {PROGRAM}`)")
+    if "project" not in cfg:
+        out.append(f"project: missing; `wandb sweep` then creates the sweep in your default project "
+                   f"(add `project: {PROJECT}`, or pass --project)")
+    return out
 
 
 def _check_command(cfg: dict) -> None:
@@ -161,6 +174,12 @@ def _check_axis(name: str, values, numeric_strings: bool) -> list:
     if len(values) < 2:
         raise SweepError(f"{where}={values!r}: an axis needs at least 2 values, got {len(values)}")
     checked = [_checked_value(f"{where}[{i}]", name, v, numeric_strings) for i, v in enumerate(values)]
+    if name in DERIVED_WHEN_NONPOSITIVE:
+        for i, v in enumerate(checked):
+            if v <= 0:  # every such point would train at the same derived LR: a map with copied columns
+                raise SweepError(f"{where}[{i}]={values[i]!r}: an LR axis needs values > 0; {name} <= 0 is the "
+                                 f"sentinel for \"derived from learning_rate\", so those points would all train at "
+                                 "one learning rate")
     seen: dict = {}
     for i, v in enumerate(checked):
         if v in seen:  # after normalisation, so 3e6 and 3000000 are the same point (as W&B sees them)
@@ -291,6 +310,8 @@ def new_sweep(axes: list[AxisArg], fixed: dict, name: str | None = None, descrip
         cfg["name"] = name
     if description:
         cfg["description"] = description
+    cfg["program"] = PROGRAM
+    cfg["project"] = PROJECT
     cfg["method"] = "grid"
     cfg["metric"] = {"name": "score", "goal": "minimize"}  # W&B wants a metric; grid order ignores it
     cfg["command"] = list(command or MODULE_COMMAND)
@@ -385,6 +406,8 @@ def _without_notes(argv: list[str]) -> list[str]:
 def _main_check(args, console: Console) -> int:
     spec = load_sweep(args.file)
     console.print(f"[green]ok[/green] {args.file}: {_describe(spec)}", highlight=False, soft_wrap=True)
+    for warning in spec.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     return 0
 
 

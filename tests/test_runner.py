@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fractal_llm import runner
 from fractal_llm.records import file_name, point_name, read_record, read_records
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_sweep(path: Path, axes: list[AxisArg], fixed: dict) -> Path:
@@ -150,3 +153,20 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_records(tmp_path, workers):
 def test_invalid_worker_count(tmp_path, capsys):
     assert runner.main([str(mlp_sweep(tmp_path)), "--workers", "0"]) == 2
     assert "--workers=0" in capsys.readouterr().err
+
+
+def test_a_missing_model_is_refused_before_any_point(tmp_path, capsys):
+    cfg = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    cfg["parameters"]["model_id"] = {"value": "/no/such/dir"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert runner.main([str(path), "--out", str(tmp_path / "out"), "--wandb", "disabled"]) == 2
+    assert "model_id='/no/such/dir': no such directory" in capsys.readouterr().err
+    assert not list(tmp_path.glob("out/*.json"))
+
+
+def test_cpu_workers_never_run_more_threads_than_cores():
+    assert runner.cpu_workers(1, 2) == (1, 2)
+    assert runner.cpu_workers(2, 2) == (2, 1)
+    assert runner.cpu_workers(8, 2) == (2, 1)  # capped: 8 single-threaded workers would share 2 cores
+    assert runner.cpu_workers(3, 16) == (3, 5)

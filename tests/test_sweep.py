@@ -306,3 +306,30 @@ def test_seed_study_sweeps_match_the_study():
     assert constant.fixed == {**spec.fixed, "lr_schedule": "constant"} and constant.axes == spec.axes
     tokens = dict(load_sweep(paths.project_root() / "sweeps" / "lr_tokens_32.yaml").axes)["num_tokens"]
     assert len(tokens) == 32 and all(type(v) is int for v in tokens)
+
+
+def test_a_non_positive_value_on_an_lr_axis_is_refused_naming_the_sentinel():
+    message = check_error(base_cfg(matrix_lr={"values": [-0.5, 1.0e-2]}))
+    assert "parameters.matrix_lr.values[0]=-0.5" in message and "derived from learning_rate" in message
+    check_sweep(base_cfg(matrix_lr={"value": -1.0}, learning_rate={"values": [1.0e-3, 1.0e-2]}))  # fixed: fine
+
+
+def test_program_and_project_are_written_and_their_absence_is_a_warning(tmp_path, capsys):
+    spec = check_sweep(base_cfg())
+    assert any(w.startswith("program: missing") for w in spec.warnings)
+    assert any(w.startswith("project: missing") for w in spec.warnings)
+    out = tmp_path / "new.yaml"
+    assert main(["new", "--axis", "matrix_lr=1e-3:1e-1:3", "--axis", "unembedding_lr=1e-3:1e-1:3", "-o", str(out)]) == 0
+    written = yaml.safe_load(out.read_text())
+    assert written["program"] == "fractal_llm/train.py" and written["project"] == "fractal-llm"
+    assert main(["check", str(out)]) == 0 and "warning" not in capsys.readouterr().out
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump(base_cfg()))
+    assert main(["check", str(bare)]) == 0
+    assert "warning: program: missing" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_sweep_names_program_and_project(path):
+    assert load_sweep(path).warnings == []
