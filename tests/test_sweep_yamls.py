@@ -1,0 +1,67 @@
+"""Every shipped sweep YAML runs as the plain `wandb agent` runs it: W&B's own grid engine (the `sweeps`
+package the server runs) hands out the first run, the command line is built the way wandb's CLI agent builds
+it (${env} ${interpreter} ${program} ${args}, with wandb's own argument builder), and the train entry point
+runs it to a verdict. Only the budget shrinks, and the seed-study placeholders (<entity>, <hf-owner>) become
+the embedded default's model and data, which is what a user fills in."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fractal_llm.records import read_record
+
+ROOT = Path(__file__).resolve().parents[1]
+YAMLS = sorted((ROOT / "sweeps").glob("*.yaml"))
+LOCAL_STAND_INS = {"model_id": "tiny", "dataset_id": "docqa"}  # for values holding a <placeholder>
+
+
+def first_run_config(cfg: dict) -> dict:
+    # grid_search, not the package: the repo's own sweeps/ folder imports as an empty namespace package.
+    pytest.importorskip("sweeps.grid_search", reason="W&B's grid engine is the `sweeps` package: "
+                                                     "pip install -e '.[dev]' to run this check")
+    import sweeps
+    run = sweeps.next_run(cfg, [], validate=True)
+    assert run is not None
+    return run.config
+
+
+def cli_agent_command(cfg: dict, run_args: dict) -> list[str]:
+    """The command wandb's CLI agent runs for a run (wandb_agent.Agent._command_run, on Linux)."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+    command = sweep_utils.create_sweep_command(list(cfg["command"]))
+    sweep_vars = sweep_utils.create_sweep_command_args({"args": run_args})
+    sweep_vars.update(interpreter=["python"], program=[cfg["program"]], env=["/usr/bin/env"])
+    out: list[str] = []
+    for chunk in map(str, command):
+        out += (sweep_vars.get(chunk[2:-1]) or []) if chunk.startswith("${") and chunk.endswith("}") else [chunk]
+    return out
+
+
+def shrunk(cfg: dict) -> dict:
+    params = cfg["parameters"]
+    for key, spec in params.items():
+        if "value" in spec and isinstance(spec["value"], str) and "<" in spec["value"]:
+            params[key] = {"value": LOCAL_STAND_INS[key]}
+    params["num_iterations"] = {"value": 4}
+    if params.get("model_family", {}).get("value") != "mlp":
+        params.update(max_seq_len={"value": 192}, device_batch_size={"value": 2}, trainable_window_steps={"value": 2})
+    return cfg
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+def test_first_point_of_every_sweep_runs_under_the_cli_agents_command(path, tiny_base, tmp_path):
+    cfg = shrunk(yaml.safe_load(path.read_text()))
+    argv = cli_agent_command(cfg, first_run_config(cfg))
+    assert argv[:4] == ["/usr/bin/env", "python", "-m", "fractal_llm.train"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "WANDB_MODE": "disabled",
+           "FRACTAL_LLM_RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    record_line = out.stdout.strip().splitlines()[-1]
+    assert record_line.startswith("record: ")
+    record = read_record(record_line.removeprefix("record: "))
+    assert record.verdict in ("trainable", "not_trainable", "diverged"), record.summary["error"]
