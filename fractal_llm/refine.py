@@ -47,14 +47,18 @@ class RefinePlan:
     margin: int = 1  # M: cells added around every non-uniform cell before a level picks its points
 
     def __post_init__(self):
-        if len(self.shape) != 2 or any(int(n) != n or n < 2 for n in self.shape):
-            raise RefineError(f"shape={self.shape!r}: need (ny, nx) with integers >= 2")
+        if len(self.shape) != 2 or not all(_is_int(n) and n >= 2 for n in self.shape):
+            raise RefineError(f"shape={self.shape!r}: need (ny, nx), integers >= 2")
         top = max_levels(self.shape)
-        if int(self.levels) != self.levels or not 0 <= self.levels <= top:
+        if not _is_int(self.levels) or not 0 <= self.levels <= top:
             raise RefineError(f"levels={self.levels!r}: allowed 0..{top} for shape {tuple(self.shape)} "
-                              f"(2^levels must stay below 2 x the longest side)")
-        if int(self.margin) != self.margin or self.margin < 0:
+                              f"(at {top}, level 0 is already only the two ends of the longest axis)")
+        if not _is_int(self.margin) or self.margin < 0:
             raise RefineError(f"margin={self.margin!r}: must be an integer >= 0 (cells)")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def max_levels(shape: tuple[int, int]) -> int:
@@ -77,11 +81,12 @@ def class_image(plan: RefinePlan, known: Mapping[Point, str]) -> np.ndarray:
     ny, nx = plan.shape
     image = np.full((ny, nx), np.nan)
     for point, verdict in known.items():
+        if (not isinstance(point, tuple) or len(point) != 2 or not all(isinstance(i, (int, np.integer)) for i in point)
+                or not (0 <= point[0] < ny and 0 <= point[1] < nx)):
+            raise RefineError(f"known point {point!r}: need an integer tuple (iy, ix) with 0 <= iy < {ny}, "
+                              f"0 <= ix < {nx}")
         if verdict not in CLASS_OF:
             raise RefineError(f"known[{point!r}]={verdict!r}: allowed verdicts are {', '.join(VERDICTS)}")
-        if (len(point) != 2 or not all(isinstance(i, (int, np.integer)) for i in point)
-                or not (0 <= point[0] < ny and 0 <= point[1] < nx)):
-            raise RefineError(f"known point {point!r}: need integer (iy, ix) with 0 <= iy < {ny}, 0 <= ix < {nx}")
         image[point] = CLASS_OF[verdict]
     return image
 
@@ -153,7 +158,7 @@ def _dilate(mask: np.ndarray, margin: int) -> np.ndarray:
 
 def points_for_level(plan: RefinePlan, level: int, known: Mapping[Point, str]) -> list[Point]:
     """The points level `level` runs that have no verdict yet (an error counts as none), row by row."""
-    if int(level) != level or not 0 <= level <= plan.levels:
+    if not _is_int(level) or not 0 <= level <= plan.levels:
         raise RefineError(f"level={level!r}: allowed 0..{plan.levels}")
     image = class_image(plan, known)
     lv = _walk(plan, image, level)[-1]

@@ -154,6 +154,8 @@ def test_bad_input_is_named():
         points_for_level(plan, 1, {(0, 0): "nan"})
     with pytest.raises(RefineError, match=r"\(65, 0\)"):
         fill(plan, {(65, 0): "trainable"})
+    with pytest.raises(RefineError, match=r"\(0.5, 1\).*integer"):
+        current_level(plan, {(0.5, 1): "trainable"})
     with pytest.raises(RefineError, match="level=4"):
         points_for_level(plan, 4, {})
 
