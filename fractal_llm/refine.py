@@ -28,10 +28,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from fractal_llm.verdict import VERDICTS
+from fractal_llm.verdict import VERDICTS, labels_from_verdicts
 
-TRAINABLE, NOT_TRAINABLE, DIVERGED, ERROR = VERDICTS  # unpacking fails loudly if the verdict set changes
-CLASS_OF = {TRAINABLE: 1.0, NOT_TRAINABLE: 0.0, DIVERGED: 0.0, ERROR: np.nan}  # NaN: unknown
 
 Point = tuple[int, int]
 
@@ -85,9 +83,9 @@ def class_image(plan: RefinePlan, known: Mapping[Point, str]) -> np.ndarray:
                 or not (0 <= point[0] < ny and 0 <= point[1] < nx)):
             raise RefineError(f"known point {point!r}: need an integer tuple (iy, ix) with 0 <= iy < {ny}, "
                               f"0 <= ix < {nx}")
-        if verdict not in CLASS_OF:
+        if verdict not in VERDICTS:
             raise RefineError(f"known[{point!r}]={verdict!r}: allowed verdicts are {', '.join(VERDICTS)}")
-        image[point] = CLASS_OF[verdict]
+        image[point] = labels_from_verdicts(np.array([verdict], dtype=object))[0]  # error: NaN, unknown
     return image
 
 
