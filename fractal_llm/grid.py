@@ -39,6 +39,7 @@ class Grid:
     counts: dict  # the five OUTCOMES
     skipped: list[str] = field(default_factory=list)  # runs not placed (off the grid's values), with the reason
     name: str = ""  # sweep name, for titles and default paths
+    inferred: np.ndarray | None = None  # (ny, nx) bool: never run, class taken from refinement (apply_refinement)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -219,3 +220,20 @@ def grid_from_arrays(x_name: str, y_name: str, x_values, y_values, verdicts, sco
 def axis_is_log(values) -> bool:
     """Positive axes are drawn on a log scale (learning rates span decades)."""
     return bool(np.all(np.asarray(values, dtype=float) > 0))
+
+
+# ---------------------------------------------------------------- adaptive refinement
+
+
+def apply_refinement(grid: Grid, levels: int, margin: int) -> None:
+    """Fill the pixels an adaptive run never ran from their uniform enclosing cells (fractal_llm.refine), so
+    the map and its dimension are of the full-resolution labels; those pixels are marked `inferred` and
+    counted apart (counts["inferred"], taken out of "missing")."""
+    from fractal_llm.refine import RefinePlan, fill
+    rows, cols = np.nonzero(np.isin(grid.verdicts, VERDICTS))
+    known = {(int(i), int(j)): str(grid.verdicts[i, j]) for i, j in zip(rows, cols)}
+    refined = fill(RefinePlan(grid.shape, levels, margin), known)
+    grid.inferred = refined.inferred & (grid.verdicts == "missing")
+    grid.labels = np.where(grid.inferred, refined.labels.astype(float), grid.labels)
+    grid.counts["inferred"] = int(grid.inferred.sum())
+    grid.counts["missing"] -= grid.counts["inferred"]

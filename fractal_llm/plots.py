@@ -44,6 +44,7 @@ TRAINABLE_LIGHT, NOT_TRAINABLE_LIGHT = "#92c5de", "#f4a582"  # the two classes u
 ONLY_A_COLOR, ONLY_B_COLOR, BOTH_COLOR = "#1b7837", "#762a83", "#4393c3"  # compare's difference map
 FIT_COLOR, SLOPE_COLOR = "tab:red", "tab:blue"  # box counting: the fitted line and window; local slopes
 INK, MARK_COLOR, GUIDE_COLOR = "black", "white", "grey"  # data points and labels; error marks; guide lines
+INFERRED_LIGHTEN = 0.55  # inferred pixels (adaptive refinement): the class colour this far towards white
 DPI = 110
 OVERVIEW_DPI = 100  # 2100 px wide; the single panels carry the detail
 
@@ -196,6 +197,7 @@ def score_rgba(grid: Grid) -> np.ndarray:
     rgba = plt.get_cmap(DIVERGING)(np.nan_to_num(values, nan=0.5))
     rgba[grid.verdicts == "missing"] = MISSING_RGBA
     rgba[grid.verdicts == "error"] = ERROR_RGBA
+    _shade_inferred(rgba, grid)
     return rgba
 
 
@@ -205,7 +207,21 @@ def binary_rgba(grid: Grid) -> np.ndarray:
     rgba[grid.labels == 1.0] = matplotlib.colors.to_rgba(TRAINABLE_LIGHT)
     rgba[grid.labels == 0.0] = matplotlib.colors.to_rgba(NOT_TRAINABLE_LIGHT)
     rgba[grid.verdicts == "error"] = ERROR_RGBA
+    _shade_inferred(rgba, grid)
     return rgba
+
+
+def inferred_rgba(trainable: bool) -> tuple:
+    """An inferred pixel: its class's colour, halfway to white (run pixels keep the full colour)."""
+    base = np.array(matplotlib.colors.to_rgba(TRAINABLE_COLOR if trainable else NOT_TRAINABLE_COLOR))
+    return tuple(base + (1.0 - base) * INFERRED_LIGHTEN)
+
+
+def _shade_inferred(rgba: np.ndarray, grid: Grid) -> None:
+    if grid.inferred is None:
+        return
+    rgba[grid.inferred & (grid.labels == 1.0)] = inferred_rgba(True)
+    rgba[grid.inferred & (grid.labels == 0.0)] = inferred_rgba(False)
 
 
 def _mark_errors(ax, frame: MapFrame, grid: Grid) -> None:
@@ -218,6 +234,9 @@ def _outcome_legend(ax, grid: Grid) -> None:
     handles = [Patch(color=TRAINABLE_COLOR, label=f"trainable ({grid.counts['trainable']})"),
                Patch(color=NOT_TRAINABLE_COLOR,
                      label=f"not trainable + diverged ({grid.counts['not_trainable'] + grid.counts['diverged']})")]
+    if grid.counts.get("inferred"):
+        handles.append(Patch(facecolor=inferred_rgba(True), edgecolor=inferred_rgba(False),
+                             label=f"inferred, not run ({grid.counts['inferred']})"))
     if grid.counts["missing"]:
         handles.append(Patch(color=MISSING_RGBA, label=f"missing ({grid.counts['missing']})"))
     if grid.counts["error"]:

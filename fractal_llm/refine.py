@@ -32,6 +32,8 @@ from fractal_llm.verdict import VERDICTS, labels_from_verdicts
 
 
 Point = tuple[int, int]
+# Beside an adaptive run's records: {levels: L, margin: M} (the report reads it). Not .json: records are *.json.
+ADAPTIVE_FILE = "refinement.yaml"
 
 
 class RefineError(ValueError):

@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fractal_llm.fractal import DimensionEstimate, estimate_dimension
-from fractal_llm.grid import Grid, GridError, build_grid
-from fractal_llm.verdict import OUTCOMES
+from fractal_llm.grid import Grid, GridError, apply_refinement, build_grid
+from fractal_llm.verdict import OUTCOMES, VERDICTS
 from fractal_llm.plots import CurveFn, write_plots
 from fractal_llm.records import json_safe
 from fractal_llm.sources import HistoryFn, SourceError, load_sources, local_history
@@ -71,6 +71,7 @@ def write_report(grid: Grid, out_dir, *, title: str, sweep_config: dict | None =
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "counts": dict(grid.counts),
         "points": int(grid.labels.size),
+        "runs_used": int(sum(grid.counts[v] for v in VERDICTS)),  # of `points` (fewer with adaptive refinement)
         "trainable_fraction": grid.trainable_fraction(),
         "axes": {"names": [grid.x_name, grid.y_name], "values": [list(grid.x_values), list(grid.y_values)]},
         "fixed": grid.fixed,
@@ -112,6 +113,11 @@ def _point_table(grid: Grid) -> dict:
 # ---------------------------------------------------------------- text
 
 
+def shown_outcomes(counts: dict) -> list[str]:
+    """The outcome rows of a report: every outcome, and `inferred` for an adaptive map."""
+    return [*OUTCOMES, *(["inferred"] if "inferred" in counts else [])]
+
+
 def dimension_sentence(fractal: dict) -> str:
     d, u = fractal.get("dimension"), fractal.get("uncertainty")
     if fractal.get("too_coarse"):
@@ -132,7 +138,7 @@ def render_markdown(report: dict, estimate: DimensionEstimate, out_dir: Path) ->
              f"({x_values[0]:.3g} … {x_values[-1]:.3g}), y = `{y_name}` ({y_values[0]:.3g} … {y_values[-1]:.3g}).",
              f"Created {report['created']}.", "",
              "## Outcomes", "", "| outcome | points | share |", "|---|---:|---:|"]
-    for outcome in OUTCOMES:
+    for outcome in shown_outcomes(counts):
         lines.append(f"| {outcome} | {counts[outcome]} | {counts[outcome] / points:.1%} |")
     lines += ["", f"**Trainable fraction** (of points with a result, errors and missing excluded): "
                   f"{'n/a' if frac is None else f'{frac:.1%}'}", ""]
@@ -197,7 +203,7 @@ def print_summary(report: dict, out_dir: Path) -> None:
     table = Table(title=report["title"])
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    for outcome in OUTCOMES:
+    for outcome in shown_outcomes(report["counts"]):
         table.add_row(outcome, str(report["counts"][outcome]))
     frac = report["trainable_fraction"]
     table.add_row("trainable fraction", "n/a" if frac is None else f"{frac:.1%}")
@@ -293,6 +299,8 @@ def run(argv: list[str] | None = None, api=None) -> dict:
     loaded = load_sources(args.sweeps, args.local, api=api)
     grid = build_grid(loaded.sweep_config, loaded.records)
     grid.name = loaded.name
+    if loaded.refinement:
+        apply_refinement(grid, loaded.refinement["levels"], loaded.refinement["margin"])
     out_dir = Path(args.out) if args.out else Path("reports") / "out" / loaded.name
     report = write_report(grid, out_dir, title=args.title or f"Trainability report: {loaded.name}",
                           sweep_config=loaded.sweep_config, history_of=loaded.history_of, zoom_k=args.zoom,

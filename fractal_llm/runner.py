@@ -19,10 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fractal_llm import paths
+from fractal_llm.paths import atomic_write_text
 from fractal_llm.agents import detect_local_gpus
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.pool import WorkerPool
@@ -185,6 +187,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="run at most this many pending points (the rest stay pending)")
     parser.add_argument("--wandb", choices=("offline", "disabled", "online"),
                         help="W&B mode of each point's run (default: $WANDB_MODE, else offline)")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="refine near the boundary instead of running every point (docs/design.md)")
+    parser.add_argument("--levels", type=int, default=4,
+                        help="--adaptive: level 0 runs every 2^LEVELS-th value of each axis (default 4)")
+    parser.add_argument("--margin", type=int, default=1,
+                        help="--adaptive: cells added around each mixed cell before the next level (default 1)")
     parser.add_argument("--mlp-chunk", type=int, default=DEFAULT_MLP_CHUNK,
                         help=f"mlp-family points per batched train_many call (default {DEFAULT_MLP_CHUNK})")
     return parser
@@ -214,6 +222,16 @@ def main(argv: list[str]) -> int:
     if wandb_mode != "disabled" and "WANDB_DIR" not in os.environ:
         out_dir.mkdir(parents=True, exist_ok=True)
         os.environ["WANDB_DIR"] = str(out_dir)
+    if args.adaptive:
+        from fractal_llm.refine import RefineError, RefinePlan
+        try:
+            x_name, xs, y_name, ys = lattice(spec)
+            RefinePlan((len(ys), len(xs)), args.levels, args.margin)  # bad --levels/--margin: before any run
+        except RefineError as e:
+            err.print(f"[red]error:[/red] --levels/--margin: {e}", highlight=False, soft_wrap=True)
+            return 2
+        return run_adaptive(spec, out_dir, args.levels, args.margin, workers=args.workers, wandb_mode=wandb_mode,
+                            mlp_chunk=args.mlp_chunk, console=console)
     return run_sweep(spec, out_dir, workers=args.workers, limit=args.limit, wandb_mode=wandb_mode,
                      mlp_chunk=args.mlp_chunk, console=console)
 
@@ -236,7 +254,61 @@ def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit:
     done_before = len(points) - len(pending)
     if limit is not None:
         pending = pending[:limit]
-    family = model_family(points)
+    stopped = _run_pending(spec, pending, counts, len(points), done_before, out_dir, workers, wandb_mode, mlp_chunk,
+                           console, label=spec.name)
+    if stopped:
+        return 130
+    return _finish(console, out_dir, names)
+
+
+def lattice(spec: SweepSpec) -> tuple[str, list, str, list]:
+    """(x name, x values ascending, y name, y values ascending): the full-resolution lattice refinement runs
+    on, with the sweep's own (normalised) values, so its points get the names a full run gives them."""
+    (x_name, xs), (y_name, ys) = spec.axes
+    return x_name, sorted(xs), y_name, sorted(ys)
+
+
+def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int, margin: int, workers: int | None = None,
+                 wandb_mode: str = "offline", mlp_chunk: int = DEFAULT_MLP_CHUNK,
+                 console: Console | None = None) -> int:
+    """`--adaptive`: refinement by levels (fractal_llm.refine) on the sweep's lattice, level after level with
+    the same workers and records as a full run. A re-run starts at the level it stopped in; errors are
+    retried by the next run."""
+    from fractal_llm.refine import ADAPTIVE_FILE, RefinePlan, current_level, fill, points_for_level
+    console = console or Console()
+    x_name, xs, y_name, ys = lattice(spec)
+    plan = RefinePlan((len(ys), len(xs)), levels, margin)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep.yaml").write_text(dump_sweep_yaml(spec.raw))
+    atomic_write_text(out_dir / ADAPTIVE_FILE, yaml.safe_dump({"levels": levels, "margin": margin}))
+    name_of = {(iy, ix): record_name({x_name: x, y_name: y}) for iy, y in enumerate(ys) for ix, x in enumerate(xs)}
+    known = {point: verdict for point, name in name_of.items()
+             if (verdict := existing_verdict(out_dir, name, console)) is not None}
+    start = current_level(plan, known)
+    for level in range(start if start is not None else plan.levels + 1, plan.levels + 1):
+        points = points_for_level(plan, level, known)
+        pending = [({**spec.fixed, x_name: xs[ix], y_name: ys[iy]}, name_of[(iy, ix)]) for iy, ix in points]
+        done = [v for v in known.values() if v != "error"]
+        if _run_pending(spec, pending, count_verdicts(done), len(done) + len(pending), len(done), out_dir,
+                        workers, wandb_mode, mlp_chunk, console, label=f"{spec.name} level {level}/{plan.levels}"):
+            return 130
+        for point in points:
+            verdict = existing_verdict(out_dir, name_of[point], console)
+            if verdict is not None:
+                known[point] = verdict
+    refined = fill(plan, known)
+    runs = sum(1 for v in known.values() if v != "error")
+    console.print(f"adaptive: {runs} of {plan.shape[0] * plan.shape[1]} lattice points run "
+                  f"({runs / (plan.shape[0] * plan.shape[1]):.0%}), {int(refined.inferred.sum())} inferred, "
+                  f"{int(refined.undecided.sum())} undecided", highlight=False)
+    return _finish(console, out_dir, [name_of[p] for p in known])
+
+
+def _run_pending(spec: SweepSpec, pending: list[tuple[dict, str]], counts: dict, total: int, done_before: int,
+                 out_dir: Path, workers: int | None, wandb_mode: str, mlp_chunk: int, console: Console,
+                 label: str) -> bool:
+    """Run (point, name) pairs with the workers, a progress bar over `total`; True when Ctrl-C stopped it."""
+    family = model_family([p for p, _ in pending])
     tasks = make_tasks([p for p, _ in pending], [n for _, n in pending], mlp_chunk)
     # More workers than tasks would idle; one worker runs in this process. (The default imports torch.)
     n_workers = min(workers or (default_workers(spec, family) if tasks else 1), max(1, len(tasks)))
@@ -245,20 +317,19 @@ def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit:
         devices = detect_local_gpus() if spec.fixed.get("device") != "cpu" and family != "mlp" else []
         if not devices:
             n_workers, threads = cpu_workers(n_workers, len(os.sched_getaffinity(0)))
-    console.print(f"sweep [bold]{spec.name}[/bold]: {len(points)} points, {done_before} already done, "
-                  f"running {len(pending)} with {n_workers} worker(s); records in {out_dir}",
-                  highlight=False, soft_wrap=True)
+    console.print(f"{label}: {total} points, {done_before} already done, running {len(pending)} with "
+                  f"{n_workers} worker(s); records in {out_dir}", highlight=False, soft_wrap=True)
     try:
         with _progress(console) as progress:
-            bar = progress.add_task(spec.name, total=len(points), completed=done_before, counts=_counts_text(counts))
+            bar = progress.add_task(label, total=total, completed=done_before, counts=_counts_text(counts))
             for _name, verdict in _execute(tasks, n_workers, devices, threads, out_dir, wandb_mode):
                 counts[verdict] += 1
                 progress.update(bar, advance=1, counts=_counts_text(counts))
     except KeyboardInterrupt:
-        console.print(f"\n[yellow]stopped.[/yellow] {sum(counts.values())} of {len(points)} points have records "
+        console.print(f"\n[yellow]stopped.[/yellow] {sum(counts.values())} of {total} points have records "
                       f"in {out_dir}; run the same command again to resume.", highlight=False, soft_wrap=True)
-        return 130
-    return _finish(console, out_dir, names)
+        return True
+    return False
 
 
 def _execute(tasks: list[Task], n_workers: int, devices: list[str], threads: int | None, out_dir: Path,

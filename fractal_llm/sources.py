@@ -17,6 +17,7 @@ import yaml
 
 from fractal_llm.grid import sweep_axes
 from fractal_llm.records import RunRecord, read_record, read_records, record_name
+from fractal_llm.refine import ADAPTIVE_FILE
 from fractal_llm.sweep import SweepError, parse_sweep_path
 
 PAGE_SIZE = 1000  # runs per page of the listing: a 4096-run sweep is 5 pages
@@ -154,6 +155,13 @@ class Loaded:
     entity: str = ""
     project: str = ""
     sources: list[str] = field(default_factory=list)
+    refinement: dict | None = None  # {"levels", "margin"} of an adaptive run (grid.apply_refinement)
+
+
+def local_refinement(directory: str | Path) -> dict | None:
+    """The levels and margin a `fractal-llm local --adaptive` run wrote beside its records, or None."""
+    path = Path(directory) / ADAPTIVE_FILE
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
 def load_sources(sweep_paths: list[str], local_dirs: list[str], api=None) -> Loaded:
@@ -169,8 +177,10 @@ def load_sources(sweep_paths: list[str], local_dirs: list[str], api=None) -> Loa
         records += recs
         history_fns.append(history_of)
         sources.append(f"wandb:{path} ({len(recs)} runs)")
+    refinement = None
     for directory in local_dirs:
         config, recs = local_source(directory)
+        refinement = refinement or local_refinement(directory)
         configs.append((config, Path(directory).resolve().name))
         records += recs
         sources.append(f"local:{directory} ({len(recs)} records)")
@@ -178,4 +188,4 @@ def load_sources(sweep_paths: list[str], local_dirs: list[str], api=None) -> Loa
     name = str(sweep_config.get("name") or fallback)
     return Loaded(sweep_config, records, combined_history(*history_fns), name, sweep_id,
                   entity or str(sweep_config.get("entity") or ""), project or str(sweep_config.get("project") or ""),
-                  sources)
+                  sources, refinement)
