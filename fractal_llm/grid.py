@@ -18,7 +18,7 @@ from fractal_llm.verdict import VERDICTS
 
 OUTCOMES = ("trainable", "not_trainable", "diverged", "error", "missing")
 # Train-config fields where a value <= 0 means "derive me": the record holds the resolved (positive) value.
-DERIVED_WHEN_NONPOSITIVE = ("matrix_lr", "embedding_lr", "unembedding_lr")
+DERIVED_WHEN_NONPOSITIVE = ("matrix_lr", "embedding_lr", "unembedding_lr", "value_embedding_lr")
 
 
 class GridError(ValueError):

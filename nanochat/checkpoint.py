@@ -299,7 +299,8 @@ def _empty_model(config: GPTConfig, device: torch.device) -> GPT | GPT2026:
     return model
 
 
-def save_model(root: str | Path, model: GPT | GPT2026, tokenizer: Tokenizer, step: int = 0, meta: dict | None = None) -> Path:
+def save_model(root: str | Path, model: GPT | GPT2026, tokenizer: Tokenizer, step: int = 0,
+               meta: dict | None = None) -> Path:
     """Write the artifact layout: root/checkpoints/model_<step>.pt + meta, and root/tokenizer/."""
     if tokenizer.get_vocab_size() != model.config.vocab_size:
         raise ValueError(f"tokenizer vocab size {tokenizer.get_vocab_size()} != model vocab_size {model.config.vocab_size}")

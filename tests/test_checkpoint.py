@@ -203,7 +203,8 @@ def test_wandb_source_downloads_once_with_lock(model, tok, tmp_path, monkeypatch
     fake = types.SimpleNamespace(Api=lambda: types.SimpleNamespace(artifact=lambda name: FakeArtifact(name)))
     monkeypatch.setitem(sys.modules, "wandb", fake)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(load_model("wandb:ent/proj/base-d20:v3", cache_dir=cache))) for _ in range(4)]
+    load = lambda: results.append(load_model("wandb:ent/proj/base-d20:v3", cache_dir=cache))  # noqa: E731
+    threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
