@@ -8,16 +8,21 @@ import difflib
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-GROUPS = ("matrix", "embedding", "unembedding")
+GROUPS = ("matrix", "embedding", "unembedding", "value_embedding", "scalar", "smear")
+GROUPS_2026_ONLY = ("value_embedding", "scalar", "smear")  # absent from Dec-2025 nanochat models
 DEFAULT_MLP_STEPS = 500  # mlp family: steps when num_iterations is -1
 # LR fields where a value <= 0 is the sentinel "derive me" (group_lrs): the resolved config holds the value used.
-DERIVED_WHEN_NONPOSITIVE = ("matrix_lr", "embedding_lr", "unembedding_lr")
+DERIVED_WHEN_NONPOSITIVE = ("matrix_lr", "embedding_lr", "unembedding_lr", "value_embedding_lr")
 
 # Names users type for parameter groups -> our canonical group names.
 GROUP_ALIASES = {
     "matrix": "matrix", "matrices": "matrix", "blocks": "matrix", "transformer": "matrix",
     "embedding": "embedding", "embeddings": "embedding", "embed": "embedding", "wte": "embedding",
     "unembedding": "unembedding", "unembed": "unembedding", "lm_head": "unembedding", "head": "unembedding",
+    "value_embedding": "value_embedding", "value_embeddings": "value_embedding", "value_embeds": "value_embedding",
+    "ve": "value_embedding",
+    "scalar": "scalar", "scalars": "scalar", "lambdas": "scalar",
+    "smear": "smear",
 }
 
 CHOICES = {
@@ -44,6 +49,8 @@ RANGES = {
     "trainable_loss_ratio_threshold": (0.0, None, False, True),
     "width": (1, None, True, True),
     "lr_input": (0.0, None, True, True),
+    "scalar_lr": (0.0, None, True, True),
+    "smear_lr": (0.0, None, True, True),
 }
 
 
@@ -67,6 +74,10 @@ class TrainConfig:
     unembedding_lr: float = -1.0  # <= 0: matrix LR * unembedding_lr_mult
     embedding_lr_mult: float = 10.0
     unembedding_lr_mult: float = 0.2
+    # 2026 nanochat models only (docs/nanochat.md); defaults are nanochat's SFT values
+    value_embedding_lr: float = -1.0  # <= 0: half the embedding LR (nanochat's ratio)
+    scalar_lr: float = 0.5  # x0_lambdas; resid_lambdas train at scalar_lr / 100
+    smear_lr: float = 0.2  # smear gate + lambda, backout lambda
     trainable_param_groups: str = "matrix,unembedding"
     weight_decay: float = 0.1
     init_lr_frac: float = 1.0
@@ -142,18 +153,31 @@ class TrainConfig:
                 raise ConfigError(unknown_field_message(name))
         return cls(**values)
 
-    def trainable_groups(self) -> tuple[str, ...]:
-        return parse_groups(self.trainable_param_groups)
+    def trainable_groups(self, available: tuple[str, ...] = GROUPS) -> tuple[str, ...]:
+        """The trainable groups among those the model has (`available`): "all" means all of them; naming a
+        group the model lacks (a 2026-only group on a Dec-2025 model) is an error."""
+        groups = parse_groups(self.trainable_param_groups)
+        if self.trainable_param_groups.strip().lower() == "all":
+            return tuple(g for g in groups if g in available)
+        absent = [g for g in groups if g not in available]
+        if absent:
+            raise ConfigError(f"trainable_param_groups={self.trainable_param_groups!r}: this model has no "
+                              f"{', '.join(absent)} group; its groups are {', '.join(available)} "
+                              f"({', '.join(GROUPS_2026_ONLY)} exist only in 2026 nanochat models)")
+        return groups
 
     def matrix_lr_resolved(self) -> float:
         return self.matrix_lr if self.matrix_lr > 0 else self.learning_rate
 
     def group_lrs(self) -> dict[str, float]:
-        """Learning rate of each GPT parameter group, with the seed study's derivation rule for LR <= 0."""
+        """Learning rate of each GPT parameter group, with the seed study's derivation rule for LR <= 0
+        (and nanochat's for the value embeddings: half the embedding LR)."""
         matrix = self.matrix_lr_resolved()
         embedding = self.embedding_lr if self.embedding_lr > 0 else matrix * self.embedding_lr_mult
         unembedding = self.unembedding_lr if self.unembedding_lr > 0 else matrix * self.unembedding_lr_mult
-        return {"matrix": matrix, "embedding": embedding, "unembedding": unembedding}
+        value_embedding = self.value_embedding_lr if self.value_embedding_lr > 0 else 0.5 * embedding
+        return {"matrix": matrix, "embedding": embedding, "unembedding": unembedding,
+                "value_embedding": value_embedding, "scalar": self.scalar_lr, "smear": self.smear_lr}
 
     def lr_output_resolved(self) -> float:
         """mlp family: the output layer's LR (lr_output = -1 ties it to lr_input)."""
@@ -163,7 +187,8 @@ class TrainConfig:
         """The config as used: derived learning rates written into their fields."""
         lrs = self.group_lrs()
         return replace(self, matrix_lr=lrs["matrix"], embedding_lr=lrs["embedding"],
-                       unembedding_lr=lrs["unembedding"], lr_output=self.lr_output_resolved())
+                       unembedding_lr=lrs["unembedding"], value_embedding_lr=lrs["value_embedding"],
+                       lr_output=self.lr_output_resolved())
 
 
 def parse_groups(text: str) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from fractal_llm import paths
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.records import RunResult
 from fractal_llm.repro import repro_metadata
@@ -60,7 +61,8 @@ def get_base_model(model_id: str, device: torch.device) -> BaseModel:
     if key not in _BASE_MODELS:
         from nanochat.checkpoint import load_model
         t0 = time.perf_counter()
-        model, tokenizer, meta = load_model(model_source(model_id), device=str(device))
+        model, tokenizer, meta = load_model(model_source(model_id), device=str(device),
+                                            cache_dir=paths.models_dir())
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         _BASE_MODELS[key] = BaseModel(model, state, tokenizer, meta, time.perf_counter() - t0)
     return _BASE_MODELS[key]
@@ -139,10 +141,10 @@ def train_gpt(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
     data_ready = time.perf_counter()
 
     model = fresh_model(base)
-    lrs = config.group_lrs()
-    optimizers = model.setup_optimizers(unembedding_lr=lrs["unembedding"], embedding_lr=lrs["embedding"],
-                                        matrix_lr=lrs["matrix"], weight_decay=config.weight_decay,
-                                        trainable=config.trainable_groups())
+    groups = tuple(model.param_groups_by_name())  # the Dec-2025 model's three, or the 2026 model's six
+    lrs = {f"{group}_lr": lr for group, lr in config.group_lrs().items() if group in groups}
+    optimizers = model.setup_optimizers(**lrs, weight_decay=config.weight_decay,
+                                        trainable=config.trainable_groups(groups))
     total_steps = planned_steps(config, dataset)
     samples = generate_samples(config, base, "before") if config.sample_before_after else []
     losses, history, step_samples = run_steps(config, model, optimizers, dataset, base, total_steps, device,

@@ -1,17 +1,20 @@
 """nanochat checkpoint directories: model_<step>.pt + meta_<step>.json, and loading a model from a source.
 
+Two model eras, told apart by the meta's model_config (docs/nanochat.md):
+  - Dec-2025 nanochat (nanochat/gpt.py): model_config holds exactly the six shape fields;
+  - 2026 nanochat (nanochat/gpt2026.py, commit 92d63d4): the same plus window_pattern.
+
 Sources for `load_model`:
   - a local directory: artifact layout (`checkpoints/` beside `tokenizer/`), or a directory of
     model/meta files with tokenizer.pkl beside it, in `tokenizer/`, or up to two levels above
     (nanochat's NANOCHAT_BASE_DIR layout: base_checkpoints/d20 with tokenizer/ at the base dir);
-  - "wandb:entity/project/name:version" (W&B model artifact, downloaded once per host into the cache; an
-    alias such as ":latest" is looked up on every load and cached under the version it points to);
+  - "wandb:entity/project/name:version" (W&B model artifact, downloaded once per host into the caller's
+    cache_dir; an alias such as ":latest" is looked up on every load and cached under the version it points to);
   - "hf:owner/repo" or "hf:owner/repo@revision" (Hugging Face snapshot, likewise cached).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -21,10 +24,14 @@ from pathlib import Path
 import torch
 
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt2026 import GPT2026, GPT2026Config
 from nanochat.tokenizer import PICKLE_NAME, Tokenizer
 
 SOURCE_FORMS = "a local directory, 'wandb:entity/project/name:version', or 'hf:owner/repo[@revision]'"
-CONFIG_FIELDS = tuple(f.name for f in fields(GPTConfig))
+# era -> (config class, model class); the era is the one whose own keys the model_config has (else Dec-2025)
+ERAS = {"Dec-2025": (GPTConfig, GPT), "2026": (GPT2026Config, GPT2026)}
+ERA_FIELDS = {era: tuple(f.name for f in fields(config_cls)) for era, (config_cls, _) in ERAS.items()}
+CONFIG_FIELDS = ERA_FIELDS["Dec-2025"]
 COMPILE_PREFIX = "_orig_mod."
 _WANDB_RE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
 _WANDB_VERSION_RE = re.compile(r":v\d+$")  # a pinned version; anything else after ':' is a movable alias
@@ -99,18 +106,37 @@ def load_checkpoint(directory: str | Path, step: int | None = None, device="cpu"
     return state, meta
 
 
+def model_era(config: dict) -> str:
+    """'2026' when model_config has a key only the 2026 model has (window_pattern), else 'Dec-2025'.
+    Checkpoints written before window_pattern existed lack it; they are Dec-2025 models."""
+    new_keys = set(ERA_FIELDS["2026"]) - set(ERA_FIELDS["Dec-2025"])
+    return "2026" if new_keys & set(config) else "Dec-2025"
+
+
 def _check_model_config(meta: dict, where: str) -> dict:
     config = meta.get("model_config") if isinstance(meta, dict) else None
+    accepted = "; ".join(f"{era} nanochat: exactly {list(names)}" for era, names in ERA_FIELDS.items())
     if not isinstance(config, dict):
-        raise ValueError(f"{where}: needs a 'model_config' dict with fields {CONFIG_FIELDS}")
-    missing = [f for f in CONFIG_FIELDS if f not in config]
-    extra = [k for k in config if k not in CONFIG_FIELDS]
+        raise ValueError(f"{where}: needs a 'model_config' dict ({accepted})")
+    era = model_era(config)
+    missing = [f for f in ERA_FIELDS[era] if f not in config]
+    extra = [k for k in config if k not in ERA_FIELDS[era]]
     if missing or extra:
-        raise ValueError(
-            f"{where}.model_config: missing {missing}, unsupported {extra}; expected exactly {CONFIG_FIELDS} "
-            "(late-2025 nanochat architecture; newer nanochat models are not supported)"
-        )
+        raise ValueError(f"{where}.model_config ({era} era): missing {missing}, unsupported {extra}; "
+                         f"accepted: {accepted}")
     return config
+
+
+def config_from_meta(meta: dict, where: str) -> GPTConfig:
+    """The model config of the checkpoint's era (GPTConfig or GPT2026Config), checked."""
+    config = _check_model_config(meta, where)
+    config_cls, _ = ERAS[model_era(config)]
+    return config_cls(**config)
+
+
+def build_model(config: GPTConfig) -> GPT | GPT2026:
+    """An (uninitialised) model of the config's era."""
+    return GPT2026(config) if isinstance(config, GPT2026Config) else GPT(config)
 
 
 # ---------------------------------------------------------------------------- locating files
@@ -141,17 +167,6 @@ def locate_tokenizer_dir(checkpoint_dir: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- sources / downloads
-def cache_root() -> Path:
-    """fractal_llm.paths.models_dir() when that package is present, else ~/.cache/fractal-llm/models."""
-    if importlib.util.find_spec("fractal_llm") is not None and importlib.util.find_spec("fractal_llm.paths") is not None:
-        from fractal_llm.paths import models_dir
-
-        return models_dir()
-    root = Path.home() / ".cache" / "fractal-llm" / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
 def _safe_name(text: str) -> str:
     return re.sub(r"[^\w.-]+", "__", text)
 
@@ -168,7 +183,7 @@ def _download_once(target: Path, download) -> Path:
     return target
 
 
-def _download_wandb(spec: str) -> Path:
+def _download_wandb(spec: str, cache_dir: Path) -> Path:
     """A pinned version (':v3') never changes: cached under its name, with no API call once downloaded. An
     alias (':latest', ':best') can move, so it is resolved through the API on every load and cached under the
     version it points to now (a new 'latest' is downloaded; the old one stays in the cache)."""
@@ -178,16 +193,16 @@ def _download_wandb(spec: str) -> Path:
 
             wandb.Api().artifact(spec).download(root=str(target))
 
-        return _download_once(cache_root() / "wandb" / _safe_name(spec), fetch)
+        return _download_once(cache_dir / "wandb" / _safe_name(spec), fetch)
     import wandb
 
     artifact = wandb.Api().artifact(spec)
     pinned = f"{spec.rsplit(':', 1)[0]}:{artifact.version}"
-    return _download_once(cache_root() / "wandb" / _safe_name(pinned),
+    return _download_once(cache_dir / "wandb" / _safe_name(pinned),
                           lambda target: artifact.download(root=str(target)))
 
 
-def _download_hf(spec: str) -> Path:
+def _download_hf(spec: str, cache_dir: Path) -> Path:
     repo_id, _, revision = spec.partition("@")
 
     def fetch(target: Path) -> None:
@@ -198,11 +213,17 @@ def _download_hf(spec: str) -> Path:
         snapshot_download(repo_id=repo_id, revision=revision or None, local_dir=str(target),
                           ignore_patterns=HF_SKIPPED_FILES)
 
-    return _download_once(cache_root() / "hf" / _safe_name(spec), fetch)
+    return _download_once(cache_dir / "hf" / _safe_name(spec), fetch)
 
 
-def resolve_source(source: str | Path) -> Path:
-    """Local directory for a model source (downloading wandb:/hf: sources into the cache first)."""
+def _require_cache(source: str, cache_dir: str | Path | None) -> Path:
+    if cache_dir is None:
+        raise ValueError(f"model source {source!r}: a download needs a cache directory (cache_dir=...)")
+    return Path(cache_dir)
+
+
+def resolve_source(source: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Local directory for a model source (downloading wandb:/hf: sources into cache_dir first)."""
     if isinstance(source, Path):
         return source
     if not isinstance(source, str) or not source:
@@ -211,12 +232,12 @@ def resolve_source(source: str | Path) -> Path:
         spec = source.removeprefix("wandb:")
         if not _WANDB_RE.match(spec):
             raise ValueError(f"model source {source!r}: W&B form is 'wandb:entity/project/name:version'")
-        return _download_wandb(spec)
+        return _download_wandb(spec, _require_cache(source, cache_dir))
     if source.startswith("hf:"):
         spec = source.removeprefix("hf:")
         if not _HF_RE.match(spec):
             raise ValueError(f"model source {source!r}: Hugging Face form is 'hf:owner/repo[@revision]'")
-        return _download_hf(spec)
+        return _download_hf(spec, _require_cache(source, cache_dir))
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"model source {source!r}: no such directory; expected {SOURCE_FORMS}")
@@ -224,42 +245,62 @@ def resolve_source(source: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- model IO
-def load_model(source: str | Path, device="cpu", step: int | None = None) -> tuple[GPT, Tokenizer, dict]:
+def load_model(source: str | Path, device="cpu", step: int | None = None,
+               cache_dir: str | Path | None = None) -> tuple[GPT | GPT2026, Tokenizer, dict]:
     """(model in eval mode, tokenizer, meta) from any accepted source; strict state-dict load.
 
-    meta gains a "loaded_from" entry: checkpoint_dir, tokenizer_dir and step.
+    The model's era (Dec-2025 GPT or 2026 GPT2026) follows the meta's model_config. wandb:/hf: sources are
+    downloaded into cache_dir (required for them). meta gains a "loaded_from" entry: checkpoint_dir,
+    tokenizer_dir, step and era.
     """
-    checkpoint_dir = locate_checkpoint_dir(resolve_source(source))
+    checkpoint_dir = locate_checkpoint_dir(resolve_source(source, cache_dir))
     tokenizer_dir = locate_tokenizer_dir(checkpoint_dir)
     step = find_last_step(checkpoint_dir) if step is None else step
     state, meta = load_checkpoint(checkpoint_dir, step, device)
-    config = GPTConfig(**_check_model_config(meta, where=f"{checkpoint_dir}/meta for step {step}"))
+    where = f"{checkpoint_dir}/meta for step {step}"
+    config = config_from_meta(meta, where)
     tokenizer = Tokenizer.from_directory(tokenizer_dir)
     if tokenizer.get_vocab_size() != config.vocab_size:
         raise ValueError(f"tokenizer in {tokenizer_dir} has vocab size {tokenizer.get_vocab_size()}, "
                          f"but the checkpoint's model_config.vocab_size is {config.vocab_size}")
     model = _empty_model(config, torch.device(device))
+    _check_state_keys(state, model, where)
     model.load_state_dict(state, strict=True)
     model.eval()
-    meta = dict(meta, loaded_from={"checkpoint_dir": str(checkpoint_dir), "tokenizer_dir": str(tokenizer_dir), "step": step})
+    era = model_era(meta["model_config"])
+    meta = dict(meta, loaded_from={"checkpoint_dir": str(checkpoint_dir), "tokenizer_dir": str(tokenizer_dir),
+                                   "step": step, "era": era})
     return model, tokenizer, meta
 
 
-def _empty_model(config: GPTConfig, device: torch.device) -> GPT:
+def _check_state_keys(state: dict, model: torch.nn.Module, where: str) -> None:
+    """A state dict whose keys are not the model's: say which era was built and which keys differ (e.g. a
+    nanochat from between the two eras, with resid_lambdas but no window_pattern in its meta)."""
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        era = model_era(asdict(model.config))
+        raise ValueError(f"{where}: the state dict does not fit the {era} model its model_config selects: "
+                         f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}, "
+                         f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
+
+
+def _empty_model(config: GPTConfig, device: torch.device) -> GPT | GPT2026:
     """A model whose weights are about to be overwritten. Large models are built on the meta device
     (no seconds of random init); small ones directly, since the meta device's first use costs ~1 s of imports."""
     approx_params = 2 * config.padded_vocab_size * config.n_embd + 12 * config.n_layer * config.n_embd ** 2
     if approx_params < 20_000_000:
         with torch.device(device):
-            return GPT(config)
+            return build_model(config)
     with torch.device("meta"):
-        model = GPT(config)
+        model = build_model(config)
     model.to_empty(device=device)
     model.init_rotary()
     return model
 
 
-def save_model(root: str | Path, model: GPT, tokenizer: Tokenizer, step: int = 0, meta: dict | None = None) -> Path:
+def save_model(root: str | Path, model: GPT | GPT2026, tokenizer: Tokenizer, step: int = 0,
+               meta: dict | None = None) -> Path:
     """Write the artifact layout: root/checkpoints/model_<step>.pt + meta, and root/tokenizer/."""
     if tokenizer.get_vocab_size() != model.config.vocab_size:
         raise ValueError(f"tokenizer vocab size {tokenizer.get_vocab_size()} != model vocab_size {model.config.vocab_size}")

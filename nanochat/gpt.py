@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -35,9 +35,10 @@ class GPTConfig:
     n_embd: int = 768
 
     def __post_init__(self):
-        for name, value in asdict(self).items():
+        for f in fields(GPTConfig):  # the shape fields (a subclass may add others, checked there)
+            value = getattr(self, f.name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name}={value!r}: must be a positive int")
+                raise ValueError(f"{type(self).__name__}.{f.name}={value!r}: must be a positive int")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd={self.n_embd}: must be divisible by n_head={self.n_head}")
         if (self.n_embd // self.n_head) % 2:
@@ -67,6 +68,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
 
 
+def rotary_tables(head_dim: int, length: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (1, length, 1, head_dim/2) for positions 0..length-1, in fp32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(length, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)  # (L, hd/2)
+    return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]
+
+
 class KVCache:
     """Preallocated per-layer key/value storage for incremental decoding. Layout (B, H_kv, T, D).
 
@@ -80,6 +89,7 @@ class KVCache:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.pos = 0  # number of positions already stored (same for every layer between forwards)
+        self.prev_embedding: torch.Tensor | None = None  # the 2026 model's smear reads the last token's embedding
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.pos + k.size(2)
@@ -151,7 +161,47 @@ class Block(nn.Module):
         return x + self.mlp(rms_norm(x))
 
 
-class GPT(nn.Module):
+class KVGeneration:
+    """Sampling with a KV cache, for a model with forward(idx, kv_cache=...), .config, .lm_head and .rotary_len."""
+
+    def generate(self, tokens: list[int], max_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                 seed: int = 42) -> Iterator[int]:
+        """Yield max_tokens sampled ids after the prompt `tokens`, decoding with a KV cache.
+
+        temperature 0 -> greedy (argmax); otherwise softmax(logits / temperature), optionally top_k.
+        Arguments are checked here, eagerly; the tokens come from the returned iterator.
+        """
+        if not tokens:
+            raise ValueError("generate: tokens (the prompt) must be non-empty")
+        if max_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
+            raise ValueError(f"generate: need max_tokens>=0, temperature>=0, top_k None or >=1; "
+                             f"got {max_tokens}, {temperature}, {top_k}")
+        total = len(tokens) + max_tokens
+        if total > self.rotary_len:
+            raise ValueError(f"generate: prompt + max_tokens = {total} exceeds the rotary length {self.rotary_len}")
+        return self._generate(list(tokens), max_tokens, temperature, top_k, seed)
+
+    @torch.inference_mode()
+    def _generate(self, tokens: list[int], max_tokens: int, temperature: float, top_k: int | None,
+                  seed: int) -> Iterator[int]:
+        if max_tokens == 0:
+            return
+        device = self.lm_head.weight.device
+        total = len(tokens) + max_tokens
+        cfg = self.config
+        cache = KVCache(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, total)
+        rng = torch.Generator(device=device)
+        rng.manual_seed(seed)
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        logits = self.forward(ids, kv_cache=cache)[:, -1, :]
+        for i in range(max_tokens):
+            next_id = sample_next(logits, temperature, top_k, rng)
+            yield int(next_id.item())
+            if i + 1 < max_tokens:
+                logits = self.forward(next_id.view(1, 1), kv_cache=cache)[:, -1, :]
+
+
+class GPT(KVGeneration, nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -170,11 +220,7 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ init
     def _rotary_tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        hd = self.config.head_dim
-        inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd))
-        t = torch.arange(self.rotary_len, dtype=torch.float32, device=device)
-        freqs = torch.outer(t, inv_freq)  # (L, hd/2)
-        return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]  # (1, L, 1, hd/2)
+        return rotary_tables(self.config.head_dim, self.rotary_len, ROTARY_BASE, device)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -232,43 +278,6 @@ class GPT(nn.Module):
         if loss_reduction in ("sum", "none"):
             return F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, reduction=loss_reduction)
         raise ValueError(f"loss_reduction={loss_reduction!r}: allowed 'mean', 'sum', 'none'")
-
-    # ------------------------------------------------------------------ generation
-    def generate(self, tokens: list[int], max_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                 seed: int = 42) -> Iterator[int]:
-        """Yield max_tokens sampled ids after the prompt `tokens`, decoding with a KV cache.
-
-        temperature 0 -> greedy (argmax); otherwise softmax(logits / temperature), optionally top_k.
-        Arguments are checked here, eagerly; the tokens come from the returned iterator.
-        """
-        if not tokens:
-            raise ValueError("generate: tokens (the prompt) must be non-empty")
-        if max_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
-            raise ValueError(f"generate: need max_tokens>=0, temperature>=0, top_k None or >=1; "
-                             f"got {max_tokens}, {temperature}, {top_k}")
-        total = len(tokens) + max_tokens
-        if total > self.rotary_len:
-            raise ValueError(f"generate: prompt + max_tokens = {total} exceeds the rotary length {self.rotary_len}")
-        return self._generate(list(tokens), max_tokens, temperature, top_k, seed)
-
-    @torch.inference_mode()
-    def _generate(self, tokens: list[int], max_tokens: int, temperature: float, top_k: int | None,
-                  seed: int) -> Iterator[int]:
-        if max_tokens == 0:
-            return
-        device = self.lm_head.weight.device
-        total = len(tokens) + max_tokens
-        cfg = self.config
-        cache = KVCache(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, total)
-        rng = torch.Generator(device=device)
-        rng.manual_seed(seed)
-        ids = torch.tensor([tokens], dtype=torch.long, device=device)
-        logits = self.forward(ids, kv_cache=cache)[:, -1, :]
-        for i in range(max_tokens):
-            next_id = sample_next(logits, temperature, top_k, rng)
-            yield int(next_id.item())
-            if i + 1 < max_tokens:
-                logits = self.forward(next_id.view(1, 1), kv_cache=cache)[:, -1, :]
 
     # ------------------------------------------------------------------ optimizers
     def param_groups_by_name(self) -> dict[str, list[nn.Parameter]]:

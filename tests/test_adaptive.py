@@ -3,7 +3,6 @@ through a fake batched trainer that looks the label up: levels, resume, inferred
 
 import math
 
-import numpy as np
 import pytest
 
 from fractal_llm import mlp, report, runner

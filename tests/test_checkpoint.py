@@ -11,7 +11,6 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import nanochat.checkpoint as ckpt_mod
 from nanochat.checkpoint import (
     find_last_step,
     load_checkpoint,
@@ -139,20 +138,24 @@ def test_strict_load_rejects_wrong_state(model, tok, tmp_path):
     state.pop("lm_head.weight")
     save_checkpoint(tmp_path / "checkpoints", 0, state, {"model_config": CFG})
     tok.save(tmp_path / "tokenizer")
-    with pytest.raises(RuntimeError, match="lm_head.weight"):
+    with pytest.raises(ValueError, match="Dec-2025 model .*missing \\['lm_head.weight'\\]"):
         load_model(tmp_path)
 
 
 def test_bad_meta_and_missing_files(model, tok, tmp_path):
     with pytest.raises(ValueError, match="model_config"):
         save_checkpoint(tmp_path, 0, model.state_dict(), {"step": 0})
-    newer = {"model_config": {**CFG, "window_pattern": "SSSL"}}
     d = tmp_path / "newer"
     d.mkdir()
     torch.save(model.state_dict(), d / "model_000001.pt")
-    (d / "meta_000001.json").write_text(json.dumps(newer))
     tok.save(d)
-    with pytest.raises(ValueError, match="unsupported \\['window_pattern'\\]"):
+    (d / "meta_000001.json").write_text(json.dumps({"model_config": {**CFG, "n_expert": 8}}))
+    with pytest.raises(ValueError, match="unsupported \\['n_expert'\\].*Dec-2025 nanochat: exactly .*"
+                                         "2026 nanochat: exactly .*'window_pattern'"):
+        load_model(d)
+    # window_pattern selects the 2026 model, which a Dec-2025 state dict does not fit
+    (d / "meta_000001.json").write_text(json.dumps({"model_config": {**CFG, "window_pattern": "SSSL"}}))
+    with pytest.raises(ValueError, match="does not fit the 2026 model.*missing \\['backout_lambda'"):
         load_model(d)
     with pytest.raises(FileNotFoundError, match="no model_<step>.pt files"):
         load_model(_empty(tmp_path))
@@ -183,7 +186,7 @@ def test_meta_model_config_matches_gpt_config(model, tok, tmp_path):
 
 def test_wandb_source_downloads_once_with_lock(model, tok, tmp_path, monkeypatch):
     """Fake wandb module: the artifact download writes the artifact layout; 4 threads -> one download."""
-    monkeypatch.setenv("FRACTAL_LLM_HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / "models"
     calls = []
 
     class FakeArtifact:
@@ -199,7 +202,8 @@ def test_wandb_source_downloads_once_with_lock(model, tok, tmp_path, monkeypatch
     fake = types.SimpleNamespace(Api=lambda: types.SimpleNamespace(artifact=lambda name: FakeArtifact(name)))
     monkeypatch.setitem(sys.modules, "wandb", fake)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(load_model("wandb:ent/proj/base-d20:v3"))) for _ in range(4)]
+    load = lambda: results.append(load_model("wandb:ent/proj/base-d20:v3", cache_dir=cache))  # noqa: E731
+    threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -211,7 +215,7 @@ def test_wandb_source_downloads_once_with_lock(model, tok, tmp_path, monkeypatch
 
 def test_wandb_alias_is_resolved_on_every_load_and_cached_by_version(model, tok, tmp_path, monkeypatch):
     """':latest' follows the alias (a new version is downloaded); a pinned ':vN' needs no API call once cached."""
-    monkeypatch.setenv("FRACTAL_LLM_HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / "models"
     latest = {"version": "v4"}
     lookups, downloads = [], []
 
@@ -229,20 +233,20 @@ def test_wandb_alias_is_resolved_on_every_load_and_cached_by_version(model, tok,
         return FakeArtifact(name)
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda: types.SimpleNamespace(artifact=artifact)))
-    load_model("wandb:ent/proj/base-d20:latest")
-    load_model("wandb:ent/proj/base-d20:latest")
+    load_model("wandb:ent/proj/base-d20:latest", cache_dir=cache)
+    load_model("wandb:ent/proj/base-d20:latest", cache_dir=cache)
     assert lookups == ["ent/proj/base-d20:latest"] * 2 and downloads == ["v4"]
     latest["version"] = "v5"  # someone logged a new version
-    load_model("wandb:ent/proj/base-d20:latest")
+    load_model("wandb:ent/proj/base-d20:latest", cache_dir=cache)
     assert downloads == ["v4", "v5"]
-    load_model("wandb:ent/proj/base-d20:v4")  # already in the cache under its version: no lookup at all
+    load_model("wandb:ent/proj/base-d20:v4", cache_dir=cache)  # already in the cache under its version: no lookup at all
     assert len(lookups) == 3 and downloads == ["v4", "v5"]
     cached = sorted(p.name for p in (tmp_path / "home" / "models" / "wandb").iterdir() if p.is_dir())
     assert cached == ["ent__proj__base-d20__v4", "ent__proj__base-d20__v5"]
 
 
 def test_hf_source_uses_snapshot_download(model, tok, tmp_path, monkeypatch):
-    monkeypatch.setenv("FRACTAL_LLM_HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / "models"
     calls = []
 
     def snapshot_download(repo_id, revision, local_dir, ignore_patterns):
@@ -256,13 +260,19 @@ def test_hf_source_uses_snapshot_download(model, tok, tmp_path, monkeypatch):
         return local_dir
 
     monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download))
-    first, _, _ = load_model("hf:karpathy/nanochat-d32")
-    second, _, _ = load_model("hf:karpathy/nanochat-d32")
+    first, _, _ = load_model("hf:karpathy/nanochat-d32", cache_dir=cache)
+    second, _, _ = load_model("hf:karpathy/nanochat-d32", cache_dir=cache)
     assert calls == [("karpathy/nanochat-d32", None)]
     assert torch.equal(probe(first), probe(model)) and torch.equal(probe(second), probe(model))
-    load_model("hf:karpathy/nanochat-d32@main")
+    load_model("hf:karpathy/nanochat-d32@main", cache_dir=cache)
     assert calls[-1] == ("karpathy/nanochat-d32", "main")
-    assert ckpt_mod.cache_root() == tmp_path / "home" / "models"
+    assert sorted(p.name for p in (cache / "hf").iterdir() if p.is_dir()) == ["karpathy__nanochat-d32",
+                                                                             "karpathy__nanochat-d32__main"]
+
+
+def test_remote_source_without_a_cache_directory_is_refused():
+    with pytest.raises(ValueError, match="needs a cache directory"):
+        load_model("hf:karpathy/nanochat-d32")
 
 
 def test_large_models_are_built_on_meta_and_still_load_exactly():

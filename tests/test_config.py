@@ -6,7 +6,8 @@ from fractal_llm.config import (ConfigError, TrainConfig, check_field_value, par
 
 def test_defaults_resolve_learning_rates_by_the_seed_rule():
     config = TrainConfig(learning_rate=0.01)
-    assert config.group_lrs() == {"matrix": 0.01, "embedding": pytest.approx(0.1), "unembedding": pytest.approx(0.002)}
+    assert config.group_lrs() == {"matrix": 0.01, "embedding": pytest.approx(0.1), "unembedding": pytest.approx(0.002),
+                                  "value_embedding": pytest.approx(0.05), "scalar": 0.5, "smear": 0.2}
     resolved = config.resolved()
     assert resolved.matrix_lr == 0.01 and resolved.unembedding_lr == pytest.approx(0.002)
 
@@ -20,7 +21,8 @@ def test_explicit_group_lr_wins():
 
 @pytest.mark.parametrize("text, groups", [
     ("matrix,unembedding", ("matrix", "unembedding")),
-    ("all", ("matrix", "embedding", "unembedding")),
+    ("all", ("matrix", "embedding", "unembedding", "value_embedding", "scalar", "smear")),
+    ("ve, lambdas", ("value_embedding", "scalar")),
     ("none", ()),
     ("lm_head", ("unembedding",)),
     ("wte, matrix", ("matrix", "embedding")),
