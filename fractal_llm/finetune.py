@@ -68,6 +68,15 @@ def get_base_model(model_id: str, device: torch.device) -> BaseModel:
     return _BASE_MODELS[key]
 
 
+def base_model_identity(model_id: str, meta: dict) -> str:
+    """What the run fine-tuned, the same on every host: a W&B alias resolved to the version this process
+    loaded (agents started before and after a new `latest` load different models), the tiny base by its
+    recipe-keyed build, else the model id as given."""
+    if model_id == "tiny":
+        return f"tiny:{Path(meta['loaded_from']['checkpoint_dir']).parent.name}"
+    return meta["loaded_from"].get("source", model_id)
+
+
 def get_dataset(config: TrainConfig, split: str, tokenizer):
     from fractal_llm.data import load_tokenized
     key = (config.dataset_id, config.dataset_revision, split, tokenizer.fingerprint(), config.max_seq_len)
@@ -160,7 +169,8 @@ def train_gpt(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
                    runtime_s=trained - t_start, error=None)
     resolved = config.resolved().to_dict()
     resolved["repro"] = repro_metadata(device, {"load_s": loaded - t_start, "data_s": data_ready - loaded,
-                                                "train_s": trained - data_ready, "base_load_s": base.load_s})
+                                                "train_s": trained - data_ready, "base_load_s": base.load_s},
+                                       base_model=base_model_identity(config.model_id, base.meta))
     return RunResult(config=resolved, summary=summary, history=history, samples=samples or None)
 
 

@@ -133,8 +133,35 @@ def _verdict_of(record: RunRecord) -> str:
     return verdict
 
 
-def build_grid(sweep_config: dict, records: list[RunRecord], rtol: float = 1e-6) -> Grid:
+def base_model_of(record: RunRecord) -> str | None:
+    """The base model a run fine-tuned (repro.base_model; W&B runs carry the resolved config under
+    `resolved`), or None for runs that do not say (errors, older records, the mlp family)."""
+    for config in (record.config, record.config.get("resolved") or {}):
+        base = (config.get("repro") or {}).get("base_model")
+        if base:
+            return str(base)
+    return None
+
+
+def check_one_base_model(records: list[RunRecord]) -> None:
+    """One map, one base model: agents that resolved `latest` before and after a new artifact version would
+    otherwise mix two models in one map without a word."""
+    bases: dict[str, int] = {}
+    for record in records:
+        base = base_model_of(record)
+        if base is not None:
+            bases[base] = bases.get(base, 0) + 1
+    if len(bases) > 1:
+        listed = ", ".join(f"{base} ({n} runs)" for base, n in sorted(bases.items()))
+        raise GridError(f"runs of {len(bases)} base models in one map: {listed}; report each with its own sweep, "
+                        "or pass --allow-mixed-base to draw them as one map anyway")
+
+
+def build_grid(sweep_config: dict, records: list[RunRecord], rtol: float = 1e-6,
+               allow_mixed_base: bool = False) -> Grid:
     """Place records on the sweep's grid; see the module docstring for the rules."""
+    if not allow_mixed_base:
+        check_one_base_model(records)
     axes, fixed = sweep_axes(sweep_config)
     (x_name, x_values), (y_name, y_values) = axes
     xs, ys = np.asarray(x_values), np.asarray(y_values)

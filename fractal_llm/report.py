@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="second sweep as a local directory")
     parser.add_argument("--labels", nargs=2, metavar=("A", "B"), help="names of the two sweeps in a comparison")
     parser.add_argument("--wandb", action="store_true", help="log a summary run to the sweep's W&B project")
+    parser.add_argument("--allow-mixed-base", action="store_true",
+                        help="draw runs of different base models (e.g. two versions of a `latest` artifact) as one map")
     parser.add_argument("--wandb-project", help="project of the summary run (default: the sweep's)")
     return parser
 
@@ -297,7 +299,7 @@ def run(argv: list[str] | None = None, api=None) -> dict:
     if args.zoom < 0 or args.zoom_res < 2:
         parser.error(f"--zoom={args.zoom} must be >= 0 and --zoom-res={args.zoom_res} >= 2")
     loaded = load_sources(args.sweeps, args.local, api=api)
-    grid = build_grid(loaded.sweep_config, loaded.records)
+    grid = build_grid(loaded.sweep_config, loaded.records, allow_mixed_base=args.allow_mixed_base)
     grid.name = loaded.name
     if loaded.refinement:
         apply_refinement(grid, loaded.refinement["levels"], loaded.refinement["margin"])

@@ -37,6 +37,7 @@ _WANDB_RE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
 _WANDB_VERSION_RE = re.compile(r":v\d+$")  # a pinned version; anything else after ':' is a movable alias
 _HF_RE = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 _COMPLETE_MARKER = ".download-complete"
+RESOLVED_FILE = ".resolved-source"  # in a W&B download: the pinned artifact it holds
 HF_SKIPPED_FILES = ["optim_*", "*/optim_*"]  # optimizer state: never read here
 
 
@@ -192,14 +193,19 @@ def _download_wandb(spec: str, cache_dir: Path) -> Path:
             import wandb
 
             wandb.Api().artifact(spec).download(root=str(target))
+            (target / RESOLVED_FILE).write_text(f"wandb:{spec}\n")
 
         return _download_once(cache_dir / "wandb" / _safe_name(spec), fetch)
     import wandb
 
     artifact = wandb.Api().artifact(spec)
     pinned = f"{spec.rsplit(':', 1)[0]}:{artifact.version}"
-    return _download_once(cache_dir / "wandb" / _safe_name(pinned),
-                          lambda target: artifact.download(root=str(target)))
+
+    def fetch(target: Path) -> None:
+        artifact.download(root=str(target))
+        (target / RESOLVED_FILE).write_text(f"wandb:{pinned}\n")  # what the alias pointed to
+
+    return _download_once(cache_dir / "wandb" / _safe_name(pinned), fetch)
 
 
 def _download_hf(spec: str, cache_dir: Path) -> Path:
@@ -245,15 +251,23 @@ def resolve_source(source: str | Path, cache_dir: str | Path | None = None) -> P
 
 
 # ---------------------------------------------------------------------------- model IO
+def resolved_source(source: str | Path, root: Path) -> str:
+    """The model's identity for records: a W&B alias resolved to its version (wandb:e/p/name:v3), else the
+    source as given (a pinned version, hf:owner/repo[@revision], a local path)."""
+    marker = root / RESOLVED_FILE
+    return marker.read_text().strip() if marker.is_file() else str(source)
+
+
 def load_model(source: str | Path, device="cpu", step: int | None = None,
                cache_dir: str | Path | None = None) -> tuple[GPT | GPT2026, Tokenizer, dict]:
     """(model in eval mode, tokenizer, meta) from any accepted source; strict state-dict load.
 
     The model's era (Dec-2025 GPT or 2026 GPT2026) follows the meta's model_config. wandb:/hf: sources are
     downloaded into cache_dir (required for them). meta gains a "loaded_from" entry: checkpoint_dir,
-    tokenizer_dir, step and era.
+    tokenizer_dir, step, era and source (resolved_source: a W&B alias resolved to its version).
     """
-    checkpoint_dir = locate_checkpoint_dir(resolve_source(source, cache_dir))
+    root = resolve_source(source, cache_dir)
+    checkpoint_dir = locate_checkpoint_dir(root)
     tokenizer_dir = locate_tokenizer_dir(checkpoint_dir)
     step = find_last_step(checkpoint_dir) if step is None else step
     state, meta = load_checkpoint(checkpoint_dir, step, device)
@@ -269,7 +283,7 @@ def load_model(source: str | Path, device="cpu", step: int | None = None,
     model.eval()
     era = model_era(meta["model_config"])
     meta = dict(meta, loaded_from={"checkpoint_dir": str(checkpoint_dir), "tokenizer_dir": str(tokenizer_dir),
-                                   "step": step, "era": era})
+                                   "step": step, "era": era, "source": resolved_source(source, root)})
     return model, tokenizer, meta
 
 

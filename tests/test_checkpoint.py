@@ -237,9 +237,11 @@ def test_wandb_alias_is_resolved_on_every_load_and_cached_by_version(model, tok,
     load_model("wandb:ent/proj/base-d20:latest", cache_dir=cache)
     assert lookups == ["ent/proj/base-d20:latest"] * 2 and downloads == ["v4"]
     latest["version"] = "v5"  # someone logged a new version
-    load_model("wandb:ent/proj/base-d20:latest", cache_dir=cache)
+    _, _, meta = load_model("wandb:ent/proj/base-d20:latest", cache_dir=cache)
     assert downloads == ["v4", "v5"]
-    load_model("wandb:ent/proj/base-d20:v4", cache_dir=cache)  # already in the cache under its version: no lookup at all
+    assert meta["loaded_from"]["source"] == "wandb:ent/proj/base-d20:v5"  # the alias, resolved, for the records
+    _, _, meta = load_model("wandb:ent/proj/base-d20:v4", cache_dir=cache)  # cached under its version: no lookup
+    assert meta["loaded_from"]["source"] == "wandb:ent/proj/base-d20:v4"
     assert len(lookups) == 3 and downloads == ["v4", "v5"]
     cached = sorted(p.name for p in (tmp_path / "home" / "models" / "wandb").iterdir() if p.is_dir())
     assert cached == ["ent__proj__base-d20__v4", "ent__proj__base-d20__v5"]

@@ -160,3 +160,30 @@ def test_error_record_without_config_is_placed_by_its_point_name():
     grid = build_grid(sweep_config(), [lost, nameless, record(1e-4, 1e-5)])
     assert grid.verdicts[2, 2] == "error" and grid.counts["error"] == 1
     assert len(grid.skipped) == 1 and grid.skipped[0].startswith("garbage")
+
+
+def test_runs_of_two_base_model_versions_are_not_merged_silently():
+    def run_of(lr_m, lr_u, base, resolved_key=False):
+        r = record(lr_m, lr_u)
+        repro = {"base_model": base}
+        if resolved_key:  # a W&B run: the resolved config is nested under "resolved"
+            r.config["resolved"] = {"repro": repro}
+        else:
+            r.config["repro"] = repro
+        return r
+
+    runs = [run_of(1e-4, 1e-5, "wandb:e/p/d20:v3"), run_of(1e-3, 1e-5, "wandb:e/p/d20:v4", resolved_key=True)]
+    with pytest.raises(GridError, match=r"2 base models.*d20:v3 \(1 runs\), wandb:e/p/d20:v4 \(1 runs\)"):
+        build_grid(sweep_config(), runs)
+    grid = build_grid(sweep_config(), runs, allow_mixed_base=True)
+    assert grid.counts["missing"] == grid.labels.size - 2
+    build_grid(sweep_config(), [run_of(1e-4, 1e-5, "tiny:x"), run_of(1e-3, 1e-5, "tiny:x")])  # one model: fine
+
+
+def test_a_run_records_the_base_model_it_loaded(tiny_base):
+    from fractal_llm.config import TrainConfig
+    from fractal_llm.grid import base_model_of
+    from fractal_llm.records import record_from_result
+    from fractal_llm.train import train
+    result = train(TrainConfig(matrix_lr=0.01, max_seq_len=192, device_batch_size=2, num_iterations=2))
+    assert base_model_of(record_from_result(result, "x")) == f"tiny:{tiny_base.name}"
