@@ -118,10 +118,10 @@ def test_64x64_sweep_costs_a_handful_of_calls_and_no_history():
     api = FakeApi(cfg, {"sw123": fake_runs(calls, cfg)}, calls)
     sweep_config, records, history_of = wandb_source("ent/proj/sw123", api=api)
     assert len(records) == N * N
-    assert calls.sweep == 1 and calls.pages == 5 and calls.history == 0  # 4096 runs / 1000 per page
+    assert calls.sweep == 1 and calls.pages == 9 and calls.history == 0  # 4096 runs / 500 per page
     kwargs = calls.runs_kwargs[0]
     assert kwargs["path"] == "ent/proj" and kwargs["filters"] == {"sweep": "sw123"}
-    assert kwargs["lazy"] is False and kwargs["per_page"] >= 1000
+    assert kwargs["lazy"] is False and kwargs["per_page"] == 500
     first = records[0]
     assert first.source == "wandb" and first.history is None and first.path == "ent/proj/r0000"
     assert first.name == "matrix_lr=0.0001,unembedding_lr=1e-05"
