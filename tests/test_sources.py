@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,3 +319,139 @@ def test_a_truncated_record_file_is_a_hole_named_in_the_report(tmp_path):
     assert "JSONDecodeError" in hole["error"] and hole["run"] == str(cut)
     assert any(s.startswith("notes:") for s in report["skipped_runs"])  # listed apart, not placed
     assert cut.name in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- --watch
+
+
+def iso(moment) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_watch_pulls_only_changed_runs_and_ctrl_c_keeps_the_last_report(tmp_path, monkeypatch, capsys):
+    from datetime import datetime, timedelta, timezone
+    from fractal_llm import report as report_module
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    runs = fake_runs(calls, cfg)
+    for run in runs:
+        run._updated_at = "2020-01-01T00:00:00Z"
+    for run in runs[8:]:
+        run.state, run.summary_metrics = "running", {}
+    done = {run.id: dict(runs[0].summary_metrics) for run in runs[8:]}
+    server = {"s": runs[:12]}  # 4 points not started yet
+    ticks = []
+
+    def tick(seconds):  # the wait between refreshes: the sweep moves on meanwhile
+        ticks.append(seconds)
+        now = iso(datetime.now(timezone.utc) + timedelta(seconds=1))
+        if len(ticks) == 1:
+            for run in runs[8:12]:
+                run.state, run.summary_metrics, run._updated_at = "finished", done[run.id], now
+            for run in runs[12:]:
+                run._updated_at = now
+            server["s"] = runs
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module.time, "sleep", tick)
+    out = tmp_path / "live"
+    report = run_report(["e/p/s", "--out", str(out), "--zoom", "0", "--watch", "30"], api=FakeApi(cfg, server, calls))
+    assert ticks == [30.0, 30.0]
+    first, second = calls.runs_kwargs[0]["filters"], calls.runs_kwargs[1]["filters"]
+    assert first == {"sweep": "s"}
+    assert second["$and"][0] == {"sweep": "s"} and set(second["$and"][1]) == {"updatedAt"}
+    assert report["counts"]["pending"] == 4 and report["counts"]["missing"] == 0
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["counts"] == report["counts"] and not list(tmp_path.glob(".live.*"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "finished" in line]
+    assert "pending 4  missing 4" in lines[0] and "8/16 finished" in lines[0] and "12 runs pulled (all)" in lines[0]
+    assert "12/16 finished, ETA" in lines[1] and "8 runs pulled (updated since the last pull)" in lines[1]
+
+
+def test_watch_ctrl_c_while_writing_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    from fractal_llm import report as report_module
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    api = FakeApi(cfg, {"s": fake_runs(calls, cfg)}, calls)
+    real_write = report_module.write_report
+    writes = []
+
+    def write_then_interrupt(grid, out_dir, **kwargs):
+        writes.append(out_dir)
+        if len(writes) == 2:  # halfway through the second refresh
+            (Path(out_dir) / "report.json").parent.mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / "report.json").write_text("{")
+            raise KeyboardInterrupt
+        return real_write(grid, out_dir, **kwargs)
+
+    monkeypatch.setattr(report_module, "write_report", write_then_interrupt)
+    monkeypatch.setattr(report_module.time, "sleep", lambda s: None)
+    out = tmp_path / "live"
+    run_report(["e/p/s", "--out", str(out), "--zoom", "1", "--zoom-res", "4", "--watch"], api=api)
+    first = json.loads((out / "report.json").read_text())
+    assert first["counts"]["trainable"] > 0 and (out / "score_map.png").is_file()
+    assert writes[0] != out and not list(tmp_path.glob(".live.*"))  # written beside it, renamed into place
+    # The report names the files where they ended up, never the staging directory.
+    assert first["zoom"] and all(Path(box["yaml_path"]).parent == out / "zoom" for box in first["zoom"])
+    assert str(writes[0]) not in (out / "report.md").read_text()
+
+
+def test_watch_refuses_a_directory_that_is_not_a_report(tmp_path, capsys):
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    busy = tmp_path / "home"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("precious")
+    api = FakeApi(cfg, {"s": fake_runs(calls, cfg)}, calls)
+    with pytest.raises(SourceError, match="holds files but no report.json"):
+        run_report(["e/p/s", "--out", str(busy), "--watch", "5"], api=api)
+    assert (busy / "thesis.tex").read_text() == "precious"
+
+
+# ---------------------------------------------------------------- refill: holes -> a point-list sweep -> one map
+
+
+def test_refill_lists_exactly_the_holes_and_the_merged_map_has_none(tmp_path, capsys):
+    from fractal_llm import refill
+    from fractal_llm.sweep import load_sweep
+    calls = Calls()
+    cfg = fake_sweep_config(8)
+    runs = fake_runs(calls, cfg, skip=lambda i, j: (i, j) == (5, 0))  # one point never got a run
+    runs[3].state, runs[3].summary_metrics = "crashed", {}
+    runs[10].state, runs[10].summary_metrics = "failed", {"verdict": "error", "error": "RuntimeError: CUDA error"}
+    runs[20].state, runs[20].summary_metrics = "preempted", {}
+    runs[30].state, runs[30].summary_metrics = "running", {}  # in flight: not a hole
+    api = FakeApi({"s": cfg}, {"s": runs}, calls)
+    out = tmp_path / "refill.yaml"
+    assert refill.main(["e/p/s", "-o", str(out)], api=api) == 0
+    assert "4 points (crashed 1, error 1, no run 1, preempted 1)" in capsys.readouterr().out
+    spec = load_sweep(out)
+    xs, ys = cfg["parameters"]["matrix_lr"]["values"], cfg["parameters"]["unembedding_lr"]["values"]
+    holes = [(0, 3), (1, 2), (2, 4), (5, 0)]  # (i, j) of runs 3, 10, 20 and the point without a run
+    assert spec.points == [{"matrix_lr": xs[j], "unembedding_lr": ys[i]} for i, j in holes]
+    assert spec.fixed == {"num_tokens": 20000} and spec.name == "fake-refill"
+
+    # The refill sweep on the server: each run's wandb.config holds grid_point as one dict, plus the fixed values.
+    refill_runs = [FakeRun(calls, f"f{k}", {"grid_point": point, "num_tokens": 20000},
+                           {"verdict": "trainable", "score": -1.0, "loss_last": 0.5}, "finished",
+                           "2026-11-21T10:00:00Z", [3.0, 1.0]) for k, point in enumerate(spec.points)]
+    api = FakeApi({"s": cfg, "f": yaml.safe_load(out.read_text())}, {"s": runs, "f": refill_runs}, calls)
+    report = run_report(["e/p/s", "e/p/f", "--out", str(tmp_path / "merged"), "--zoom", "0"], api=api)
+    assert report["counts"]["missing"] == 0 and report["counts"]["error"] == 0 and report["counts"]["pending"] == 1
+    assert report["holes"] == [] and report["point_table"]["run"].count("e/p/f0") == 1
+    assert refill.main(["e/p/s", "e/p/f", "-o", str(tmp_path / "again.yaml")], api=api) == 0
+    assert "no holes" in capsys.readouterr().out and not (tmp_path / "again.yaml").exists()
+    # The refill sweep alone is a map too: its lattice is its points' distinct values.
+    alone = run_report(["e/p/f", "--out", str(tmp_path / "alone"), "--zoom", "0"], api=api)
+    assert alone["counts"]["trainable"] == 4 and len(alone["axes"]["values"][0]) == 4
+
+
+def test_merged_sweeps_must_share_the_axes(tmp_path):
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    other = fake_sweep_config(4)
+    other["parameters"]["embedding_lr"] = other["parameters"].pop("unembedding_lr")
+    api = FakeApi({"s": cfg, "t": other}, {"s": fake_runs(calls, cfg), "t": []}, calls)
+    with pytest.raises(SourceError, match="wandb:e/p/t: sweeps axes embedding_lr x matrix_lr, but wandb:e/p/s"):
+        run_report(["e/p/s", "e/p/t", "--out", str(tmp_path / "out")], api=api)
