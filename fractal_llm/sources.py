@@ -18,6 +18,7 @@ from typing import Callable
 
 import yaml
 
+from fractal_llm.config import ConfigError
 from fractal_llm.grid import GridError, sweep_axes
 from fractal_llm.records import RunRecord, read_record, read_records, record_name
 from fractal_llm.sweep import SweepError, parse_sweep_path, unpack_point
@@ -173,7 +174,10 @@ def connect(path: str, settings: ApiSettings):
 def record_from_wandb_run(run, entity: str, project: str, axis_names: list[str]) -> RunRecord:
     """RunRecord from a wandb.apis.public.Run of a non-lazy listing (touches no extra query). A run without
     a verdict keeps none: the grid shows it pending (running) or as a hole named by its state (crashed...)."""
-    config = unpack_point(dict(run.config))  # a point-list sweep's grid_point: its axis values
+    try:
+        config = unpack_point(dict(run.config))  # a point-list sweep's grid_point: its axis values
+    except ConfigError as e:
+        raise SourceError(f"W&B run {entity}/{project}/{run.id}: {e}") from None
     # summary_metrics is the plain dict behind run.summary (an HTTPSummary wrapper).
     summary = dict(run.summary_metrics)
     state = str(run.state).lower()
