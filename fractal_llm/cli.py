@@ -9,6 +9,7 @@ COMMANDS = {
     "agents": ("fractal_llm.agents", "start/stop/list one W&B agent per GPU, on this host or over ssh"),
     "sweep": ("fractal_llm.sweep", "write (`new`) or check (`check`) a grid sweep YAML"),
     "report": ("fractal_llm.report", "boundary images and fractal dimension of a sweep (W&B or local records)"),
+    "refill": ("fractal_llm.refill", "write a point-list sweep over the points of a map that have no usable run"),
     "make-base": ("fractal_llm.tiny_base", "build the tiny base model of the embedded default"),
     "paper": ("fractal_llm.paper", "reproduce Sohl-Dickstein 2024's fractal boundaries (batched MLP)"),
     "train": ("fractal_llm.train", "one training run: --name=value ... (same as python -m fractal_llm.train)"),

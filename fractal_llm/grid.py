@@ -2,8 +2,9 @@
 
 The axes are the sweep's two `values` parameters (sorted by name: x = first, y = second); every other
 parameter is fixed. A run is placed by its config values, matched with a relative tolerance, never by its
-order. Several runs at one point: the latest non-error run wins; an error counts only when nothing else
-exists there. A run whose fixed parameters differ from the sweep's is refused, not silently mixed.
+order. Several runs at one point: a result (trainable, not_trainable, diverged) beats a run in flight
+(pending), which beats an error, which beats a hole (a run that ended without a verdict); within one rank
+the latest run wins. A run whose fixed parameters differ from the sweep's is refused, not silently mixed.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ class Grid:
     y_name: str
     x_values: list[float]
     y_values: list[float]
-    labels: np.ndarray  # (ny, nx): 1.0 trainable, 0.0 not_trainable/diverged, NaN missing or error
-    verdicts: np.ndarray  # (ny, nx) object: verdict string or "missing"
+    labels: np.ndarray  # (ny, nx): 1.0 trainable, 0.0 not_trainable/diverged, NaN error, pending or missing
+    verdicts: np.ndarray  # (ny, nx) object: the cell's outcome (verdict.OUTCOMES)
     scores: np.ndarray  # (ny, nx): Sohl-Dickstein score, NaN where missing
     final_loss: np.ndarray  # (ny, nx): last finite training loss, NaN where missing
-    record_index: np.ndarray  # (ny, nx) int index into records (the winning run, or the error run); -1 none
+    record_index: np.ndarray  # (ny, nx) int index into records of the run that decided the cell; -1: no run
     records: list[RunRecord]
     fixed: dict
-    counts: dict  # the five OUTCOMES
+    counts: dict  # every one of OUTCOMES
     skipped: list[str] = field(default_factory=list)  # runs not placed (off the grid's values), with the reason
     name: str = ""  # sweep name, for titles and default paths
     inferred: np.ndarray | None = None  # (ny, nx) bool: never run, class taken from refinement (apply_refinement)
@@ -115,22 +116,27 @@ def _index_of(values: np.ndarray, value: float, rtol: float) -> int:
     return -1
 
 
-def _axis_value(record: RunRecord, name: str, is_error: bool) -> float | None:
-    """The run's value of an axis. An error record written without a config (a worker that died) is placed
-    by its point name ('matrix_lr=0.001,unembedding_lr=1e-05'); a result without the key is refused."""
+def _axis_value(record: RunRecord, name: str, is_result: bool) -> float | None:
+    """The run's value of an axis. A run without a result written without a config (a worker that died, an
+    unreadable record file) is placed by its point name ('matrix_lr=0.001,unembedding_lr=1e-05'); a result
+    without the key is refused."""
     if name in record.config:
         return _as_number(record.config[name])
-    if is_error:
+    if not is_result:
         return _as_number(values_from_name(record.name).get(name))
     raise GridError(f"run {record.name!r} ({record.path}): config has no {name!r}, an axis of this sweep; "
                     "is it a run of another sweep?")
 
 
-def _verdict_of(record: RunRecord) -> str:
-    verdict = record.summary.get("verdict") or "error"
-    if verdict not in VERDICTS:
+def _outcome_of(record: RunRecord) -> str:
+    verdict = record.summary.get("verdict")
+    if verdict is not None and verdict not in VERDICTS:
         raise GridError(f"run {record.name!r} ({record.path}): summary verdict={verdict!r}; allowed: {VERDICTS}")
-    return verdict
+    return record.outcome
+
+
+# Which run decides a cell (lower first): a result, then a run in flight, then an error, then a hole.
+RANK = {"trainable": 0, "not_trainable": 0, "diverged": 0, "pending": 1, "error": 2, "missing": 3}
 
 
 def base_model_of(record: RunRecord) -> str | None:
@@ -165,42 +171,37 @@ def build_grid(sweep_config: dict, records: list[RunRecord], rtol: float = 1e-6,
     axes, fixed = sweep_axes(sweep_config)
     (x_name, x_values), (y_name, y_values) = axes
     xs, ys = np.asarray(x_values), np.asarray(y_values)
-    best: dict[tuple[int, int], int] = {}  # winning non-error record per point
-    best_error: dict[tuple[int, int], int] = {}  # latest error record per point
+    best: dict[tuple[int, int], tuple[tuple, int]] = {}  # cell -> ((rank, -created_at, -index), record index)
     skipped = []
     for index, record in enumerate(records):
         check_fixed(record, fixed, rtol)
-        is_error = _verdict_of(record) == "error"
-        values = [_axis_value(record, name, is_error) for name in (x_name, y_name)]
+        outcome = _outcome_of(record)
+        values = [_axis_value(record, name, RANK[outcome] == 0) for name in (x_name, y_name)]
         j, i = (_index_of(axis, v, rtol) if v is not None else -1 for axis, v in zip((xs, ys), values))
         if i < 0 or j < 0:
             skipped.append(f"{record.name}: {x_name}={values[0]!r}, {y_name}={values[1]!r} "
                            "is not a point of this grid")
             continue
-        table = best_error if is_error else best
-        current = table.get((i, j))
-        if current is None or record.created_at >= records[current].created_at:
-            table[(i, j)] = index
-    return _assemble(x_name, y_name, x_values, y_values, records, best, best_error, fixed, skipped,
+        key = (RANK[outcome], -record.created_at, -index)  # same time: the later record in the list wins
+        if (i, j) not in best or key < best[(i, j)][0]:
+            best[(i, j)] = (key, index)
+    return _assemble(x_name, y_name, x_values, y_values, records, best, fixed, skipped,
                      str(sweep_config.get("name") or ""))
 
 
-def _assemble(x_name, y_name, x_values, y_values, records, best, best_error, fixed, skipped, name) -> Grid:
+def _assemble(x_name, y_name, x_values, y_values, records, best, fixed, skipped, name) -> Grid:
     shape = (len(y_values), len(x_values))
     verdicts = np.full(shape, "missing", dtype=object)
     scores = np.full(shape, np.nan)
     final_loss = np.full(shape, np.nan)
     record_index = np.full(shape, -1, dtype=np.int64)
-    for (i, j), index in best_error.items():
-        if (i, j) not in best:
-            verdicts[i, j] = "error"
-            record_index[i, j] = index
-    for (i, j), index in best.items():
-        summary = records[index].summary
-        verdicts[i, j] = _verdict_of(records[index])
-        scores[i, j] = _float_or_nan(summary.get("score"))
-        final_loss[i, j] = _float_or_nan(summary.get("loss_last"))
+    for (i, j), (_key, index) in best.items():
+        record = records[index]
+        verdicts[i, j] = record.outcome
         record_index[i, j] = index
+        if RANK[record.outcome] == 0:  # a result: its score and loss colour the maps
+            scores[i, j] = _float_or_nan(record.summary.get("score"))
+            final_loss[i, j] = _float_or_nan(record.summary.get("loss_last"))
     return Grid(x_name=x_name, y_name=y_name, x_values=list(x_values), y_values=list(y_values),
                 labels=labels_from_verdicts(verdicts), verdicts=verdicts, scores=scores, final_loss=final_loss,
                 record_index=record_index, records=records, fixed=dict(fixed), counts=count_verdicts(verdicts),

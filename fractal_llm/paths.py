@@ -5,6 +5,8 @@ One environment variable, FRACTAL_LLM_HOME, moves all of it (default: ~/.cache/f
 """
 
 import os
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import IO, Callable
@@ -65,6 +67,29 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = F
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text))
+
+
+def replace_dir(new: str | Path, target: str | Path) -> Path:
+    """Put the finished directory `new` in target's place (two renames, then the old one is removed). SIGINT
+    is held back for the renames, so a Ctrl-C lands before or after them, and target is always a whole
+    directory: the old one or the new one."""
+    new, target = Path(new), Path(target)
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        moved = target.exists()
+        if moved:
+            os.rename(target, old)
+        try:
+            os.rename(new, target)
+        except OSError:
+            if moved:
+                os.rename(old, target)
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def is_built(directory: Path) -> bool:

@@ -6,7 +6,8 @@ big arrays (paper mode, 1024^2 and more) use imshow over the same extent, which 
 
 (a) score map, coloured the Sohl-Dickstein way: each class rank-normalised onto its own half of a
     diverging colormap (trainable -> blue half, not trainable / diverged -> red half; pale = near the
-    boundary: slow to converge or slow to diverge). Missing points light grey, errors dark grey with an x.
+    boundary: slow to converge or slow to diverge). Missing points light grey, runs in flight (pending) pale
+    yellow, errors dark grey with an x.
 (b) final loss of the trainable points, log colour scale.
 (c) the binary map with the boundary (fractal.edge_mask) drawn on it.
 (d) box counting: ln N against ln s with the fitted line, and the local slopes.
@@ -38,6 +39,7 @@ MESH_MAX_SIDE = 256  # above this many cells a side, draw with imshow
 DISPLAY_MAX_SIDE = 2048  # imshow gets at most this many pixels a side
 DIVERGING = "RdBu"  # red (not trainable) .. white .. blue (trainable)
 MISSING_RGBA = (0.85, 0.85, 0.85, 1.0)
+PENDING_RGBA = (1.0, 0.95, 0.70, 1.0)  # pale yellow: apart from both classes and from the greys
 ERROR_RGBA = (0.45, 0.45, 0.45, 1.0)
 TRAINABLE_COLOR, NOT_TRAINABLE_COLOR = "#2166ac", "#b2182b"  # the ends of DIVERGING
 TRAINABLE_LIGHT, NOT_TRAINABLE_LIGHT = "#92c5de", "#f4a582"  # the two classes under an overlay (boundary map)
@@ -196,6 +198,7 @@ def score_rgba(grid: Grid) -> np.ndarray:
     values = score_colour_values(grid)
     rgba = plt.get_cmap(DIVERGING)(np.nan_to_num(values, nan=0.5))
     rgba[grid.verdicts == "missing"] = MISSING_RGBA
+    rgba[grid.verdicts == "pending"] = PENDING_RGBA
     rgba[grid.verdicts == "error"] = ERROR_RGBA
     _shade_inferred(rgba, grid)
     return rgba
@@ -206,6 +209,7 @@ def binary_rgba(grid: Grid) -> np.ndarray:
     rgba[:] = MISSING_RGBA
     rgba[grid.labels == 1.0] = matplotlib.colors.to_rgba(TRAINABLE_LIGHT)
     rgba[grid.labels == 0.0] = matplotlib.colors.to_rgba(NOT_TRAINABLE_LIGHT)
+    rgba[grid.verdicts == "pending"] = PENDING_RGBA
     rgba[grid.verdicts == "error"] = ERROR_RGBA
     _shade_inferred(rgba, grid)
     return rgba
@@ -239,6 +243,8 @@ def _outcome_legend(ax, grid: Grid) -> None:
                              label=f"inferred, not run ({grid.counts['inferred']})"))
     if grid.counts["missing"]:
         handles.append(Patch(color=MISSING_RGBA, label=f"missing ({grid.counts['missing']})"))
+    if grid.counts["pending"]:
+        handles.append(Patch(color=PENDING_RGBA, label=f"pending ({grid.counts['pending']})"))
     if grid.counts["error"]:
         handles.append(Patch(color=ERROR_RGBA, label=f"error ({grid.counts['error']})"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7, frameon=False)

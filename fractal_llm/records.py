@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from fractal_llm.paths import atomic_write
+from fractal_llm.verdict import run_outcome
 
 SUMMARY_KEYS = ("verdict", "trainable", "stable", "loss_first", "loss_last", "loss_mean_last_k", "loss_ratio",
                 "score", "diverged_at_step", "steps", "tokens_seen", "runtime_s", "error")
 RECORD_FORMAT = 1
+UNREADABLE = "unreadable record file"  # the state of a hole left by a record file that does not parse
 MAX_NAME = 150  # longer names (many values, e.g. a point list) are cut and get a hash tail
 
 
@@ -44,10 +46,18 @@ class RunRecord:
     source: str = "local"
     path: str = ""
     samples: list[dict] | None = field(default=None)
+    # The run's state where its source has one: W&B's (finished, running, crashed, ...); UNREADABLE for a record
+    # file that does not parse. "" for a local record (its verdict says everything).
+    state: str = ""
 
     @property
     def verdict(self) -> str:
         return self.summary.get("verdict", "error")
+
+    @property
+    def outcome(self) -> str:
+        """The map cell this run fills (verdict.run_outcome): its verdict, "pending" or "missing"."""
+        return run_outcome(self.summary.get("verdict"), self.state)
 
 
 def point_name(point: dict) -> str:
@@ -146,8 +156,27 @@ def read_record(path: str | Path) -> RunRecord:
     return RunRecord(**payload, path=str(path))
 
 
-def read_records(directory: str | Path) -> list[RunRecord]:
+def read_records(directory: str | Path, keep_unreadable: bool = False) -> list[RunRecord]:
+    """Every record in directory. keep_unreadable: a file that does not parse (truncated JSON, a foreign
+    file) becomes a hole at the point its name gives (unreadable_record) instead of raising."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such run-record directory")
-    return [read_record(p) for p in sorted(directory.glob("*.json")) if not p.name.startswith(".tmp-")]
+    records = []
+    for path in sorted(directory.glob("*.json")):
+        if path.name.startswith(".tmp-"):
+            continue
+        try:
+            records.append(read_record(path))
+        except (ValueError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+            if not keep_unreadable:
+                raise
+            records.append(unreadable_record(path, e))
+    return records
+
+
+def unreadable_record(path: Path, exc: Exception) -> RunRecord:
+    """A hole for a record file that does not parse: named by its file (= its point), no verdict."""
+    message = f"{path.name}: {type(exc).__name__}: {exc}"
+    return RunRecord(name=path.stem, config={}, summary={"verdict": None, "error": message}, history={},
+                     created_at=path.stat().st_mtime, path=str(path), state=UNREADABLE)

@@ -3,10 +3,18 @@
 One YAML serves both paths: `wandb sweep X.yaml` (W&B server + agents) and `fractal-llm local X.yaml`.
 So the file must be a valid W&B grid sweep *and* every point must be a valid TrainConfig; check_sweep
 enforces both before any run starts, with a message that names the key and the value.
+
+A point-list sweep (docs/design.md, "Sweep YAMLs") sweeps one parameter, `grid_point`, whose values are the
+points themselves: `grid_point: {values: [{matrix_lr: ..., unembedding_lr: ...}, ...]}`. W&B's grid engine
+hands out each dict as one run; the run's config holds `grid_point` as a dict, and the CLI agent passes it
+as `--grid_point={'matrix_lr': 0.001, ...}` (Python's str of the dict). unpack_point spreads it back into
+train-config fields; the two axes are the dict keys, their values the distinct values of the points.
 """
 
 import argparse
+import ast
 import itertools
+import json
 import math
 import shlex
 import sys
@@ -17,7 +25,8 @@ import yaml
 from rich.console import Console
 
 from fractal_llm.config import (DERIVED_WHEN_NONPOSITIVE, ConfigError, TrainConfig, check_field_value,
-                                coerce_cli_value, field_types, format_float, unknown_field_message)
+                                coerce_cli_value, field_types, format_float, parse_cli_overrides,
+                                unknown_field_message)
 
 TRAIN_MODULE = "fractal_llm.train"
 PROGRAM = "fractal_llm/train.py"  # what `wandb agent` reads as the sweep's program (the command runs it with -m)
@@ -27,6 +36,7 @@ MODULE_COMMAND = ["${env}", "${interpreter}", "-m", TRAIN_MODULE, "${args}"]
 TOP_LEVEL_KEYS = ("program", "command", "method", "parameters", "metric", "name", "description", "project",
                   "entity", "run_cap", "early_terminate")
 N_AXES = 2
+POINT_KEY = "grid_point"  # the one swept parameter of a point-list sweep (not a train-config field)
 
 
 class SweepError(ValueError):
@@ -40,6 +50,7 @@ class SweepSpec:
     fixed: dict  # parameters with a single `value`
     raw: dict  # the config as loaded
     warnings: list[str] = field(default_factory=list)  # allowed, but likely to surprise (`sweep check` shows them)
+    points: list[dict] | None = None  # a point-list sweep's points (axis values only), in file order
 
     @property
     def axis_names(self) -> list[str]:
@@ -47,6 +58,8 @@ class SweepSpec:
 
     @property
     def n_points(self) -> int:
+        if self.points is not None:
+            return len(self.points)
         return math.prod(len(values) for _, values in self.axes)
 
 
@@ -85,12 +98,14 @@ def check_sweep(cfg: dict, default_name: str = "sweep") -> SweepSpec:
         raise SweepError(f"method={method!r}: only grid sweeps are supported (method: grid)")
     _check_command(cfg)
     axes, fixed = parse_parameters(cfg.get("parameters"))
-    for axis_name, values in axes:
-        _check_monotonic(axis_name, values)
+    points = parse_points(cfg.get("parameters"))
+    if points is None:  # a point list's axes are its sorted distinct values
+        for axis_name, values in axes:
+            _check_monotonic(axis_name, values)
     name = cfg.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise SweepError(f"name={name!r}: must be a non-empty string")
-    spec = SweepSpec(name=name, axes=axes, fixed=fixed, raw=cfg, warnings=_warnings(cfg))
+    spec = SweepSpec(name=name, axes=axes, fixed=fixed, raw=cfg, points=points, warnings=_warnings(cfg))
     _check_points(spec)
     return spec
 
@@ -125,31 +140,136 @@ def _check_command(cfg: dict) -> None:
 
 def parse_parameters(params, numeric_strings: bool = False) -> tuple[list[tuple[str, list]], dict]:
     """The one reader of a sweep's `parameters`: (axes sorted by name, each [(name, values in file order)],
-    fixed values), every value checked and normalised per train-config field.
+    fixed values), every value checked and normalised per train-config field. A point-list sweep's axes are
+    the keys of its points, each with the sorted distinct values the points hold.
 
     numeric_strings: accept '1e-4' for a number. yaml.safe_load reads an unquoted `1e-4` as a string, so a
     sweep created on the server without `sweep check` may hold them; the report reads such configs, while
     `sweep check` refuses them (the in-process agent would hand the string to the train function)."""
+    axes, fixed, _points = _read_parameters(params, numeric_strings)
+    return axes, fixed
+
+
+def parse_points(params, numeric_strings: bool = False) -> list[dict] | None:
+    """A point-list sweep's points (axis values only, checked, in file order); None for a product grid."""
+    return _read_parameters(params, numeric_strings)[2]
+
+
+def _read_parameters(params, numeric_strings: bool):
     if not isinstance(params, dict) or not params:
         raise SweepError(f"parameters={params!r}: must be a mapping of train-config fields to "
                          "{value: X} or {values: [...]}")
     axes: dict[str, list] = {}
     fixed: dict = {}
+    points = None
     for name, spec in params.items():
-        if name not in field_types():
+        if name != POINT_KEY and name not in field_types():
             raise SweepError(f"parameters.{unknown_field_message(name)}")
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("value", "values"):
             raise SweepError(f"parameters.{name}={spec!r}: a grid parameter needs exactly one key, "
                              "`value: X` (fixed) or `values: [...]` (an axis)")
-        if "value" in spec:
+        if name == POINT_KEY:
+            if "values" not in spec:
+                raise SweepError(f"parameters.{POINT_KEY}={spec!r}: a point list needs `values: [{{...}}, ...]`, "
+                                 "one mapping of the two axis fields per point")
+            points = _check_points_list(spec["values"], numeric_strings)
+        elif "value" in spec:
             fixed[name] = _checked_value(f"parameters.{name}.value", name, spec["value"], numeric_strings)
         else:
             axes[name] = _check_axis(name, spec["values"], numeric_strings)
+    if points is not None:
+        return _point_list_axes(points, axes, fixed), fixed, points
     if len(axes) != N_AXES:
         raise SweepError(f"parameters: {len(axes)} axes ({', '.join(sorted(axes)) or 'none'}); a sweep needs "
                          f"exactly {N_AXES} parameters with `values` lists (the two axes of the map), every "
-                         "other parameter a single `value`")
-    return [(name, axes[name]) for name in sorted(axes)], fixed
+                         f"other parameter a single `value` (or one `{POINT_KEY}` list of points)")
+    return [(name, axes[name]) for name in sorted(axes)], fixed, None
+
+
+def _check_points_list(values, numeric_strings: bool) -> list[dict]:
+    where = f"parameters.{POINT_KEY}.values"
+    if not isinstance(values, list) or not values:
+        raise SweepError(f"{where}={values!r}: must be a non-empty list of mappings, e.g. "
+                         "[{matrix_lr: 1.0e-03, unembedding_lr: 1.0e-05}, ...]")
+    points, seen = [], {}
+    for i, point in enumerate(values):
+        if not isinstance(point, dict) or len(point) != N_AXES:
+            raise SweepError(f"{where}[{i}]={point!r}: each point must map exactly {N_AXES} train-config "
+                             "fields (the axes of the map) to numbers")
+        if points and set(point) != set(points[0]):
+            raise SweepError(f"{where}[{i}]={point!r}: names {sorted(point)}, but {where}[0] names "
+                             f"{sorted(points[0])}; every point names the same two axes")
+        checked = {}
+        for name in sorted(point):
+            if name not in field_types():
+                raise SweepError(f"{where}[{i}].{unknown_field_message(name)}")
+            if field_types()[name] not in (int, float):
+                raise SweepError(f"{where}[{i}].{name}: not a numeric field; an axis of the map must be a number")
+            checked[name] = _checked_value(f"{where}[{i}].{name}", name, point[name], numeric_strings)
+        key = tuple(checked.items())
+        if key in seen:
+            raise SweepError(f"{where}[{i}]={point!r}: duplicate of {where}[{seen[key]}]")
+        seen[key] = i
+        points.append(checked)
+    return points
+
+
+def _point_list_axes(points: list[dict], axes: dict, fixed: dict) -> list[tuple[str, list]]:
+    if axes:
+        raise SweepError(f"parameters: {', '.join(sorted(axes))} and {POINT_KEY} both have `values`; a point-list "
+                         f"sweep sweeps only {POINT_KEY}, every other parameter is a single `value`")
+    names = sorted(points[0])
+    for name in names:
+        if name in fixed:
+            raise SweepError(f"parameters.{name}: fixed, and also an axis of the {POINT_KEY} points; "
+                             "a parameter is either fixed or an axis")
+    return [(name, sorted({p[name] for p in points})) for name in names]
+
+
+def unpack_point(values: dict) -> dict:
+    """A run's parameter values with a point-list sweep's grid_point spread into its fields (the CLI passes
+    it as text: Python's str of a dict, or JSON). Values without grid_point come back unchanged."""
+    if POINT_KEY not in values:
+        return dict(values)
+    point = values[POINT_KEY]
+    if isinstance(point, str):
+        point = _parse_point_text(point)
+    if not isinstance(point, dict) or not all(isinstance(k, str) for k in point):
+        raise ConfigError(f"{POINT_KEY}={point!r}: must be a mapping of train-config fields to values")
+    rest = {k: v for k, v in values.items() if k != POINT_KEY}
+    # The same value twice is fine: `fractal_llm.train` in a sweep passes its parsed config to wandb.init.
+    clash = sorted(k for k in set(point) & set(rest) if rest[k] != point[k])
+    if clash:
+        raise ConfigError(f"{POINT_KEY}={point!r}: sets {', '.join(f'{k}={point[k]!r}' for k in clash)}, but "
+                          f"{', '.join(f'{k}={rest[k]!r}' for k in clash)} is given on its own; a parameter is "
+                          "either in the point or fixed")
+    return {**rest, **point}
+
+
+def _parse_point_text(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)  # what the CLI agent writes: f"--{name}={value}" of a dict
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"{POINT_KEY}={text!r}: not a mapping; expected e.g. "
+                          "{'matrix_lr': 0.001, 'unembedding_lr': 1e-05} or the same as JSON") from None
+
+
+def run_overrides(argv: list[str]) -> dict:
+    """`--name=value` arguments of the train entry point (what `${args}` builds) as train-config values, a
+    `--grid_point=...` spread into its fields (config.parse_cli_overrides reads the rest). The agent always
+    joins name and value with `=`, so that is the one form grid_point takes."""
+    points = [arg for arg in argv if arg.startswith(f"--{POINT_KEY}=")]
+    rest = [arg for arg in argv if not arg.startswith(f"--{POINT_KEY}=")]
+    if f"--{POINT_KEY}" in rest:
+        raise ConfigError(f"--{POINT_KEY}: write it as --{POINT_KEY}={{...}} (one argument)")
+    values = parse_cli_overrides(rest)
+    for arg in points[-1:]:
+        values[POINT_KEY] = arg.split("=", 1)[1]
+    return unpack_point(values)
 
 
 def _checked_value(where: str, name: str, value, numeric_strings: bool = False):
@@ -210,8 +330,11 @@ def _check_points(spec: SweepSpec) -> None:
 
 
 def expand_grid(spec: SweepSpec) -> list[dict]:
-    """W&B grid order: names sorted, itertools.product over their values, the last name varying fastest.
+    """W&B grid order: names sorted, itertools.product over their values, the last name varying fastest
+    (a point-list sweep: its points in file order, the one swept parameter's values).
     Each point is the full parameter dict (fixed values + this point's axis values)."""
+    if spec.points is not None:
+        return [{**spec.fixed, **point} for point in spec.points]
     names = [name for name, _ in sorted(spec.axes)]
     value_lists = [values for _, values in sorted(spec.axes)]
     return [{**spec.fixed, **dict(zip(names, combo))} for combo in itertools.product(*value_lists)]
@@ -413,7 +536,8 @@ def _main_check(args, console: Console) -> int:
 
 def _describe(spec: SweepSpec) -> str:
     axes = " x ".join(f"{name}[{len(values)}: {values[0]:g}..{values[-1]:g}]" for name, values in spec.axes)
-    return f"sweep {spec.name!r}, {spec.n_points} points, axes {axes}"
+    listed = f" (a list of {POINT_KEY}s)" if spec.points is not None else ""
+    return f"sweep {spec.name!r}, {spec.n_points} points{listed}, axes {axes}"
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 from fractal_llm import paths
-from fractal_llm.config import ConfigError, TrainConfig, field_names, parse_cli_overrides
+from fractal_llm.config import ConfigError, TrainConfig, field_names
 from fractal_llm.records import RunRecord, RunResult, error_message, error_summary, record_from_result, record_name, write_record
+from fractal_llm.sweep import run_overrides, unpack_point
 
 OnStep = Callable[[int, dict], None]
 
@@ -209,10 +210,9 @@ def release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def sweep_values(run) -> dict:
-    """The train-config fields of a sweep run's config (as the agent delivered it); `resolved` and other keys
-    we write ourselves are left out."""
-    return {k: v for k, v in dict(run.config).items() if k in field_names()}
+def sweep_values(run_config) -> dict:
+    """The train-config values of a sweep run's wandb.config (a point-list sweep's grid_point spread out)."""
+    return {k: v for k, v in unpack_point(dict(run_config)).items() if k in field_names()}
 
 
 def agent_function() -> None:
@@ -223,8 +223,8 @@ def agent_function() -> None:
     finishing the run: its next runs could only fail (or must not start)."""
     import wandb
     run = wandb.init()
-    values = sweep_values(run)
     try:
+        values = sweep_values(run.config)
         config = TrainConfig.from_dict(values)
     except ConfigError as exc:
         run.summary.update(error_summary(str(exc), 0.0))
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from fractal_llm.data import DatasetError
     try:
-        overrides = parse_cli_overrides(argv)
+        overrides = run_overrides(argv)
         config = TrainConfig.from_dict(overrides)
         preflight(config)
     except (ConfigError, DatasetError) as exc:
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_id = getattr(run, "sweep_id", None) if run is not None else None
     if run is not None and sweep_id:
         # Inside a sweep agent the sweep's values arrive through wandb.config: use the same resolved config.
-        config = TrainConfig.from_dict(sweep_values(run))
+        config = TrainConfig.from_dict(sweep_values(run.config))
     try:
         record = execute(config, record_name(overrides), default_record_dir(sweep_id), run)
     except RunStopped as stop:

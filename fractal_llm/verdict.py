@@ -14,7 +14,10 @@ from typing import Sequence
 import numpy as np
 
 VERDICTS = ("trainable", "not_trainable", "diverged", "error")
-OUTCOMES = (*VERDICTS, "missing")  # a map's cells: a verdict, or no run at all
+# A map's cells: a verdict; "pending", a run still in flight; "missing", a hole: no run, or a run that ended
+# without a verdict (crashed, failed, killed, preempted) or whose record file does not parse.
+OUTCOMES = (*VERDICTS, "pending", "missing")
+PENDING_STATES = ("pending", "running", "preempting")  # W&B run states of a run that may still finish
 NOT_TRAINABLE = ("not_trainable", "diverged")  # the class "not trainable" of the boundary
 SCORE_CAP = 1e6  # Sohl-Dickstein's cap for normalised losses (and the value given to non-finite ones)
 
@@ -103,6 +106,14 @@ def convergence_score(losses: Sequence[float], planned_steps: int, trainable: bo
     return float(scores_batch(normalised_losses(losses, planned_steps)[None, :], np.array([trainable]))[0])
 
 
+def run_outcome(verdict: str | None, state: str = "") -> str:
+    """The cell a run fills: its verdict when it wrote one; without one, "pending" while its state says it is
+    in flight (PENDING_STATES), else "missing" (a hole: the state, e.g. crashed, says why)."""
+    if verdict is not None:
+        return verdict
+    return "pending" if state in PENDING_STATES else "missing"
+
+
 def count_verdicts(verdicts) -> dict:
     """{outcome: count} over OUTCOMES for any array or list of verdict strings; anything else is refused."""
     values = np.asarray(verdicts, dtype=object).ravel()
@@ -115,7 +126,7 @@ def count_verdicts(verdicts) -> dict:
 
 def labels_from_verdicts(verdicts) -> np.ndarray:
     """The boundary's two classes: 1.0 trainable, 0.0 not trainable (diverged included), NaN undecided
-    (error or missing)."""
+    (error, pending or missing)."""
     verdicts = np.asarray(verdicts, dtype=object)
     labels = np.full(verdicts.shape, np.nan)
     labels[verdicts == "trainable"] = 1.0

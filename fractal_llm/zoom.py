@@ -16,7 +16,7 @@ import numpy as np
 from fractal_llm.config import field_types
 from fractal_llm.fractal import edge_mask
 from fractal_llm.grid import Grid, axis_is_log
-from fractal_llm.sweep import axis_values, check_sweep, dump_sweep_yaml
+from fractal_llm.sweep import POINT_KEY, axis_values, check_sweep, dump_sweep_yaml
 
 
 @dataclass
@@ -89,6 +89,7 @@ def child_sweep_config(sweep_config: dict, grid: Grid, box: ZoomBox, resolution:
     """The parent sweep with both axes replaced by `resolution` values spanning the box."""
     child = copy.deepcopy(sweep_config)
     child.pop("run_cap", None)  # the parent's cap says nothing about the child's grid
+    child["parameters"].pop(POINT_KEY, None)  # a point-list parent: the child is a full grid over the box
     for name, (lo, hi) in ((grid.x_name, box.x_range), (grid.y_name, box.y_range)):
         values = axis_values(lo, hi, resolution, "log" if axis_is_log([lo, hi]) else "lin")
         if field_types()[name] is int:

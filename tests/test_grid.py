@@ -88,16 +88,29 @@ def test_errors_and_missing_points():
     assert grid.verdicts[0, 0] == "error" and math.isnan(grid.labels[0, 0])
     assert grid.record_index[0, 0] == 1  # the latest error run, to show its message
     assert grid.labels[2, 2] == 0.0 and grid.labels[3, 4] == 1.0
-    assert grid.counts == {"trainable": 1, "not_trainable": 0, "diverged": 1, "error": 1, "missing": 17}
+    assert grid.counts == {"trainable": 1, "not_trainable": 0, "diverged": 1, "error": 1, "pending": 0,
+                           "missing": 17}
     assert np.isnan(grid.labels).sum() == 18
     assert grid.trainable_fraction() == 0.5
 
 
-def test_record_without_verdict_is_an_error():
-    bad = record(1e-4, 1e-5)
-    bad.summary = {}
-    grid = build_grid(sweep_config(), [bad])
-    assert grid.verdicts[0, 0] == "error"
+def test_a_run_without_verdict_is_a_hole_or_pending_by_its_state():
+    crashed, running, error = record(1e-4, 1e-5), record(1e-3, 1e-5), record(1e-2, 1e-5, "error", created_at=1.0)
+    crashed.summary, crashed.state = {}, "crashed"
+    running.summary, running.state = {}, "running"
+    later = record(1e-2, 1e-5, created_at=2.0)  # a re-run (refill) in flight at an error's point
+    later.summary, later.state = {}, "running"
+    grid = build_grid(sweep_config(), [crashed, running, error, later])
+    assert list(grid.verdicts[0, :3]) == ["missing", "pending", "pending"]
+    assert grid.record_index[0, 0] == 0  # the hole keeps its run, to name its state
+    assert grid.counts["pending"] == 2 and grid.counts["error"] == 0 and np.isnan(grid.labels[0, :3]).all()
+
+
+def test_a_result_beats_a_run_in_flight_at_its_point():
+    running = record(1e-4, 1e-5, created_at=5.0)
+    running.summary, running.state = {}, "running"
+    grid = build_grid(sweep_config(), [running, record(1e-4, 1e-5, "diverged", created_at=1.0)])
+    assert grid.verdicts[0, 0] == "diverged" and grid.counts["pending"] == 0
 
 
 def test_mismatched_fixed_parameter_is_refused_with_names_and_values():
@@ -141,7 +154,8 @@ def test_grid_from_arrays_paper_mode():
     trainable[:, :2] = "trainable"
     grid = grid_from_arrays("lr_input", "lr_output", [0.1, 1, 10, 100], [0.1, 1, 10], trainable,
                             scores=np.arange(12.0).reshape(3, 4), fixed={"nonlinearity": "tanh"})
-    assert grid.counts == {"trainable": 6, "not_trainable": 6, "diverged": 0, "error": 0, "missing": 0}
+    assert grid.counts == {"trainable": 6, "not_trainable": 6, "diverged": 0, "error": 0, "pending": 0,
+                           "missing": 0}
     assert grid.labels[0, 0] == 1.0 and grid.labels[0, 3] == 0.0 and grid.records == []
     verdicts = np.array([["trainable", "diverged"], ["missing", "error"]], dtype=object)
     grid = grid_from_arrays("a", "b", [1, 2], [1, 2], verdicts, np.zeros((2, 2)))

@@ -62,14 +62,15 @@ def test_report_from_local_dir_writes_every_file(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["counts"]["error"] == 2 and report["counts"]["missing"] == 2
     assert sum(report["counts"].values()) == 256
-    assert set(report["counts"]) == {"trainable", "not_trainable", "diverged", "error", "missing"}
+    assert set(report["counts"]) == {"trainable", "not_trainable", "diverged", "error", "pending", "missing"}
     for key in ("dimension", "uncertainty", "too_coarse", "box_sizes", "counts", "local_slopes", "fit_range"):
         assert key in report["fractal"]
     assert report["fractal"]["too_coarse"] is True  # a 16x16 grid never gets a confident D
     assert report["axes"]["names"] == ["matrix_lr", "unembedding_lr"]
     assert len(report["axes"]["values"][0]) == 16 and report["fixed"] == {"num_tokens": 20000}
     assert len(report["point_table"]["verdict"]) == 256
-    assert {e["error"] for e in report["errors"]} == {"RuntimeError: CUDA out of memory"}
+    assert {h["error"] for h in report["holes"] if h["outcome"] == "error"} == {"RuntimeError: CUDA out of memory"}
+    assert sorted(h["state"] for h in report["holes"]) == ["error", "error", "no run", "no run"]
     assert 0 < len(report["zoom"]) <= 2
     for box in report["zoom"]:
         assert load_sweep(box["yaml_path"]).name.startswith("local-zoom")

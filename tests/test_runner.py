@@ -170,3 +170,21 @@ def test_cpu_workers_never_run_more_threads_than_cores():
     assert runner.cpu_workers(2, 2) == (2, 1)
     assert runner.cpu_workers(8, 2) == (2, 1)  # capped: 8 single-threaded workers would share 2 cores
     assert runner.cpu_workers(3, 16) == (3, 5)
+
+
+def test_a_point_list_sweep_runs_exactly_its_points(tmp_path):
+    """A refill-style sweep: three listed points of a 3x3 grid, nothing else."""
+    points = [{"lr_input": 1.0, "lr_output": 1.0}, {"lr_input": 100.0, "lr_output": 1.0},
+              {"lr_input": 100.0, "lr_output": 1000.0}]
+    cfg = {"name": "mlp_points", "method": "grid", "command": ["${env}", "${interpreter}", "-m", "fractal_llm.train",
+                                                                "${args}"],
+           "parameters": {"grid_point": {"values": points}, "model_family": {"value": "mlp"},
+                          "num_iterations": {"value": 20}}}
+    sweep = tmp_path / "points.yaml"
+    sweep.write_text(dump_sweep_yaml(cfg))
+    out = tmp_path / "runs"
+    assert runner.main([str(sweep), "--out", str(out)]) == 0
+    records = read_records(out)
+    assert sorted(r.name for r in records) == sorted(point_name(p) for p in points)
+    assert all(r.config["num_iterations"] == 20 and r.verdict != "error" for r in records)
+    assert {(r.config["lr_input"], r.config["lr_output"]) for r in records} == {tuple(p.values()) for p in points}

@@ -1,6 +1,8 @@
 """Sources: local directories and the W&B public API (against counting fakes with wandb.apis.public's shapes)."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,10 +10,11 @@ import yaml
 
 from fractal_llm.grid import build_grid
 from fractal_llm.plots import boundary_pairs
-from fractal_llm.records import RunRecord, write_record
+from fractal_llm.records import RunRecord, file_name, record_name, write_record
+from fractal_llm.report import main as run_main
 from fractal_llm.report import run as run_report
 from fractal_llm.report import write_report
-from fractal_llm.sources import SourceError, local_source, parse_timestamp, wandb_source
+from fractal_llm.sources import ApiSettings, SourceError, local_source, parse_timestamp, wandb_source
 from fractal_llm.sweep import MODULE_COMMAND, axis_values
 
 N = 64
@@ -38,6 +41,7 @@ class FakeRun:
             created_at
         self.summary_metrics = summary
         self.lastHistoryStep = len(losses) - 1
+        self._updated_at = created_at  # the server's updatedAt column (filterable, not in the run fragment)
 
     @property
     def summary(self):  # HTTPSummary in wandb; we read summary_metrics (same data, a plain dict)
@@ -74,17 +78,27 @@ class FakeSweep:
 
 
 class FakeApi:
+    """The server's side of wandb.Api: sweep configs by id (one config serves every id when given a dict
+    with "parameters"), run listings filtered as the server filters them ({"sweep": id}, or that and an
+    updatedAt $gt ISO time)."""
+
     def __init__(self, sweep_config: dict, runs_by_sweep: dict[str, list[FakeRun]], calls: Calls):
         self._config, self._runs, self.calls = sweep_config, runs_by_sweep, calls
 
     def sweep(self, path=""):
         self.calls.sweep += 1
-        return FakeSweep(self._config)
+        configs = self._config if "parameters" not in self._config else {}
+        return FakeSweep(configs.get(path.split("/")[-1], self._config))
 
     def runs(self, path=None, filters=None, order="+created_at", per_page=50, include_sweeps=False, lazy=True):
         self.calls.runs_kwargs.append(dict(path=path, filters=filters, per_page=per_page, lazy=lazy,
                                            include_sweeps=include_sweeps))
-        return FakeRuns(self.calls, self._runs[filters["sweep"]], per_page)
+        parts = filters.get("$and", [filters])
+        runs = self._runs[parts[0]["sweep"]]
+        for part in parts[1:]:
+            since = parse_timestamp(part["updatedAt"]["$gt"])
+            runs = [run for run in runs if parse_timestamp(run._updated_at) > since]
+        return FakeRuns(self.calls, runs, per_page)
 
 
 def fake_sweep_config(n: int = N) -> dict:
@@ -118,10 +132,10 @@ def test_64x64_sweep_costs_a_handful_of_calls_and_no_history():
     api = FakeApi(cfg, {"sw123": fake_runs(calls, cfg)}, calls)
     sweep_config, records, history_of = wandb_source("ent/proj/sw123", api=api)
     assert len(records) == N * N
-    assert calls.sweep == 1 and calls.pages == 5 and calls.history == 0  # 4096 runs / 1000 per page
+    assert calls.sweep == 1 and calls.pages == 9 and calls.history == 0  # 4096 runs / 500 per page
     kwargs = calls.runs_kwargs[0]
     assert kwargs["path"] == "ent/proj" and kwargs["filters"] == {"sweep": "sw123"}
-    assert kwargs["lazy"] is False and kwargs["per_page"] >= 1000
+    assert kwargs["lazy"] is False and kwargs["per_page"] == 500
     first = records[0]
     assert first.source == "wandb" and first.history is None and first.path == "ent/proj/r0000"
     assert first.name == "matrix_lr=0.0001,unembedding_lr=1e-05"
@@ -145,17 +159,27 @@ def test_history_is_fetched_unsampled_only_for_plotted_runs(tmp_path):
     assert len(fetched[0].history["train/loss"]) == STEPS  # every row, not a sample
 
 
-def test_unfinished_runs_without_verdict_are_errors():
+def test_run_states_pending_and_holes_named_in_the_report(tmp_path):
+    """running/pending without a verdict: pending; crashed/failed/killed/preempted without one: holes whose
+    state report.md names; a running run that already wrote its verdict keeps it."""
     calls = Calls()
     cfg = fake_sweep_config(4)
     runs = fake_runs(calls, cfg)
-    runs[0].state, runs[0].summary_metrics = "crashed", {"_runtime": 1.0}
-    runs[1].state = "running"  # still running but already wrote its verdict: keep it
+    states = ["running", "pending", "crashed", "failed", "killed", "preempted"]
+    for run, state in zip(runs, states):
+        run.state, run.summary_metrics = state, {"_runtime": 1.0}
+    runs[6].state = "running"  # already wrote its verdict
     api = FakeApi(cfg, {"s": runs}, calls)
-    _, records, _ = wandb_source("e/p/s", api=api)
-    assert records[0].summary["verdict"] == "error" and "crashed" in records[0].summary["error"]
-    assert records[1].summary["verdict"] in ("trainable", "not_trainable")
-    assert build_grid(cfg, records).counts["error"] == 1
+    report = run_report(["e/p/s", "--out", str(tmp_path / "out"), "--zoom", "0"], api=api)
+    assert report["counts"]["pending"] == 2 and report["counts"]["missing"] == 4 and report["counts"]["error"] == 0
+    assert report["counts"]["trainable"] + report["counts"]["not_trainable"] == 10
+    assert sorted(h["state"] for h in report["holes"]) == ["crashed", "failed", "killed", "preempted"]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| pending | 2 |" in text
+    for state, run in zip(states[2:], runs[2:6]):
+        assert f"| missing | {state} | `e/p/{run.id}` |" in text
+    # A W&B grid never hands a point out again: the report says how to refill, not "a re-run retries them".
+    assert "fractal-llm refill e/p/s -o refill.yaml" in text and "re-run" not in text
 
 
 def test_bad_sweep_path():
@@ -191,3 +215,243 @@ def test_wandb_and_local_sources_merge_into_one_grid(tmp_path):
     assert report["counts"]["missing"] == 0 and sum(report["counts"].values()) == 64
     assert np.isfinite(report["trainable_fraction"])
     assert calls.sweep == 1 and calls.pages == 1
+
+
+# ---------------------------------------------------------------- robust listing
+
+
+def api_error(status: int):
+    """What wandb's public API raises for a failed query (status 0: no HTTP response came back)."""
+    from wandb.proto.wandb_api_pb2 import ApiErrorResponse
+    from wandb.sdk.lib.service.service_connection import WandbApiFailedError
+    return WandbApiFailedError(f"HTTP {status}", ApiErrorResponse(message="boom", http_status=status))
+
+
+class FlakyRuns(FakeRuns):
+    """A listing whose page `fail_at` raises `error` the first `times` times it is fetched."""
+
+    def __init__(self, calls, runs, per_page, error, fail_at, times):
+        super().__init__(calls, runs, per_page)
+        self._error, self._fail_at, self._left = error, fail_at, times
+
+    def __iter__(self):
+        for page, start in enumerate(range(0, len(self._runs), self._per_page)):
+            if page == self._fail_at and self._left[0] > 0:
+                self._left[0] -= 1
+                raise self._error
+            self._calls.pages += 1
+            yield from self._runs[start:start + self._per_page]
+
+
+class FlakyApi(FakeApi):
+    def __init__(self, *args, error, fail_at=1, times=1):
+        super().__init__(*args)
+        self._error, self._fail_at, self._left = error, fail_at, [times]
+
+    def runs(self, path=None, filters=None, per_page=50, lazy=True, **kwargs):
+        listing = super().runs(path, filters, per_page=per_page, lazy=lazy)
+        return FlakyRuns(self.calls, listing._runs, per_page, self._error, self._fail_at, self._left)
+
+
+@pytest.mark.parametrize("status", [0, 429, 503])
+def test_a_transient_failure_mid_listing_is_retried_without_losing_or_doubling_runs(status):
+    calls = Calls()
+    cfg = fake_sweep_config(8)
+    api = FlakyApi(cfg, {"s": fake_runs(calls, cfg)}, calls, error=api_error(status), fail_at=1)
+    _, records, _ = wandb_source("e/p/s", api=api, settings=ApiSettings(page_size=10, backoff_s=0.0))
+    assert sorted(r.run_id for r in records) == sorted(f"r{i:02d}{j:02d}" for i in range(8) for j in range(8))
+    assert len(calls.runs_kwargs) == 2  # the listing started again after the failed page
+
+
+@pytest.mark.parametrize("error, tries", [(api_error(403), 1), (ValueError("Could not find sweep"), 1),
+                                          (api_error(502), 3)])
+def test_a_permanent_failure_or_the_last_try_names_the_sweep(error, tries, tmp_path, capsys, monkeypatch):
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    api = FlakyApi(cfg, {"s": fake_runs(calls, cfg)}, calls, error=error, fail_at=0, times=99)
+    with pytest.raises(SourceError, match=r"W&B sweep e/p/s: listing its runs failed") as info:
+        wandb_source("e/p/s", api=api, settings=ApiSettings(retries=2, backoff_s=0.0))
+    assert len(calls.runs_kwargs) == tries and str(error) in str(info.value)
+    # The command line: exit 2 with the message, no traceback.
+    import wandb
+    monkeypatch.setattr(wandb, "Api", lambda **kwargs: api)
+    assert run_main(["e/p/s", "--out", str(tmp_path / "out")]) == 2
+    assert "W&B sweep e/p/s" in capsys.readouterr().err
+
+
+def test_api_timeout_and_page_size_are_settings_passed_to_wandb(tmp_path, monkeypatch):
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    made = []
+    import wandb
+    monkeypatch.setattr(wandb, "Api", lambda **kwargs: made.append(kwargs) or FakeApi(cfg, {"s": fake_runs(calls, cfg)},
+                                                                                      calls))
+    run_report(["e/p/s", "--out", str(tmp_path / "a"), "--zoom", "0", "--api-timeout", "90", "--page-size", "7"])
+    assert made == [{"timeout": 90}] and calls.runs_kwargs[-1]["per_page"] == 7
+    run_report(["e/p/s", "--out", str(tmp_path / "b"), "--zoom", "0"])
+    defaults = ApiSettings()
+    assert made[-1] == {"timeout": defaults.timeout_s} and calls.runs_kwargs[-1]["per_page"] == defaults.page_size
+    assert 4096 / defaults.page_size <= 10  # a 4096-run sweep stays a handful of pages
+
+
+# ---------------------------------------------------------------- a bad record file
+
+
+def test_a_truncated_record_file_is_a_hole_named_in_the_report(tmp_path):
+    cfg = fake_sweep_config(4)
+    local = tmp_path / "runs"
+    local.mkdir()
+    (local / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    for run in fake_runs(Calls(), cfg):  # named as the local runner names them: by the point's values
+        name = record_name({key: run.config[key] for key in ("matrix_lr", "unembedding_lr")})
+        write_record(RunRecord(name=name, config=run.config, summary=run.summary_metrics,
+                               history={"train/loss": run._losses}, created_at=5.0), local)
+    xs, ys = cfg["parameters"]["matrix_lr"]["values"], cfg["parameters"]["unembedding_lr"]["values"]
+    cut = local / file_name(record_name({"matrix_lr": xs[1], "unembedding_lr": ys[2]}))
+    cut.write_text(cut.read_text()[:40])  # a record cut short (a full disk, a copy interrupted)
+    (local / "notes.json").write_text("")  # a foreign file that names no point
+    out = tmp_path / "out"
+    assert run_main(["--local", str(local), "--out", str(out), "--zoom", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["missing"] == 1 and sum(report["counts"].values()) == 16
+    (hole,) = report["holes"]
+    assert hole["state"] == "unreadable record file" and (hole["x"], hole["y"]) == (xs[1], ys[2])
+    assert "JSONDecodeError" in hole["error"] and hole["run"] == str(cut)
+    assert any(s.startswith("notes:") for s in report["skipped_runs"])  # listed apart, not placed
+    assert cut.name in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- --watch
+
+
+def iso(moment) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_watch_pulls_only_changed_runs_and_ctrl_c_keeps_the_last_report(tmp_path, monkeypatch, capsys):
+    from datetime import datetime, timedelta, timezone
+    from fractal_llm import report as report_module
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    runs = fake_runs(calls, cfg)
+    for run in runs:
+        run._updated_at = "2020-01-01T00:00:00Z"
+    for run in runs[8:]:
+        run.state, run.summary_metrics = "running", {}
+    done = {run.id: dict(runs[0].summary_metrics) for run in runs[8:]}
+    server = {"s": runs[:12]}  # 4 points not started yet
+    ticks = []
+
+    def tick(seconds):  # the wait between refreshes: the sweep moves on meanwhile
+        ticks.append(seconds)
+        now = iso(datetime.now(timezone.utc) + timedelta(seconds=1))
+        if len(ticks) == 1:
+            for run in runs[8:12]:
+                run.state, run.summary_metrics, run._updated_at = "finished", done[run.id], now
+            for run in runs[12:]:
+                run._updated_at = now
+            server["s"] = runs
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module.time, "sleep", tick)
+    out = tmp_path / "live"
+    report = run_report(["e/p/s", "--out", str(out), "--zoom", "0", "--watch", "30"], api=FakeApi(cfg, server, calls))
+    assert ticks == [30.0, 30.0]
+    first, second = calls.runs_kwargs[0]["filters"], calls.runs_kwargs[1]["filters"]
+    assert first == {"sweep": "s"}
+    assert second["$and"][0] == {"sweep": "s"} and set(second["$and"][1]) == {"updatedAt"}
+    assert report["counts"]["pending"] == 4 and report["counts"]["missing"] == 0
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["counts"] == report["counts"] and not list(tmp_path.glob(".live.*"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "finished" in line]
+    assert "pending 4  missing 4" in lines[0] and "8/16 finished" in lines[0] and "12 runs pulled (all)" in lines[0]
+    assert "12/16 finished, ETA" in lines[1] and "8 runs pulled (updated since the last pull)" in lines[1]
+
+
+def test_watch_ctrl_c_while_writing_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    from fractal_llm import report as report_module
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    api = FakeApi(cfg, {"s": fake_runs(calls, cfg)}, calls)
+    real_write = report_module.write_report
+    writes = []
+
+    def write_then_interrupt(grid, out_dir, **kwargs):
+        writes.append(out_dir)
+        if len(writes) == 2:  # halfway through the second refresh
+            (Path(out_dir) / "report.json").parent.mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / "report.json").write_text("{")
+            raise KeyboardInterrupt
+        return real_write(grid, out_dir, **kwargs)
+
+    monkeypatch.setattr(report_module, "write_report", write_then_interrupt)
+    monkeypatch.setattr(report_module.time, "sleep", lambda s: None)
+    out = tmp_path / "live"
+    run_report(["e/p/s", "--out", str(out), "--zoom", "1", "--zoom-res", "4", "--watch"], api=api)
+    first = json.loads((out / "report.json").read_text())
+    assert first["counts"]["trainable"] > 0 and (out / "score_map.png").is_file()
+    assert writes[0] != out and not list(tmp_path.glob(".live.*"))  # written beside it, renamed into place
+    # The report names the files where they ended up, never the staging directory.
+    assert first["zoom"] and all(Path(box["yaml_path"]).parent == out / "zoom" for box in first["zoom"])
+    assert str(writes[0]) not in (out / "report.md").read_text()
+
+
+def test_watch_refuses_a_directory_that_is_not_a_report(tmp_path, capsys):
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    busy = tmp_path / "home"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("precious")
+    api = FakeApi(cfg, {"s": fake_runs(calls, cfg)}, calls)
+    with pytest.raises(SourceError, match="holds files but no report.json"):
+        run_report(["e/p/s", "--out", str(busy), "--watch", "5"], api=api)
+    assert (busy / "thesis.tex").read_text() == "precious"
+
+
+# ---------------------------------------------------------------- refill: holes -> a point-list sweep -> one map
+
+
+def test_refill_lists_exactly_the_holes_and_the_merged_map_has_none(tmp_path, capsys):
+    from fractal_llm import refill
+    from fractal_llm.sweep import load_sweep
+    calls = Calls()
+    cfg = fake_sweep_config(8)
+    runs = fake_runs(calls, cfg, skip=lambda i, j: (i, j) == (5, 0))  # one point never got a run
+    runs[3].state, runs[3].summary_metrics = "crashed", {}
+    runs[10].state, runs[10].summary_metrics = "failed", {"verdict": "error", "error": "RuntimeError: CUDA error"}
+    runs[20].state, runs[20].summary_metrics = "preempted", {}
+    runs[30].state, runs[30].summary_metrics = "running", {}  # in flight: not a hole
+    api = FakeApi({"s": cfg}, {"s": runs}, calls)
+    out = tmp_path / "refill.yaml"
+    assert refill.main(["e/p/s", "-o", str(out)], api=api) == 0
+    assert "4 points (crashed 1, error 1, no run 1, preempted 1)" in capsys.readouterr().out
+    spec = load_sweep(out)
+    xs, ys = cfg["parameters"]["matrix_lr"]["values"], cfg["parameters"]["unembedding_lr"]["values"]
+    holes = [(0, 3), (1, 2), (2, 4), (5, 0)]  # (i, j) of runs 3, 10, 20 and the point without a run
+    assert spec.points == [{"matrix_lr": xs[j], "unembedding_lr": ys[i]} for i, j in holes]
+    assert spec.fixed == {"num_tokens": 20000} and spec.name == "fake-refill"
+
+    # The refill sweep on the server: each run's wandb.config holds grid_point as one dict, plus the fixed values.
+    refill_runs = [FakeRun(calls, f"f{k}", {"grid_point": point, "num_tokens": 20000},
+                           {"verdict": "trainable", "score": -1.0, "loss_last": 0.5}, "finished",
+                           "2026-11-21T10:00:00Z", [3.0, 1.0]) for k, point in enumerate(spec.points)]
+    api = FakeApi({"s": cfg, "f": yaml.safe_load(out.read_text())}, {"s": runs, "f": refill_runs}, calls)
+    report = run_report(["e/p/s", "e/p/f", "--out", str(tmp_path / "merged"), "--zoom", "0"], api=api)
+    assert report["counts"]["missing"] == 0 and report["counts"]["error"] == 0 and report["counts"]["pending"] == 1
+    assert report["holes"] == [] and report["point_table"]["run"].count("e/p/f0") == 1
+    assert refill.main(["e/p/s", "e/p/f", "-o", str(tmp_path / "again.yaml")], api=api) == 0
+    assert "no holes" in capsys.readouterr().out and not (tmp_path / "again.yaml").exists()
+    # The refill sweep alone is a map too: its lattice is its points' distinct values.
+    alone = run_report(["e/p/f", "--out", str(tmp_path / "alone"), "--zoom", "0"], api=api)
+    assert alone["counts"]["trainable"] == 4 and len(alone["axes"]["values"][0]) == 4
+
+
+def test_merged_sweeps_must_share_the_axes(tmp_path):
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    other = fake_sweep_config(4)
+    other["parameters"]["embedding_lr"] = other["parameters"].pop("unembedding_lr")
+    api = FakeApi({"s": cfg, "t": other}, {"s": fake_runs(calls, cfg), "t": []}, calls)
+    with pytest.raises(SourceError, match="wandb:e/p/t: sweeps axes embedding_lr x matrix_lr, but wandb:e/p/s"):
+        run_report(["e/p/s", "e/p/t", "--out", str(tmp_path / "out")], api=api)

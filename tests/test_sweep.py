@@ -333,3 +333,77 @@ def test_program_and_project_are_written_and_their_absence_is_a_warning(tmp_path
                          ids=lambda p: p.name)
 def test_every_shipped_sweep_names_program_and_project(path):
     assert load_sweep(path).warnings == []
+
+
+# ---------------------------------------------------------------------------------------------- point lists
+
+POINTS = [{"matrix_lr": 1.0e-2, "unembedding_lr": 1.0e-4}, {"matrix_lr": 1.0e-3, "unembedding_lr": 1.0e-4},
+          {"matrix_lr": 1.0e-3, "unembedding_lr": 1.0e-2}]
+
+
+def point_cfg(points=POINTS, **params) -> dict:
+    return {"method": "grid", "command": list(MODULE_COMMAND),
+            "parameters": {"grid_point": {"values": points}, "num_iterations": {"value": 5}, **params}}
+
+
+def test_point_list_sweep_runs_exactly_its_points_in_file_order(tmp_path, capsys):
+    spec = check_sweep(point_cfg())
+    assert spec.points == POINTS and spec.n_points == 3 and spec.fixed == {"num_iterations": 5}
+    # The axes: the points' keys, each with its sorted distinct values (the report's lattice).
+    assert spec.axes == [("matrix_lr", [1e-3, 1e-2]), ("unembedding_lr", [1e-4, 1e-2])]
+    assert expand_grid(spec) == [{"num_iterations": 5, **p} for p in POINTS]
+    path = tmp_path / "points.yaml"
+    path.write_text(dump_sweep_yaml(point_cfg()))
+    assert main(["check", str(path)]) == 0
+    assert "3 points (a list of grid_points)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cfg, needle", [
+    (point_cfg([{"matrix_lr": 1e-3}]), "exactly 2 train-config fields"),
+    (point_cfg([POINTS[0], {"matrix_lr": 1e-3, "embedding_lr": 1e-3}]), "every point names the same two axes"),
+    (point_cfg([POINTS[0], dict(POINTS[0])]), "grid_point.values[1]="),
+    (point_cfg([{"matrix_lr": 1e-3, "lr_schedule": "cosine"}]), "lr_schedule: not a numeric field"),
+    (point_cfg([{"matrix_lr": 1e-3, "unembeding_lr": 1e-3}]), "did you mean 'unembedding_lr'"),
+    (point_cfg(seed={"values": [0, 1]}), "seed and grid_point both have `values`"),
+    (point_cfg(matrix_lr={"value": 1e-3}), "matrix_lr: fixed, and also an axis"),
+    (point_cfg({"matrix_lr": 1e-3, "unembedding_lr": 1e-4}), "must be a non-empty list of mappings"),
+    (point_cfg([{"matrix_lr": "1e-3", "unembedding_lr": 1e-4}]), "YAML read '1e-3' as a string"),
+])
+def test_point_list_refusals_name_the_point(cfg, needle):
+    assert needle in check_error(cfg)
+
+
+def test_the_cli_agent_hands_a_point_to_the_train_entry_point_as_wandb_builds_it():
+    """wandb's own argument builder (the CLI agent's `${args}`) writes a dict value as Python's str of it."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+    from fractal_llm.sweep import run_overrides
+    run_params = {"grid_point": {"value": POINTS[2]}, "num_iterations": {"value": 5}}
+    argv = create_sweep_command_args({"args": run_params})["args"]
+    assert argv == ["--grid_point={'matrix_lr': 0.001, 'unembedding_lr': 0.01}", "--num_iterations=5"]
+    assert run_overrides(argv) == {"num_iterations": 5, **POINTS[2]}
+    assert run_overrides(['--grid_point={"matrix_lr": 0.001, "unembedding_lr": 0.01}']) == POINTS[2]  # JSON too
+    from fractal_llm.config import ConfigError
+    with pytest.raises(ConfigError, match=r"matrix_lr.: 0.001\W+: not a mapping; expected"):
+        run_overrides(["--grid_point='matrix_lr': 0.001"])
+    with pytest.raises(ConfigError, match="matrix_lr=0.001, but matrix_lr=0.5 is given on its own"):
+        run_overrides(["--matrix_lr=0.5", "--grid_point={'matrix_lr': 0.001, 'unembedding_lr': 0.01}"])
+
+
+def test_wandb_grid_engine_hands_out_exactly_the_listed_points():
+    """W&B's grid engine (the `sweeps` package the server runs) on a point-list sweep: one run per point, in
+    file order, each run's config holding the point as one dict; then nothing more."""
+    # grid_search, not the package: the repo's own sweeps/ folder imports as an empty namespace package.
+    pytest.importorskip("sweeps.grid_search", reason="W&B's grid engine is the `sweeps` package: "
+                                                     "pip install -e '.[dev]' to run this check")
+    import sweeps
+    cfg = {**point_cfg(), "metric": {"name": "score", "goal": "minimize"}}
+    runs, handed = [], []
+    for _ in range(len(POINTS) + 1):
+        run = sweeps.next_run(cfg, runs, validate=True)  # validate: W&B's JSON schema for sweep configs
+        if run is None:
+            break
+        runs.append(run)
+        handed.append(run.config)
+    assert handed == [{"grid_point": {"value": p}, "num_iterations": {"value": 5}} for p in POINTS]
+    spec = check_sweep(cfg)
+    assert [{**spec.fixed, **c["grid_point"]["value"]} for c in handed] == expand_grid(spec)

@@ -220,3 +220,40 @@ def test_only_the_family_in_use_is_validated():
     with pytest.raises(ConfigError, match="dataset_size=-2"):
         TrainConfig(model_family="mlp", dataset_size=-2)
     TrainConfig(dataset_size=-2)  # an mlp field is not a GPT run's business
+
+
+POINT = {"lr_input": 1.0, "lr_output": 10.0}
+
+
+def test_entry_point_unpacks_a_point_list_sweeps_grid_point(tmp_path, monkeypatch, capsys):
+    """What the CLI agent runs for a point-list sweep: --grid_point={...} (Python's str of the dict)."""
+    monkeypatch.setenv("FRACTAL_LLM_RUNS_DIR", str(tmp_path))
+    code = train_module.main(["--model_family=mlp", "--num_iterations=5", f"--grid_point={POINT!r}"])
+    assert code == 0, capsys.readouterr().err
+    record = read_record(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("record: "))
+    assert (record.config["lr_input"], record.config["lr_output"]) == (1.0, 10.0)
+    assert record.name == record_name({"model_family": "mlp", "num_iterations": 5, **POINT})
+
+
+def test_agent_function_unpacks_grid_point_from_the_sweep_config_file(tmp_path, monkeypatch):
+    """The in-process agent writes the run's parameters to WANDB_SWEEP_PARAM_PATH (wandb's own writer) and
+    wandb.init() reads them into run.config: grid_point arrives there as one dict."""
+    import wandb
+    from wandb.sdk.lib import config_util
+    params = tmp_path / "config-run1.yaml"
+    config_util.save_config_file_from_dict(str(params), {"grid_point": {"value": POINT},
+                                                         "model_family": {"value": "mlp"},
+                                                         "num_iterations": {"value": 5}})
+    monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", str(params))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("FRACTAL_LLM_RUNS_DIR", str(tmp_path / "runs"))
+    wandb.teardown()  # the agent does this before each run: settings are read again from the environment
+    try:
+        train_module.agent_function()
+    finally:
+        wandb.teardown()
+    (path,) = (tmp_path / "runs").glob("*.json")
+    record = read_record(path)
+    assert (record.config["lr_input"], record.config["lr_output"]) == (1.0, 10.0)
+    assert record.verdict != "error" and "grid_point" not in record.config

@@ -93,3 +93,15 @@ def test_draw_boxes_outlines_each_box():
     # Plot coordinates are log10; the box's left edge is half a cell left of its first column's value.
     assert math.log10(XS[boxes[0].cols[0] - 1]) < x0 < math.log10(XS[boxes[0].cols[0]])
     plt.close(fig)
+
+
+def test_a_point_list_parent_zooms_into_a_full_grid(tmp_path):
+    """A refill (point-list) sweep reported alone: its zoom sweeps are ordinary grids over the box."""
+    parent = parent_config()
+    points = [{"matrix_lr": x, "unembedding_lr": y} for x in XS for y in YS]
+    parent["parameters"] = {"grid_point": {"values": points}, "num_tokens": {"value": 12345}}
+    grid = checkerboard_corner_grid()
+    boxes = find_zoom_boxes(grid, 1)
+    (path,) = write_zoom_sweeps(grid, boxes, parent, tmp_path, resolution=4)
+    spec = load_sweep(path)
+    assert spec.points is None and spec.n_points == 16 and spec.fixed == {"num_tokens": 12345}
