@@ -126,7 +126,9 @@ def wandb_runs(path: str, api, settings: ApiSettings, since: datetime | None = N
     def listing() -> list:
         # lazy=False: each page carries config and summary (lazy pages cost one extra query per run touched).
         # A failed page restarts the listing: wandb's iterator cannot be resumed where it failed.
-        return list(api.runs(f"{entity}/{project}", filters=filters, per_page=settings.page_size, lazy=False))
+        # include_sweeps=False: the default (True before wandb 0.28) costs one sweep query per run listed.
+        return list(api.runs(f"{entity}/{project}", filters=filters, per_page=settings.page_size, lazy=False,
+                             include_sweeps=False))
 
     runs: WandbRuns = {}
     for run in with_retries("listing its runs", path, listing, settings):

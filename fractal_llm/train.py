@@ -59,9 +59,11 @@ def wandb_credentials_found() -> bool:
     """wandb's own lookup, as wandb.init does it: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, $NETRC or ~/.netrc
     for the configured host (a W&B Server's too), then wandb's settings. Never prompts."""
     import wandb
-    from wandb.sdk.lib.wbauth.authenticate import authenticate_session
-    host = wandb.setup().settings.base_url
-    return authenticate_session(host=host, source="fractal-llm", prompt=False, update_session=False) is not None
+    from wandb.sdk.lib.wbauth import authenticate
+    # _use_system_auth: the non-interactive half of wandb.login, with this signature from wandb 0.24.1 (the
+    # floor) to 0.31; authenticate_session gained its no-prompt flag only later.
+    host = authenticate.HostUrl(wandb.setup().settings.base_url)
+    return authenticate._use_system_auth(host=host, source="fractal-llm") is not None
 
 
 def in_sweep_run() -> bool:
