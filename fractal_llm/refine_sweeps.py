@@ -149,7 +149,8 @@ def main(argv: list[str], api=None) -> int:
             created, level, pending = next_level(Path(args.file), sweeps, args.levels, args.margin, Path(args.out),
                                                  args.entity, args.project, api=api, console=console)
             if created is None and not pending:
-                console.print(f"report: python reports/generate_report.py {' '.join(sweeps)}", highlight=False)
+                console.print(f"report: python reports/generate_report.py --lattice {args.file} {' '.join(sweeps)}",
+                              highlight=False)
                 return 0
             if not args.auto:
                 if pending:

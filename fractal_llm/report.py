@@ -31,6 +31,7 @@ from fractal_llm.verdict import OUTCOMES, VERDICTS
 from fractal_llm.plots import CurveFn, write_plots
 from fractal_llm.records import json_safe
 from fractal_llm import paths
+from fractal_llm.sweep import load_sweep
 from fractal_llm.sources import ApiSettings, HistoryFn, Loaded, SourceError, SourcePoller, load_sources, local_history
 from fractal_llm.zoom import find_zoom_boxes, write_zoom_sweeps
 
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="second sweep as a local directory")
     parser.add_argument("--labels", nargs=2, metavar=("A", "B"), help="names of the two sweeps in a comparison")
     parser.add_argument("--wandb", action="store_true", help="log a summary run to the sweep's W&B project")
+    parser.add_argument("--lattice", metavar="FILE",
+                        help="the full-resolution sweep YAML whose axes define the map (for `fractal-llm refine` "
+                             "level sweeps, which list only their own points)")
     parser.add_argument("--allow-mixed-base", action="store_true",
                         help="draw runs of different base models (e.g. two versions of a `latest` artifact) as one map")
     parser.add_argument("--wandb-project", help="project of the summary run (default: the sweep's)")
@@ -383,15 +387,24 @@ def run(argv: list[str] | None = None, api=None, refreshes: int | None = None) -
 
 
 def report_of(args, loaded: Loaded, write_dir: Path, shown_dir: Path | None = None) -> tuple[Grid, dict]:
-    grid = build_grid(loaded.sweep_config, loaded.records, allow_mixed_base=args.allow_mixed_base)
+    sweep_config = load_sweep(args.lattice).raw if args.lattice else loaded.sweep_config
+    grid = build_grid(sweep_config, loaded.records, allow_mixed_base=args.allow_mixed_base)
     grid.name = loaded.name
-    if loaded.refinement:
-        apply_refinement(grid, loaded.refinement["levels"], loaded.refinement["margin"])
+    refinement = loaded.refinement or wandb_refinement(loaded.sweep_config)
+    if refinement:
+        apply_refinement(grid, refinement["levels"], refinement["margin"])
     report = write_report(grid, write_dir, title=args.title or f"Trainability report: {loaded.name}",
-                          sweep_config=loaded.sweep_config, history_of=loaded.history_of, zoom_k=args.zoom,
+                          sweep_config=sweep_config, history_of=loaded.history_of, zoom_k=args.zoom,
                           zoom_resolution=args.zoom_res, extra={"sources": loaded.sources}, shown_dir=shown_dir,
                           refill_hint=refill_hint(args.sweeps))
     return grid, report
+
+
+def wandb_refinement(sweep_config: dict) -> dict | None:
+    """The levels and margin of a `fractal-llm refine` level sweep (from its description), or None."""
+    from fractal_llm.refine_sweeps import STATE
+    match = STATE.search(str(sweep_config.get("description") or ""))
+    return {"levels": int(match.group(2)), "margin": int(match.group(3))} if match else None
 
 
 def refill_hint(sweep_paths: list[str]) -> str:

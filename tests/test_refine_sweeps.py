@@ -4,11 +4,13 @@ recorded wandb.sweep; W&B's own grid engine checks each level YAML."""
 
 import math
 
+import numpy as np
 import pytest
 import yaml
 from test_sources import Calls, FakeApi, FakeRun
 
-from fractal_llm import refine_sweeps
+from fractal_llm import refine_sweeps, report
+from fractal_llm.fractal import estimate_dimension
 from fractal_llm.sweep import AxisArg, check_sweep, dump_sweep_yaml, expand_grid, new_sweep
 
 N = 17
@@ -72,6 +74,13 @@ def test_levels_are_created_from_the_runs_so_far_until_nothing_is_left(tmp_path,
     ran = [tuple(p.values()) for cfg in created for p in cfg["parameters"]["grid_point"]["values"]]
     assert len(ran) == len(set(ran)) < N * N  # no point twice, fewer than the full lattice
     assert len(created) == 3  # levels 0, 1, 2
+
+    result = report.run(["--lattice", str(full), *paths, "--out", str(tmp_path / "report"), "--zoom", "0"], api=api)
+    assert result["points"] == N * N and result["runs_used"] == len(ran)
+    assert result["counts"]["inferred"] == N * N - len(ran) and result["counts"]["missing"] == 0
+    truth = np.array([[disk(x, y) for x in result["axes"]["values"][0]] for y in result["axes"]["values"][1]])
+    # The refined map's boundary is the full map's: the same box counts as the disk at full resolution.
+    assert result["fractal"]["counts"] == estimate_dimension(truth.astype(float)).to_dict()["counts"]
 
 
 def test_a_level_yaml_passes_sweep_check_and_wandbs_engine_hands_out_exactly_its_points(tmp_path, created):
