@@ -342,8 +342,10 @@ def paper_dimension(labels, n_sizes: int = 10) -> DimensionEstimate:
         raise ValueError(f"labels: shape {np.shape(labels)} too small for the paper's box sizes (10 .. short side)")
     box_sizes = sorted({int(s) for s in np.logspace(1, math.log10(short), n_sizes)})
     if n_edges == 0:
-        return _result(box_sizes, [0] * len(box_sizes), 0, "no boundary: no 2x2 block holds both classes", True,
-                       method="paper-median")
+        estimate = _result(box_sizes, [0] * len(box_sizes), 0, "no boundary: no 2x2 block holds both classes",
+                           True, method="paper-median")
+        estimate.local_slopes = [math.nan] * len(box_sizes)  # one per size, as with a boundary
+        return estimate
     occupied, full = _box_sums(edges, box_sizes, with_full=True)
     counts = occupied - full
     with np.errstate(divide="ignore", invalid="ignore"):
