@@ -32,6 +32,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "nonlinearity": ("tanh", "relu", "linear"),
     "init_offset_mode": ("init", "every_step"),
+    "mlp_weights": ("torch", "notebook"),
 }
 
 # Allowed ranges: (low, high, low_inclusive, high_inclusive); None = unbounded.
@@ -104,6 +105,9 @@ class TrainConfig:
     lr_output: float = 0.1  # -1: the same as lr_input (one LR for both layers, as in the paper's init-offset image)
     init_offset: float = 0.0
     init_offset_mode: str = "init"  # "init": added to W0 once; "every_step": added after every update
+    # "torch": W0, W1, X, Y drawn by torch from `seed`; "notebook": the paper notebook's JAX draws (width 16,
+    # seed 0, 272/16/1 examples) and its minibatch index stream (docs/paper.md)
+    mlp_weights: str = "torch"
 
     def __post_init__(self):
         for f in fields(self):

@@ -8,7 +8,8 @@ Two estimators:
 - `estimate_dimension`: slope of log N(s) against log s over the widest straight window of box sizes,
   with an uncertainty, fit quality, and an explicit `too_coarse` verdict for grids too small to say much.
 - `paper_dimension`: the paper's recipe (median of local slopes over ~10 log-spaced sizes, counting the
-  boxes that hold some but not only edge pixels), for comparing our numbers with Sohl-Dickstein 2024.
+  boxes that hold some but not only edge pixels), for comparing our numbers with Sohl-Dickstein 2024;
+  `pooled_paper_dimension` is the paper's statistic over a zoom sequence (one median over all frames' slopes).
 """
 
 from __future__ import annotations
@@ -321,8 +322,8 @@ def paper_dimension(labels, n_sizes: int = 10) -> DimensionEstimate:
     unique). A box counts when it holds some edge pixels but is not entirely edge. Local slopes are
     -d ln N / d ln s by numpy.gradient (central differences, one-sided at the ends) and D is their
     median; `local_slopes` holds those gradient values (one per size, unlike estimate_dimension).
-    Uncertainty: half the interquartile range of the local slopes. The paper then takes the median
-    over ~50 nested zoom frames as well; that loop belongs to the caller.
+    Uncertainty: half the interquartile range of the local slopes. Over a zoom sequence the paper pools
+    the local slopes of all frames into one median: pooled_paper_dimension.
     """
     edges = edge_mask(labels)
     n_edges = int(np.count_nonzero(edges))
@@ -331,8 +332,10 @@ def paper_dimension(labels, n_sizes: int = 10) -> DimensionEstimate:
         raise ValueError(f"labels: shape {np.shape(labels)} too small for the paper's box sizes (10 .. short side)")
     box_sizes = sorted({int(s) for s in np.logspace(1, math.log10(short), n_sizes)})
     if n_edges == 0:
-        return _result(box_sizes, [0] * len(box_sizes), 0, "no boundary: no 2x2 block holds both classes", True,
-                       method="paper-median")
+        estimate = _result(box_sizes, [0] * len(box_sizes), 0, "no boundary: no 2x2 block holds both classes",
+                           True, method="paper-median")
+        estimate.local_slopes = [math.nan] * len(box_sizes)  # one per size, as with a boundary
+        return estimate
     occupied, full = _box_sums(edges, box_sizes, with_full=True)
     counts = occupied - full
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -346,3 +349,26 @@ def paper_dimension(labels, n_sizes: int = 10) -> DimensionEstimate:
     estimate.local_slopes = [float(v) if math.isfinite(v) else math.nan for v in gradient]
     estimate.fit_range = (box_sizes[0], box_sizes[-1])
     return estimate
+
+
+@dataclass
+class PooledDimension:
+    """The paper's dimension of a zoom sequence: one median over the local slopes of all its frames."""
+    dimension: float  # NaN when no frame has a finite slope
+    n_slopes: int  # finite slopes pooled
+    n_dropped: int  # non-finite slopes left out (a box size with no partly-edge box gives log 0)
+    n_frames: int
+
+
+def pooled_paper_dimension(estimates: list[DimensionEstimate]) -> PooledDimension:
+    """The notebook's statistic: concatenate every frame's paper_dimension local slopes, take one median.
+
+    This is not the median of the per-frame medians (frames with more box sizes weigh more, and the pooled
+    median can fall between frames' values). The notebook's median would be NaN if any slope were not
+    finite; here those slopes are left out and counted in n_dropped.
+    """
+    slopes = np.array([v for e in estimates for v in e.local_slopes], dtype=float)
+    finite = slopes[np.isfinite(slopes)]
+    dimension = float(np.median(finite)) if finite.size else math.nan
+    return PooledDimension(dimension=dimension, n_slopes=int(finite.size), n_dropped=int(slopes.size - finite.size),
+                           n_frames=len(estimates))

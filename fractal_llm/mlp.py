@@ -5,6 +5,8 @@ Network (mean-field, no biases, input dimension = width n):
     phi = tanh(sqrt(2) z) | sqrt(2) relu(z) | z
 Weights, inputs and targets ~ N(0, 1) from fixed seeds, so every grid point starts from the same weights and
 sees the same data; only the hyperparameters (lr_input, lr_output, init_offset) differ between points.
+Two sources of those draws (`weights`): "torch" (torch's generator, from `seed`) or "notebook" (the paper
+notebook's JAX draws, shipped in paper_weights/, with its minibatch index stream from fractal_llm/threefry.py).
 Loss: mean squared error. Optimizer: plain gradient descent, one learning rate per layer, float64.
 
 Layout of the batched core (B grid points): the data X is shared, so the input layer of all B points is one
@@ -13,6 +15,9 @@ and its gradient are batched products (torch.bmm) over the B points. Gradients a
 network has two matrices), every op works on the whole chunk in place, and the step loop is the only
 Python loop. Both sqrt(2) (tanh, relu) and 1/sqrt(n) are folded into a scaled copy of X:
 tanh(sqrt(2) * (W0 x)/sqrt(n)) = tanh(W0 (x * sqrt(2/n))), and sqrt(2) relu(z) = relu(sqrt(2) z).
+
+On CUDA (float64 as on the CPU) a chunk is one block of all its points, with no slot refill: the card needs
+big ops, and a Python loop over slots would cost more than the step (train_losses_whole).
 
 Every point of a chunk is computed independently (row-wise ops and per-matrix products), so a point that
 diverges (inf/NaN) never touches the others; its curve is cut after its first non-finite loss, exactly as
@@ -26,10 +31,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from fractal_llm import threefry
 from fractal_llm.config import DEFAULT_MLP_STEPS, ConfigError, TrainConfig
 from fractal_llm.pool import WorkerPool
 from fractal_llm.records import RunResult, SUMMARY_KEYS
@@ -50,6 +58,14 @@ MAX_BLOCK = 256
 # Ticks between divergence checks (and slot refills) of a block.
 CHECK = 10
 MINIBATCH_SEED_OFFSET = 7919  # the minibatch index stream uses its own generator, seed + this
+# The paper notebook's draws (scripts/make_paper_weights.py): PRNGKey(0) for weights and data, PRNGKey(42)
+# for the minibatch indices; width 16 and these dataset sizes (parameters, width, one point) only.
+NOTEBOOK_FILE = Path(__file__).resolve().parent / "paper_weights" / "notebook_width16.npz"
+NOTEBOOK_WIDTH = 16
+NOTEBOOK_DATASET_SIZES = (272, 16, 1)
+NOTEBOOK_MINIBATCH_SEED = 42
+# CUDA: a chunk holds as many points as fit this share of the card's free memory (see cuda_chunk_size).
+CUDA_MEMORY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,8 @@ class Problem:
     init_offset_mode: str
     window: int
     threshold: float
+    weights: str = "torch"  # "torch" | "notebook" (see the module docstring)
+    device: str = "cpu"  # "cpu" | "cuda" (float64 either way)
 
     @property
     def examples_per_step(self) -> int:
@@ -85,17 +103,38 @@ def resolved_dataset_size(config: TrainConfig) -> int:
 def problem_of(config: TrainConfig) -> Problem:
     if config.model_family != "mlp":
         raise ConfigError(f"model_family={config.model_family!r}: the batched paper network needs 'mlp'")
-    return Problem(nonlinearity=config.nonlinearity, width=config.width,
-                   dataset_size=resolved_dataset_size(config), batch_size=config.batch_size,
-                   steps=resolved_steps(config), seed=config.seed, init_offset_mode=config.init_offset_mode,
-                   window=config.trainable_window_steps, threshold=config.trainable_loss_ratio_threshold)
+    problem = Problem(nonlinearity=config.nonlinearity, width=config.width,
+                      dataset_size=resolved_dataset_size(config), batch_size=config.batch_size,
+                      steps=resolved_steps(config), seed=config.seed, init_offset_mode=config.init_offset_mode,
+                      window=config.trainable_window_steps, threshold=config.trainable_loss_ratio_threshold,
+                      weights=config.mlp_weights)
+    if problem.weights == "notebook":
+        check_notebook_problem(problem)
+    return problem
+
+
+def check_notebook_problem(problem: Problem) -> None:
+    """The notebook's draws exist for one network and three datasets: say which field is off, before any work."""
+    if problem.width != NOTEBOOK_WIDTH:
+        raise ConfigError(f"width={problem.width}: mlp_weights='notebook' has the notebook's width "
+                          f"{NOTEBOOK_WIDTH} only (use mlp_weights='torch' for other widths)")
+    if problem.dataset_size not in NOTEBOOK_DATASET_SIZES:
+        raise ConfigError(f"dataset_size={problem.dataset_size}: mlp_weights='notebook' has the notebook's "
+                          f"datasets of {', '.join(map(str, NOTEBOOK_DATASET_SIZES))} examples only")
+    if problem.seed != 0:
+        raise ConfigError(f"seed={problem.seed}: mlp_weights='notebook' is the notebook's PRNGKey(0) draw; "
+                          "seed must be 0 (use mlp_weights='torch' to vary the seed)")
 
 
 # ----------------------------------------------------------------------------------------------
 # Fixed initial weights, data and minibatch sequence
 
 def initial_state(problem: Problem) -> dict[str, torch.Tensor]:
-    """W0 (n, n), W1 (1, n), X (N, n), Y (N,), drawn in this order from one generator seeded by problem.seed."""
+    """W0 (n, n), W1 (1, n), X (N, n), Y (N,) on the CPU: the notebook's (see notebook_state) or drawn in this
+    order from one torch generator seeded by problem.seed."""
+    if problem.weights == "notebook":
+        check_notebook_problem(problem)
+        return {key: value.clone() for key, value in notebook_state(problem.dataset_size).items()}
     n, size = problem.width, problem.dataset_size
     gen = torch.Generator().manual_seed(problem.seed)
     w0 = torch.randn(n, n, generator=gen, dtype=torch.float64)
@@ -105,10 +144,27 @@ def initial_state(problem: Problem) -> dict[str, torch.Tensor]:
     return {"w0": w0, "w1": w1, "x": x, "y": y}
 
 
+@lru_cache(maxsize=len(NOTEBOOK_DATASET_SIZES))
+def notebook_state(dataset_size: int) -> dict[str, torch.Tensor]:
+    """The notebook's arrays in this module's layout: it computes X @ W0 and h @ W1 with W0 (n, n), W1 (n, 1)
+    and Y (N, 1); here w0 @ x and w1 @ h, so w0 = W0^T, w1 = W1^T, y = Y[:, 0]."""
+    with np.load(NOTEBOOK_FILE) as arrays:
+        return {"w0": torch.from_numpy(arrays["W0"].T.copy()), "w1": torch.from_numpy(arrays["W1"].T.copy()),
+                "x": torch.from_numpy(arrays[f"X_{dataset_size}"].copy()),
+                "y": torch.from_numpy(arrays[f"Y_{dataset_size}"][:, 0].copy())}
+
+
 def minibatch_indices(problem: Problem) -> torch.Tensor | None:
-    """(steps, batch_size) example indices drawn with replacement; the same for every grid point."""
+    """(steps, batch_size) example indices drawn with replacement; the same for every grid point.
+
+    notebook: split(PRNGKey(42), steps) and one randint per step, so the whole sequence depends on the step
+    count (as in the notebook: 100 steps are not the first 100 of 500)."""
     if problem.batch_size < 0:
         return None
+    if problem.weights == "notebook":
+        indices = threefry.notebook_minibatch_indices(problem.steps, problem.batch_size, problem.dataset_size,
+                                                      NOTEBOOK_MINIBATCH_SEED)
+        return torch.from_numpy(indices)
     gen = torch.Generator().manual_seed(problem.seed + MINIBATCH_SEED_OFFSET)
     return torch.randint(0, problem.dataset_size, (problem.steps, problem.batch_size), generator=gen)
 
@@ -141,10 +197,43 @@ def train_losses(problem: Problem, lr_input, lr_output, init_offset) -> np.ndarr
     losses = np.full((total, problem.steps), math.nan)
     if total == 0:
         return losses
+    if problem.device != "cpu":
+        return train_losses_whole(problem, lr_input, lr_output, init_offset)
     slots = max(1, min(block_points(problem) * max(1, torch.get_num_threads()), total))
     queue = iter(range(total))
     _BatchedRun(problem, lr_in, lr_out, offset, slots).run(losses, lambda: next(queue, -1))
     return cut_after_divergence(losses)
+
+
+def train_losses_whole(problem: Problem, lr_input, lr_output, init_offset) -> np.ndarray:
+    """train_losses with every point in one block from step 0 and no slot refill, on problem.device: the CUDA
+    path (train_grid sizes its chunks with cuda_chunk_size). On the CPU it gives the same curves as
+    train_losses (tests check it), only slower than the cache-sized blocks there."""
+    lr_in, lr_out, offset = (torch.as_tensor(np.asarray(a, dtype=np.float64).ravel())
+                             for a in (lr_input, lr_output, init_offset))
+    losses = np.full((lr_in.shape[0], problem.steps), math.nan)
+    if lr_in.shape[0]:
+        _BatchedRun(problem, lr_in, lr_out, offset, lr_in.shape[0]).run_whole(losses)
+    return cut_after_divergence(losses)
+
+
+def bytes_per_point(problem: Problem) -> int:
+    """Device memory of one point in train_losses_whole (its buffers in _BatchedRun), in bytes."""
+    n, size = problem.width, problem.dataset_size
+    m = problem.examples_per_step
+    # W0 and its gradient, pre-activations, CHECK ticks of residuals and losses, v/dL/dv/row rates, and the
+    # per-point offset, rates and hyperparameters
+    floats = 2 * n * n + n * size + CHECK * (size + 1) + 3 * n + 6
+    if problem.batch_size > 0:
+        floats += n * m + m
+    return 8 * floats
+
+
+def cuda_chunk_size(problem: Problem, total: int) -> int:
+    """Points per train_losses call on CUDA: as many as fit CUDA_MEMORY_SHARE of the card's free memory (the
+    rest stays for cuBLAS workspaces and the allocator's slack), at most total."""
+    free, _ = torch.cuda.mem_get_info()
+    return max(1, min(total, int(free * CUDA_MEMORY_SHARE) // bytes_per_point(problem)))
 
 
 def block_points(problem: Problem) -> int:
@@ -172,45 +261,48 @@ class _BatchedRun:
     def __init__(self, problem: Problem, lr_in: torch.Tensor, lr_out: torch.Tensor, offset: torch.Tensor,
                  slots: int):
         self.p = problem
-        state = initial_state(problem)
+        dev = torch.device(problem.device)
+        state = {key: value.to(dev) for key, value in initial_state(problem).items()}
         b, n = slots, problem.width
         self.b, self.n = b, n
         self.points = (lr_in, lr_out, offset)  # every point of the queue, (P,) each
         size = problem.dataset_size
         self.indices = minibatch_indices(problem)
+        if self.indices is not None:
+            self.indices = self.indices.to(dev)
         m = size if self.indices is None else problem.batch_size
         self.x_scaled = state["x"] * input_scale(problem.nonlinearity, n)  # (N, d)
         self.xt_scaled = self.x_scaled.t().contiguous()  # (d, N)
         self.y = state["y"].view(1, 1, -1)
         self.w0_init, self.w1_init = state["w0"], state["w1"]
-        self.w0 = torch.empty(b * n, n, dtype=torch.float64)  # (B*n, d)
+        self.w0 = torch.empty(b * n, n, dtype=torch.float64, device=dev)  # (B*n, d)
         self.w0_3d = self.w0.view(b, n, n)
         # The output layer is kept as v = W1 / n, so y_hat = v h is one batched product (the rescaling is
         # exact for a power-of-two width); its 1/n moves into the learning rates (see load).
-        self.v = torch.empty(b, 1, n, dtype=torch.float64)  # (B, 1, n)
+        self.v = torch.empty(b, 1, n, dtype=torch.float64, device=dev)  # (B, 1, n)
         self.v_col = self.v.view(b, n, 1)
-        self.offset = torch.zeros(b, 1, 1, dtype=torch.float64)
-        self.lr_in = torch.zeros(b, 1, 1, dtype=torch.float64)
-        self.lr_out = torch.zeros(b, 1, 1, dtype=torch.float64)
+        self.offset = torch.zeros(b, 1, 1, dtype=torch.float64, device=dev)
+        self.lr_in = torch.zeros(b, 1, 1, dtype=torch.float64, device=dev)
+        self.lr_out = torch.zeros(b, 1, 1, dtype=torch.float64, device=dev)
         self.w0_slots, self.v_slots = self.w0_3d.unbind(0), self.v.unbind(0)
         self.grad_scale = 2.0 / (m * n)  # dL/dy_hat's 2/m times the 1/n of the output layer
-        self.w0_rate = torch.empty(b, n, 1, dtype=torch.float64)  # per row of W0: its rate times its v entry
-        self.acts = torch.empty(b * n, size, dtype=torch.float64)  # pre-activations, then phi of them
+        self.w0_rate = torch.empty(b, n, 1, dtype=torch.float64, device=dev)  # per row of W0: its rate times its v entry
+        self.acts = torch.empty(b * n, size, dtype=torch.float64, device=dev)  # pre-activations, then phi of them
         self.h = self.acts.view(b, n, size)
         # Residuals of the last CHECK ticks (tick k: y_hat, then the residual, in res_ticks[k]); their squared
         # sums are taken once per interval (one reduction instead of one per step, each row alone as before).
-        self.res_buf = torch.empty(CHECK, b, 1, size, dtype=torch.float64)
+        self.res_buf = torch.empty(CHECK, b, 1, size, dtype=torch.float64, device=dev)
         self.res_ticks = self.res_buf.unbind(0)
-        self.g0 = torch.empty(b * n, n, dtype=torch.float64)
+        self.g0 = torch.empty(b * n, n, dtype=torch.float64, device=dev)
         self.g0_3d = self.g0.view(b, n, n)
-        self.g1 = torch.empty(b, 1, n, dtype=torch.float64)
+        self.g1 = torch.empty(b, 1, n, dtype=torch.float64, device=dev)
         if self.indices is None:
             self.h_t = self.h.transpose(1, 2)
         else:
-            self.sub_acts = torch.empty(b * n, m, dtype=torch.float64)
+            self.sub_acts = torch.empty(b * n, m, dtype=torch.float64, device=dev)
             self.sub_h = self.sub_acts.view(b, n, m)
             self.sub_h_t = self.sub_h.transpose(1, 2)
-            self.sub_res = torch.empty(b, 1, m, dtype=torch.float64)
+            self.sub_res = torch.empty(b, 1, m, dtype=torch.float64, device=dev)
 
     def load(self, slot: int, point: int) -> None:
         """Start point in slot: its initial weights (W0 + offset, v = W1 / n) and its hyperparameters (the
@@ -269,6 +361,33 @@ class _BatchedRun:
                 t0[s] = t + length
                 if t0[s] >= steps or not finite[s]:
                     point[s] = -1
+
+    def run_whole(self, losses: np.ndarray) -> None:
+        """Every point in its own slot from step 0 to the end (no refill): losses (B, steps) as in run. Stops
+        early once every point has a non-finite loss."""
+        b, steps = self.b, self.p.steps
+        dev = self.w0.device
+        lr_in, lr_out, offset = (t.to(dev).view(b, 1, 1) for t in self.points)
+        # The same arithmetic as load(), for all slots at once (elementwise, so bit for bit the same values).
+        torch.add(self.w0_init.unsqueeze(0), offset, out=self.w0_3d)
+        self.v.copy_(torch.div(self.w1_init, self.n).expand(b, 1, self.n))
+        self.offset.copy_(offset)
+        torch.mul(lr_in, self.grad_scale * self.n, out=self.lr_in)
+        torch.mul(lr_out, self.grad_scale / self.n, out=self.lr_out)
+        buf = torch.empty(CHECK, b, 1, dtype=torch.float64, device=dev)
+        alive = np.ones(b, dtype=bool)
+        for start in range(0, steps, CHECK):
+            length = min(CHECK, steps - start)
+            for k in range(length):
+                self.step(start + k, self.res_ticks[k])
+            sq = self.res_buf[:length]
+            sq.mul_(sq)
+            torch.sum(sq, dim=3, out=buf[:length])
+            block = buf[:length, :, 0].mul(1.0 / self.p.dataset_size).cpu().numpy()  # (length, B)
+            losses[:, start:start + length] = block.T
+            alive &= np.isfinite(block).all(axis=0)
+            if not alive.any():
+                break
 
     def step(self, t: int, res: torch.Tensor) -> None:
         """One GD step for every point (step t of the minibatch sequence); writes each point's residuals
@@ -352,13 +471,18 @@ def grid_chunk_size(total: int) -> int:
 
 def train_grid(problem: Problem, lr_input, lr_output, init_offset, chunk_size: int | None = None,
                progress=None, pool: WorkerPool | None = None) -> dict:
-    """Train every point in chunks (of chunk_size, default grid_chunk_size), in this process or in the
-    worker processes of pool (worker_pool); returns summarize_batch arrays plus runtime_s (total). The
+    """Train every point in chunks (of chunk_size, default grid_chunk_size; on CUDA cuda_chunk_size), in this
+    process or in the worker processes of pool (worker_pool; CPU only); returns summarize_batch arrays plus runtime_s (total). The
     results are the same either way: every point is computed alone."""
     lr_input, lr_output, init_offset = (np.asarray(a, dtype=np.float64).ravel()
                                         for a in (lr_input, lr_output, init_offset))
     total = lr_input.shape[0]
-    size = chunk_size or grid_chunk_size(total)
+    if problem.device != "cpu" and pool is not None:
+        raise ValueError(f"device={problem.device!r}: train_grid runs device chunks in this process (pool=None)")
+    if chunk_size:
+        size = chunk_size
+    else:
+        size = cuda_chunk_size(problem, total) if problem.device == "cuda" else grid_chunk_size(total)
     spans = [(lo, min(total, lo + size)) for lo in range(0, total, size)]
     args = [(problem, lr_input[lo:hi], lr_output[lo:hi], init_offset[lo:hi]) for lo, hi in spans]
     start = time.perf_counter()

@@ -504,3 +504,31 @@ def plot_difference(ax, grid_a: Grid, grid_b: Grid, labels: tuple[str, str]) -> 
               loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=7, frameon=False)
     frame.decorate(ax, f"trainable in {labels[0]} vs {labels[1]}")
     return counts
+
+
+# ---------------------------------------------------------------- zoom animation
+
+
+def write_zoom_gif(grids: Sequence[Grid], captions: Sequence[str], path: str | Path,
+                   seconds_per_frame: float = 1.0) -> Path:
+    """An animated GIF of the grids' score maps in the given order (paper mode: widest frame first), each
+    frame titled with its caption (window, D). Pixels are drawn as they are (rows = ascending y), without
+    axes: a frame's window is in its caption."""
+    from PIL import Image
+
+    if len(grids) != len(captions) or not grids:
+        raise ValueError(f"grids/captions: need one caption per grid and >= 1 grid, got {len(grids)}/{len(captions)}")
+    images = []
+    for grid, caption in zip(grids, captions):
+        fig, ax = plt.subplots(figsize=(5.0, 5.6), dpi=DPI)
+        ax.imshow(score_rgba(grid), origin="lower", interpolation="nearest", aspect="auto")
+        ax.set_axis_off()
+        ax.set_title(caption, fontsize=8)
+        fig.tight_layout()
+        fig.canvas.draw()
+        images.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]).convert("P", palette=Image.ADAPTIVE))
+        plt.close(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0)
+    return path

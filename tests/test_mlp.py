@@ -169,3 +169,93 @@ def test_summarize_batch_matches_summarize_losses():
 def test_non_mlp_config_rejected():
     with pytest.raises(ValueError, match="model_family"):
         mlp.problem_of(TrainConfig())
+
+
+# ----------------------------------------------------------------------------------------------
+# The notebook's weights, data and minibatch stream (values from a JAX 0.4.23 run of the notebook's draws:
+# x64, PRNGKey(0) split as the notebook splits it, pre-0.5 threefry)
+
+def notebook_problem(**extra):
+    return mlp.problem_of(TrainConfig(model_family="mlp", mlp_weights="notebook", **extra))
+
+
+def test_notebook_weights_are_the_notebooks_first_entries():
+    state = mlp.initial_state(notebook_problem())  # tanh: 272 examples
+    # W0[0, :3] of the notebook; here w0 = W0^T
+    assert state["w0"][:3, 0].tolist() == [1.8020351263179202, 0.5916661076542855, 2.012225912204863]
+    assert state["w1"][0, :3].tolist() == [0.481221237167072, 1.4184654277503403, 0.7514543794111577]
+    assert state["x"][0, :3].tolist() == [0.012877245180492047, 1.016514811780042, -0.07164463971493798]
+    assert state["y"][:3].tolist() == [-2.3967584431649946, -0.05172164140228051, -0.26390363086539337]
+    assert state["x"].shape == (272, 16) and state["y"].shape == (272,)
+    # X depends on the dataset size (the notebook draws (N, 16) from one key): not a prefix
+    one = mlp.initial_state(notebook_problem(dataset_size=1))
+    assert one["x"][0, :3].tolist() == [0.14646465203823308, 0.795768577155017, -0.7818079721942506]
+    linear = mlp.initial_state(notebook_problem(nonlinearity="linear"))
+    assert linear["x"][0, :3].tolist() == [0.031313708377454855, -1.1436330013292244, -1.066969171739973]
+    assert torch_equal(linear["w0"], state["w0"])
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
+def test_notebook_minibatch_indices_for_10_steps_are_jaxs():
+    # [jax.random.randint(k, (16,), 0, 272) for k in jax.random.split(jax.random.PRNGKey(42), 10)]
+    jax_indices = [
+        [5, 127, 122, 210, 101, 232, 265, 211, 180, 243, 184, 118, 14, 184, 99, 27],
+        [206, 251, 222, 160, 184, 156, 78, 260, 83, 230, 85, 113, 118, 83, 171, 171],
+        [228, 78, 189, 108, 244, 152, 234, 227, 224, 169, 228, 125, 241, 174, 232, 83],
+        [0, 95, 133, 182, 191, 174, 230, 222, 205, 94, 6, 196, 121, 41, 232, 90],
+        [205, 68, 121, 191, 241, 32, 19, 223, 239, 26, 206, 16, 228, 91, 262, 259],
+        [42, 178, 244, 114, 50, 228, 219, 227, 243, 221, 7, 210, 207, 231, 134, 249],
+        [43, 40, 241, 107, 240, 106, 113, 127, 90, 12, 225, 269, 97, 120, 25, 97],
+        [99, 130, 240, 175, 205, 16, 150, 105, 208, 29, 247, 129, 164, 113, 68, 238],
+        [215, 224, 256, 163, 50, 147, 195, 15, 135, 181, 142, 126, 241, 218, 15, 267],
+        [7, 179, 210, 33, 269, 263, 240, 256, 74, 200, 56, 147, 200, 107, 131, 95],
+    ]
+    problem = notebook_problem(batch_size=16, num_iterations=10)
+    assert mlp.minibatch_indices(problem).tolist() == jax_indices
+    # the split depends on the step count: 11 steps give another first batch
+    assert mlp.minibatch_indices(notebook_problem(batch_size=16, num_iterations=11))[0].tolist() != jax_indices[0]
+
+
+@pytest.mark.parametrize("extra, match", [({"width": 8}, "width=8"), ({"dataset_size": 20}, "dataset_size=20"),
+                                          ({"seed": 3}, "seed=3")])
+def test_notebook_weights_refuse_what_the_notebook_never_drew(extra, match):
+    with pytest.raises(ValueError, match=match):
+        notebook_problem(**extra)
+
+
+@pytest.mark.parametrize("kind", [{"nonlinearity": "tanh"}, {"nonlinearity": "tanh", "batch_size": 16},
+                                  {"nonlinearity": "tanh", "init_offset_mode": "every_step"}])
+def test_whole_block_path_equals_the_slot_path(kind):
+    # train_losses_whole is the CUDA path; on the CPU it must give the slot path's curves.
+    problem = mlp.problem_of(TrainConfig(model_family="mlp", num_iterations=STEPS, mlp_weights="notebook", **kind))
+    xx, yy = np.meshgrid(np.logspace(0.0, 3.0, 5), np.logspace(0.0, 3.0, 5))
+    offsets = np.full(xx.size, 0.01 if "init_offset_mode" in kind else 0.0)
+    slots = mlp.train_losses(problem, xx.ravel(), yy.ravel(), offsets)
+    whole = mlp.train_losses_whole(problem, xx.ravel(), yy.ravel(), offsets)
+    assert np.array_equal(np.isfinite(slots), np.isfinite(whole))
+    assert np.allclose(slots, whole, rtol=1e-12, atol=0, equal_nan=True)
+    summary = summarize_batch(whole, STEPS)
+    assert {"trainable", "diverged"} <= set(summary["verdict"])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_cuda_curves_equal_cpu_curves():
+    from dataclasses import replace
+
+    cpu = mlp.problem_of(TrainConfig(model_family="mlp", num_iterations=200, mlp_weights="notebook"))
+    xx, yy = np.meshgrid(np.logspace(0.0, 4.0, 12), np.logspace(1.5, 3.0, 12))  # straddles the boundary
+    args = (xx.ravel(), yy.ravel(), np.zeros(xx.size))
+    here = mlp.train_losses(cpu, *args)
+    there = mlp.train_losses(replace(cpu, device="cuda"), *args)
+    a, b = summarize_batch(here, 200), summarize_batch(there, 200)
+    # cuBLAS sums in another order than the CPU BLAS: curves agree to rounding, verdicts exactly, except
+    # that a point on the edge of chaos may amplify the difference (allow one in 144).
+    assert np.count_nonzero(a["verdict"] != b["verdict"]) <= 1
+    same = a["verdict"] == b["verdict"]
+    finite = np.isfinite(here) & np.isfinite(there) & same[:, None]
+    assert np.allclose(here[finite], there[finite], rtol=1e-9)
+    summary = mlp.train_grid(replace(cpu, device="cuda"), *args)  # automatic chunks on the card
+    assert np.array_equal(summary["verdict"], b["verdict"])
