@@ -35,6 +35,14 @@ def newton_schulz(grad: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x
 
 
+
+def check_matrices(optimizer: torch.optim.Optimizer, name: str) -> None:
+    """Muon-style updates orthogonalise a matrix: every parameter must be 2-D."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.ndim != 2:
+                raise ValueError(f"{name} only handles 2-D parameters, got shape {tuple(p.shape)}")
+
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters: Nesterov momentum (via lerp), Newton-Schulz, shape-aware step size.
 
@@ -50,10 +58,7 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"ns_steps={ns_steps!r}: must be >= 1")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps)
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.ndim != 2:
-                    raise ValueError(f"Muon only handles 2-D parameters, got shape {tuple(p.shape)}")
+        check_matrices(self, "Muon")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -130,10 +135,7 @@ class NorMuon(torch.optim.Optimizer):
             raise ValueError(f"weight_decay={weight_decay!r}: must be >= 0")
         defaults = dict(lr=lr, momentum=momentum, beta2=beta2, weight_decay=weight_decay, ns_steps=ns_steps)
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.ndim != 2:
-                    raise ValueError(f"NorMuon only handles 2-D parameters, got shape {tuple(p.shape)}")
+        check_matrices(self, "NorMuon")
 
     @torch.no_grad()
     def step(self, closure=None):
