@@ -205,13 +205,33 @@ def test_ctrl_c_in_a_terminal_stops_workers_and_parent_cleanly(tmp_path):
     # A terminal's Ctrl-C reaches the whole process group: parent and worker processes.
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = tmp_path / "out"
+    # The window where half the points diverge early: a running chunk then finishes in seconds after Ctrl-C.
     proc = subprocess.Popen([sys.executable, "-m", "fractal_llm.paper", "tanh", "--res", "128", "--workers", "2",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             "--window", "0:4:1.5:3", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(4)  # workers started and training (the whole grid takes far longer)
+    # Wait until both worker processes have started (their initializer ignores SIGINT; on a loaded machine
+    # importing torch alone takes seconds), then let them train a moment; the whole grid takes far longer.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(_workers_ignoring_sigint(proc.pid)) < 2:
+        time.sleep(0.2)
+    time.sleep(1)
     os.killpg(proc.pid, signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)
+    output, _ = proc.communicate(timeout=180)  # the running chunks finish first: slow on a loaded machine
     assert proc.returncode == 130, output
     assert "stopped." in output and "Traceback" not in output
     assert not (out / "report.json").exists()
+
+
+def _workers_ignoring_sigint(pid: int) -> list[int]:
+    """Child processes of pid whose SIGINT is ignored (Linux /proc; the worker pool's initializer did it)."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except FileNotFoundError:
+            continue
+        ignored = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+        if ignored & (1 << (signal.SIGINT - 1)):
+            found.append(int(child))
+    return found
