@@ -73,8 +73,10 @@ def truth_frames(name: str, res: int, steps: int, zoom: int, workers: int) -> li
     return frames
 
 
-def dimensions(labels: np.ndarray) -> tuple[float, float]:
-    return estimate_dimension(labels).dimension, paper_dimension(labels).dimension
+def dimensions(labels: np.ndarray) -> tuple[float, float, float]:
+    """(D ours, D paper method, our error bar): a dD inside the error bar is the estimator's noise."""
+    ours = estimate_dimension(labels)
+    return ours.dimension, paper_dimension(labels).dimension, ours.uncertainty
 
 
 def measure(verdicts: np.ndarray, levels: int, margin: int, full_d: tuple[float, float]) -> dict:
@@ -86,7 +88,7 @@ def measure(verdicts: np.ndarray, levels: int, margin: int, full_d: tuple[float,
     islands = missed_islands(truth, refined)
     spacing = 2 ** levels
     small = [i for i in islands if min(i.bbox[2] - i.bbox[0], i.bbox[3] - i.bbox[1]) + 1 < spacing]
-    d_ours, d_paper = dimensions(refined)
+    d_ours, d_paper, _ = dimensions(refined)
     return {"runs": len(known) / truth.size, "wrong": float(np.mean(~(refined == truth))),
             "missed": len(islands), "missed_small": len(small), "missed_pixels": sum(i.pixels for i in islands),
             "dd_ours": d_ours - full_d[0], "dd_paper": d_paper - full_d[1]}
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = Table(title=f"adaptive refinement vs the full map: {args.res}x{args.res}, {args.steps} steps "
                         f"(goal: runs <= {GOAL_RUNS:.0%}, wrong <= {GOAL_WRONG:.1%}, |dD| <= {GOAL_DD})")
-    for col in ("config / frame", "D full (ours, paper)", "L", "M", "runs", "wrong px", "missed (< 2^L)",
+    for col in ("config / frame", "D full (ours±err, paper)", "L", "M", "runs", "wrong px", "missed (< 2^L)",
                 "dD ours", "dD paper", "goal"):
         table.add_column(col, justify="left" if col.startswith("config") else "right")
     start = time.perf_counter()
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, (window, verdicts) in enumerate(truth_frames(name, args.res, args.steps, args.zoom, workers)):
             full_d = dimensions((verdicts == "trainable").astype(float))
             label = f"{name} / {k} [{':'.join(f'{v:.3g}' for v in window)}]"
-            d_text = f"{full_d[0]:.3f}, {full_d[1]:.3f}"
+            d_text = f"{full_d[0]:.3f}±{full_d[2]:.3f}, {full_d[1]:.3f}"
             for lv in levels:
                 for m in margins:
                     r = measure(verdicts, lv, m, full_d)
