@@ -272,11 +272,15 @@ def test_a_permanent_failure_or_the_last_try_names_the_sweep(error, tries, tmp_p
     with pytest.raises(SourceError, match=r"W&B sweep e/p/s: listing its runs failed") as info:
         wandb_source("e/p/s", api=api, settings=ApiSettings(retries=2, backoff_s=0.0))
     assert len(calls.runs_kwargs) == tries and str(error) in str(info.value)
-    # The command line: exit 2 with the message, no traceback.
+    # The command line, default settings: exit 2 with the message, no traceback, after the backoff schedule.
     import wandb
+    from fractal_llm import sources
+    waits = []
+    monkeypatch.setattr(sources.time, "sleep", waits.append)
     monkeypatch.setattr(wandb, "Api", lambda **kwargs: api)
     assert run_main(["e/p/s", "--out", str(tmp_path / "out")]) == 2
     assert "W&B sweep e/p/s" in capsys.readouterr().err
+    assert waits == ([2.0, 4.0, 8.0, 16.0, 32.0] if tries > 1 else [])
 
 
 def test_api_timeout_and_page_size_are_settings_passed_to_wandb(tmp_path, monkeypatch):
