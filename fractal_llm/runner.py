@@ -32,6 +32,7 @@ from fractal_llm.records import error_record, file_name, record_name, read_recor
 from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
 from fractal_llm.verdict import VERDICTS, count_verdicts
 
+PLAIN_PROGRESS_S = 10.0  # seconds between progress lines when stdout is not a terminal
 DEFAULT_MLP_CHUNK = 512  # mlp points per train_many call: big enough to batch well, small enough for progress
 
 
@@ -319,12 +320,18 @@ def _run_pending(spec: SweepSpec, pending: list[tuple[dict, str]], counts: dict,
             n_workers, threads = cpu_workers(n_workers, len(os.sched_getaffinity(0)))
     console.print(f"{label}: {total} points, {done_before} already done, running {len(pending)} with "
                   f"{n_workers} worker(s); records in {out_dir}", highlight=False, soft_wrap=True)
+    last_line = time.monotonic()
     try:
         with _progress(console) as progress:
             bar = progress.add_task(label, total=total, completed=done_before, counts=_counts_text(counts))
             for _name, verdict in _execute(tasks, n_workers, devices, threads, out_dir, wandb_mode):
                 counts[verdict] += 1
                 progress.update(bar, advance=1, counts=_counts_text(counts))
+                if not console.is_terminal and time.monotonic() - last_line >= PLAIN_PROGRESS_S:
+                    # nohup and tmux logs get no live bar: a plain line every few seconds instead
+                    last_line = time.monotonic()
+                    console.print(f"{label}: {sum(counts.values())}/{total}  {_counts_text(counts)}",
+                                  highlight=False, soft_wrap=True)
     except KeyboardInterrupt:
         console.print(f"\n[yellow]stopped.[/yellow] {sum(counts.values())} of {total} points have records "
                       f"in {out_dir}; run the same command again to resume.", highlight=False, soft_wrap=True)

@@ -188,3 +188,18 @@ def test_a_point_list_sweep_runs_exactly_its_points(tmp_path):
     assert sorted(r.name for r in records) == sorted(point_name(p) for p in points)
     assert all(r.config["num_iterations"] == 20 and r.verdict != "error" for r in records)
     assert {(r.config["lr_input"], r.config["lr_output"]) for r in records} == {tuple(p.values()) for p in points}
+
+
+def test_a_log_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+    monkeypatch.setattr(runner, "PLAIN_PROGRESS_S", 0.0)
+    path = write_sweep(tmp_path / "mlp.yaml", [AxisArg("lr_input", 0.5, 2.0, 2), AxisArg("lr_output", 0.5, 2.0, 2)],
+                       {"model_family": "mlp", "num_iterations": 5})
+    log = io.StringIO()
+    spec = runner.load_sweep(path)
+    assert runner.run_sweep(spec, tmp_path / "out", workers=1, wandb_mode="disabled", mlp_chunk=1,
+                            console=Console(file=log, force_terminal=False, width=200)) == 0
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("mlp: ") and "/4" in line]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
