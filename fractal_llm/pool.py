@@ -118,9 +118,14 @@ class WorkerPool:
 
     def _events(self, tasks: list, timeout: float) -> Iterator[tuple[int, object]]:
         """Read what the workers sent (or replace the ones that died) for up to `timeout` seconds."""
-        waitables = [w.conn for w in self.workers] + [w.proc.sentinel for w in self.workers]
-        for ready in wait(waitables, timeout=timeout):
-            worker = next(w for w in self.workers if ready in (w.conn, w.proc.sentinel))
+        owner = {w.conn: w for w in self.workers} | {w.proc.sentinel: w for w in self.workers}
+        ready = wait(list(owner), timeout=timeout)
+        # A dead worker can be ready twice (its pipe and its sentinel): handle each worker once.
+        handled: list[_Worker] = []
+        for worker in (owner[r] for r in ready):
+            if any(worker is seen for seen in handled):
+                continue
+            handled.append(worker)
             if worker.conn.poll():
                 try:
                     kind, payload = worker.conn.recv()
