@@ -19,22 +19,35 @@ would return. Per frame and (levels L, margin M) the table shows:
 - D: box-counting dimension of the refined map minus the full map's, ours (fractal.estimate_dimension, the
   report's estimator) and the paper's method (fractal.paper_dimension).
 The issue's goal, per row: runs <= 35%, wrong <= 0.5%, |dD| <= 0.03 for both estimators.
+
+    python benchmarks/bench_refine.py --llm sweeps/smoke_band32.yaml [--levels 2,3,4] [--margins 0,1,2]
+                                      [--run 3,1]
+
+The LLM case: the sweep's full map is run with `fractal-llm local` (runner.run_sweep, W&B disabled) into
+FRACTAL_LLM_HOME/bench_refine/llm-NAME-full (a rerun only resumes it), and is the truth. The (L, M) table is
+the same lookup as above, plus "cost": the summed runtime_s of the points a row runs over the full map's
+(diverged runs stop early, so they cost less than a point count says). Then --run L,M runs the adaptive path
+for real (runner.run_adaptive into llm-NAME-adaptive-L-M): its wall time against the full map's, and whether
+each point it ran got the same verdict as in the full map (CPU runs are deterministic, so the lookup rows are
+what a real adaptive run would give).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from fractal_llm import mlp, paper, paths
+from fractal_llm import mlp, paper, paths, runner
 from fractal_llm.fractal import estimate_dimension, paper_dimension
+from fractal_llm.records import file_name, read_record
 from fractal_llm.refine import RefinePlan, fill, missed_islands, refine
+from fractal_llm.sweep import SweepSpec, load_sweep
 
 console = Console(width=150)  # the table is wider than a default 80-column pipe
 GOAL_RUNS, GOAL_WRONG, GOAL_DD = 0.35, 0.005, 0.03
@@ -79,10 +92,19 @@ def dimensions(labels: np.ndarray) -> tuple[float, float, float]:
     return ours.dimension, paper_dimension(labels).dimension, ours.uncertainty
 
 
-def measure(verdicts: np.ndarray, levels: int, margin: int, full_d: tuple[float, float]) -> dict:
+def measure(verdicts: np.ndarray, levels: int, margin: int, full_d: tuple[float, float],
+            cost: np.ndarray | None = None) -> dict:
+    """One table row: refinement "runs" a point by looking its verdict up. cost: seconds per point, if known."""
     truth = verdicts == "trainable"
     plan = RefinePlan(verdicts.shape, levels=levels, margin=margin)
     known = refine(plan, lambda points: {p: str(verdicts[p]) for p in points})
+    return compare(truth, plan, known, full_d, cost)
+
+
+def compare(truth: np.ndarray, plan: RefinePlan, known: dict, full_d: tuple[float, float],
+            cost: np.ndarray | None = None) -> dict:
+    """The refined map of `known` against the full one."""
+    levels = plan.levels
     result = fill(plan, known)
     refined = result.float_labels()
     islands = missed_islands(truth, refined)
@@ -91,7 +113,94 @@ def measure(verdicts: np.ndarray, levels: int, margin: int, full_d: tuple[float,
     d_ours, d_paper, _ = dimensions(refined)
     return {"runs": len(known) / truth.size, "wrong": float(np.mean(~(refined == truth))),
             "missed": len(islands), "missed_small": len(small), "missed_pixels": sum(i.pixels for i in islands),
-            "dd_ours": d_ours - full_d[0], "dd_paper": d_paper - full_d[1]}
+            "dd_ours": d_ours - full_d[0], "dd_paper": d_paper - full_d[1],
+            "cost": None if cost is None else sum(cost[p] for p in known) / cost.sum()}
+
+
+def goal_met(row: dict) -> bool:
+    return (row["runs"] <= GOAL_RUNS and row["wrong"] <= GOAL_WRONG
+            and abs(row["dd_ours"]) <= GOAL_DD and abs(row["dd_paper"]) <= GOAL_DD)
+
+
+def new_table(title: str, with_cost: bool) -> Table:
+    table = Table(title=title)
+    columns = ["config / frame", "D full (ours±err, paper)", "L", "M", "runs"] + (["cost"] if with_cost else [])
+    for col in columns + ["wrong px", "missed (< 2^L)", "dD ours", "dD paper", "goal"]:
+        table.add_column(col, justify="left" if col.startswith("config") else "right")
+    return table
+
+
+def add_rows(table: Table, label: str, verdicts: np.ndarray, levels: list[int], margins: list[int],
+             cost: np.ndarray | None = None) -> None:
+    full_d = dimensions((verdicts == "trainable").astype(float))
+    d_text = f"{full_d[0]:.3f}±{full_d[2]:.3f}, {full_d[1]:.3f}"
+    for lv in levels:
+        for m in margins:
+            r = measure(verdicts, lv, m, full_d, cost)
+            cells = [label, d_text, str(lv), str(m), f"{r['runs']:.1%}"]
+            if cost is not None:
+                cells.append(f"{r['cost']:.1%}")
+            table.add_row(*cells, f"{r['wrong']:.3%}", f"{r['missed']} ({r['missed_small']})",
+                          f"{r['dd_ours']:+.3f}", f"{r['dd_paper']:+.3f}", "yes" if goal_met(r) else "no")
+            label = d_text = ""
+    table.add_section()
+
+
+# ---------------------------------------------------------------------------------------------- the LLM case
+
+def read_lattice(spec: SweepSpec, out_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(verdicts, runtime_s) of the lattice from a record directory; verdict "" where no record is."""
+    names = runner.lattice_names(spec)
+    shape = (max(p[0] for p in names) + 1, max(p[1] for p in names) + 1)
+    verdicts, runtimes = np.full(shape, "", dtype=object), np.zeros(shape)
+    for point, name in names.items():
+        path = out_dir / file_name(name)
+        if path.exists():
+            record = read_record(path)
+            verdicts[point], runtimes[point] = record.verdict, record.summary.get("runtime_s") or 0.0
+    return verdicts, runtimes
+
+
+def timed(what: str, call) -> float:
+    start = time.perf_counter()
+    code = call()
+    if code != 0:
+        raise SystemExit(f"{what} exited with {code}")
+    return time.perf_counter() - start
+
+
+def llm_case(sweep_file: str, levels: list[int], margins: list[int], run: tuple[int, int] | None,
+             workers: int | None) -> None:
+    spec = load_sweep(sweep_file)
+    root = paths.home() / "bench_refine"
+    full_dir = root / f"llm-{spec.name}-full"
+    full_wall = timed("the full map", lambda: runner.run_sweep(spec, full_dir, workers=workers, wandb_mode="disabled"))
+    verdicts, runtimes = read_lattice(spec, full_dir)
+    if (verdicts == "error").any() or (verdicts == "").any():
+        raise SystemExit(f"{full_dir}: the full map has errors or holes; rerun to retry them")
+    counts = {v: int((verdicts == v).sum()) for v in ("trainable", "not_trainable", "diverged")}
+    table = new_table(f"adaptive refinement vs the full map: {spec.name}, {verdicts.shape[0]}x{verdicts.shape[1]} "
+                      f"(goal: runs <= {GOAL_RUNS:.0%}, wrong <= {GOAL_WRONG:.1%}, |dD| <= {GOAL_DD})",
+                      with_cost=True)
+    add_rows(table, spec.name, verdicts, levels, margins, runtimes)
+    console.print(table)
+    console.print(f"full map: {verdicts.size} points {counts}, {runtimes.sum():.0f} s of summed runtime_s, "
+                  f"{full_wall:.0f} s wall in this call (~0 when it was already on disk)", highlight=False)
+    if run is None:
+        return
+    lv, m = run
+    plan = RefinePlan(verdicts.shape, levels=lv, margin=m)
+    out_dir = root / f"llm-{spec.name}-adaptive-{lv}-{m}"
+    wall = timed("the adaptive run", lambda: runner.run_adaptive(spec, out_dir, lv, m, workers=workers,
+                                                                    wandb_mode="disabled"))
+    ran, ran_time = read_lattice(spec, out_dir)
+    known = {(int(a), int(b)): str(ran[a, b]) for a, b in zip(*np.nonzero(ran != ""))}
+    same = sum(ran[p] == verdicts[p] for p in known)
+    r = compare(verdicts == "trainable", plan, known, dimensions((verdicts == "trainable").astype(float)), runtimes)
+    console.print(f"real adaptive run, L={lv} M={m}: {len(known)} of {verdicts.size} points ({r['runs']:.1%}), "
+                  f"{same} of them with the full map's verdict; {r['wrong']:.3%} pixels wrong, dD ours "
+                  f"{r['dd_ours']:+.3f}, paper {r['dd_paper']:+.3f}; {ran_time.sum():.0f} s summed runtime_s, "
+                  f"{wall:.0f} s wall in this call (~0 when it was already on disk)", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,39 +211,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="3,4,5")
     parser.add_argument("--margins", default="0,1,2")
     parser.add_argument("--zoom", type=int, default=0, help="nested zoom frames after the default window")
-    parser.add_argument("--workers", type=int, default=0, help="truth worker processes (0: one per core)")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: one per core)")
+    parser.add_argument("--llm", metavar="SWEEP_YAML", help="the LLM case instead: this sweep, full vs adaptive")
+    parser.add_argument("--run", metavar="L,M", help="--llm: also run the adaptive path for real at L, M")
     args = parser.parse_args(argv)
+    levels = [int(v) for v in args.levels.split(",")]
+    margins = [int(v) for v in args.margins.split(",")]
+    start = time.perf_counter()
+    if args.llm:
+        run = tuple(int(v) for v in args.run.split(",")) if args.run else None
+        if run is not None and len(run) != 2:
+            parser.error(f"--run={args.run!r}: need L,M")
+        llm_case(args.llm, levels, margins, run, args.workers or None)
+        console.print(f"{time.perf_counter() - start:.0f} s in all")
+        return 0
     names = args.configs.split(",")
     for name in names:
         if name not in paper.CONFIGS:
             parser.error(f"--configs: {name!r} is not one of {', '.join(paper.CONFIGS)}")
-    levels = [int(v) for v in args.levels.split(",")]
-    margins = [int(v) for v in args.margins.split(",")]
     for lv in levels:
         RefinePlan((args.res, args.res), levels=lv)  # a bad level fails before any training
-    workers = args.workers or torch.get_num_threads()
+    workers = args.workers or len(os.sched_getaffinity(0))
 
-    table = Table(title=f"adaptive refinement vs the full map: {args.res}x{args.res}, {args.steps} steps "
-                        f"(goal: runs <= {GOAL_RUNS:.0%}, wrong <= {GOAL_WRONG:.1%}, |dD| <= {GOAL_DD})")
-    for col in ("config / frame", "D full (ours±err, paper)", "L", "M", "runs", "wrong px", "missed (< 2^L)",
-                "dD ours", "dD paper", "goal"):
-        table.add_column(col, justify="left" if col.startswith("config") else "right")
-    start = time.perf_counter()
+    table = new_table(f"adaptive refinement vs the full map: {args.res}x{args.res}, {args.steps} steps "
+                      f"(goal: runs <= {GOAL_RUNS:.0%}, wrong <= {GOAL_WRONG:.1%}, |dD| <= {GOAL_DD})",
+                      with_cost=False)
     for name in names:
         for k, (window, verdicts) in enumerate(truth_frames(name, args.res, args.steps, args.zoom, workers)):
-            full_d = dimensions((verdicts == "trainable").astype(float))
-            label = f"{name} / {k} [{':'.join(f'{v:.3g}' for v in window)}]"
-            d_text = f"{full_d[0]:.3f}±{full_d[2]:.3f}, {full_d[1]:.3f}"
-            for lv in levels:
-                for m in margins:
-                    r = measure(verdicts, lv, m, full_d)
-                    ok = (r["runs"] <= GOAL_RUNS and r["wrong"] <= GOAL_WRONG
-                          and abs(r["dd_ours"]) <= GOAL_DD and abs(r["dd_paper"]) <= GOAL_DD)
-                    table.add_row(label, d_text, str(lv), str(m), f"{r['runs']:.1%}",
-                                  f"{r['wrong']:.3%}", f"{r['missed']} ({r['missed_small']})",
-                                  f"{r['dd_ours']:+.3f}", f"{r['dd_paper']:+.3f}", "yes" if ok else "no")
-                    label = d_text = ""
-            table.add_section()
+            add_rows(table, f"{name} / {k} [{':'.join(f'{v:.3g}' for v in window)}]", verdicts, levels, margins)
     console.print(table)
     console.print(f"{time.perf_counter() - start:.0f} s in all (truth included unless cached)")
     return 0

@@ -3,9 +3,10 @@
 The grid is expanded exactly as W&B does (sweep.expand_grid). Each point ends as one JSON record in DIR,
 named by its axis values, so re-running the same command runs only the points without a finished record
 (`error` records are retried). Points run in N long-lived worker processes (gpt: one per visible GPU, else
-one on CPU, where torch already uses every core); a worker imports the train module once, so its base-model
-and tokenized-data caches serve all of its points. mlp-family points run batched (fractal_llm.mlp.train_many)
-in chunks of --mlp-chunk points, one single-threaded worker per core. A single worker runs in this process.
+one single-threaded worker per core, runner.default_workers); a worker imports the train module once, so its
+base-model and tokenized-data caches serve all of its points. mlp-family points run batched
+(fractal_llm.mlp.train_many) in chunks of --mlp-chunk points, one single-threaded worker per core. A single
+worker runs in this process.
 
 W&B: the runner never uses an agent (agents need a server). run_point logs each gpt point as a W&B run in
 WANDB_MODE, which defaults to "offline" here (files under DIR/wandb/, upload with `wandb sync`);
@@ -182,7 +183,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                      description="Run a sweep YAML's grid on this machine (no W&B server).")
     parser.add_argument("file", help="sweep YAML (checked first)")
     parser.add_argument("--workers", type=int,
-                        help="worker processes (default: one per visible GPU, else 1; mlp sweeps: one per core)")
+                        help="worker processes (default: one per visible GPU, else one single-threaded worker per core)")
     parser.add_argument("--out", help="record directory (default: <cache>/runs/<sweep name>)")
     parser.add_argument("--limit", type=int, help="run at most this many pending points (the rest stay pending)")
     parser.add_argument("--wandb", choices=("offline", "disabled", "online"),
@@ -268,6 +269,12 @@ def lattice(spec: SweepSpec) -> tuple[str, list, str, list]:
     return x_name, sorted(xs), y_name, sorted(ys)
 
 
+def lattice_names(spec: SweepSpec) -> dict[tuple[int, int], str]:
+    """{(iy, ix): record name} over the lattice: the names a full run of the sweep gives its points."""
+    x_name, xs, y_name, ys = lattice(spec)
+    return {(iy, ix): record_name({x_name: x, y_name: y}) for iy, y in enumerate(ys) for ix, x in enumerate(xs)}
+
+
 def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int, margin: int, workers: int | None = None,
                  wandb_mode: str = "offline", mlp_chunk: int = DEFAULT_MLP_CHUNK,
                  console: Console | None = None) -> int:
@@ -281,7 +288,7 @@ def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int, margin: int, worke
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.yaml").write_text(dump_sweep_yaml(spec.raw))
     atomic_write_text(out_dir / ADAPTIVE_FILE, yaml.safe_dump({"levels": levels, "margin": margin}))
-    name_of = {(iy, ix): record_name({x_name: x, y_name: y}) for iy, y in enumerate(ys) for ix, x in enumerate(xs)}
+    name_of = lattice_names(spec)
     known = {point: verdict for point, name in name_of.items()
              if (verdict := existing_verdict(out_dir, name, console)) is not None}
     start = current_level(plan, known)
