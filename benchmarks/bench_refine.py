@@ -35,7 +35,7 @@ what a real adaptive run would give).
 from __future__ import annotations
 
 import argparse
-import os
+import hashlib
 import time
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from rich.table import Table
 
 from fractal_llm import mlp, paper, paths, runner
 from fractal_llm.fractal import estimate_dimension, paper_dimension
+from fractal_llm.pool import usable_cores
 from fractal_llm.records import file_name, read_record
 from fractal_llm.refine import RefinePlan, fill, missed_islands, refine
 from fractal_llm.sweep import SweepSpec, load_sweep
@@ -54,7 +55,8 @@ GOAL_RUNS, GOAL_WRONG, GOAL_DD = 0.35, 0.005, 0.03
 
 
 def truth_path(name: str, window, res: int, steps: int) -> Path:
-    tag = "_".join(f"{v:.6g}" for v in window)
+    # The paper's frames are ~1e-6 decades wide and nested frames share a centre: the window goes in whole
+    tag = hashlib.sha1(repr(tuple(float(v) for v in window)).encode()).hexdigest()[:12]
     return paths.home() / "bench_refine" / f"{name}-{res}-{steps}-{tag}.npz"
 
 
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--configs: {name!r} is not one of {', '.join(paper.CONFIGS)}")
     for lv in levels:
         RefinePlan((args.res, args.res), levels=lv)  # a bad level fails before any training
-    workers = args.workers or len(os.sched_getaffinity(0))
+    workers = args.workers or usable_cores()
 
     table = new_table(f"adaptive refinement vs the full map: {args.res}x{args.res}, {args.steps} steps "
                       f"(goal: runs <= {GOAL_RUNS:.0%}, wrong <= {GOAL_WRONG:.1%}, |dD| <= {GOAL_DD})",

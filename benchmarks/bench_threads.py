@@ -30,6 +30,7 @@ threads, n, loop = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "loop"
 if threads > 0:
     torch.set_num_threads(threads)
 from fractal_llm.config import TrainConfig
+from fractal_llm.pool import usable_cores
 from fractal_llm.sweep import expand_grid, load_sweep
 from fractal_llm.train import train
 points = expand_grid(load_sweep(sys.argv[4]))[:n]
@@ -81,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=12)
     args = parser.parse_args()
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     table = Table(title=f"seconds per point, first {args.points} points of sweeps/smoke.yaml, {cores} cores")
     for column in ("torch threads", "alone", "beside one busy process", "slow-down"):
         table.add_column(column, justify="right")

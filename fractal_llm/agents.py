@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fractal_llm import paths
+from fractal_llm.pool import usable_cores
 from fractal_llm.sweep import SweepError, parse_sweep_path
 
 LOCAL = socket.gethostname()  # pid/log names carry the host: a shared logdir (NFS) never collides
@@ -170,7 +171,7 @@ def read_pid(pid_file: Path) -> int | None:
 
 def start_local(slots: list[Slot], workdir: Path, logdir: Path, argv: list[str]) -> list[tuple[Slot, str, int]]:
     logdir.mkdir(parents=True, exist_ok=True)
-    threads = threads_per_agent(os.cpu_count() or 1, slots)
+    threads = threads_per_agent(usable_cores(), slots)
     started = []
     for slot in slots:
         pid_file = logdir / f"{slot.label}.pid"

@@ -8,7 +8,7 @@
 CONFIG: tanh, relu, linear, tanh-one-point, tanh-minibatch, init-offset. Windows are in log10 units:
 x = lr_input, y = lr_output (init-offset: x = init_offset added to W0, y = one LR shared by both layers).
 The grid is trained in batched chunks (fractal_llm.mlp) straight into arrays; no per-point records. The
-chunks run in --workers single-threaded processes (default: one per core, as torch counts them), or on
+chunks run in --workers single-threaded processes (default: one per usable core), or on
 CUDA in one process (--device cuda, float64).
 
 The paper's protocol is the default: the notebook's weights and data (--weights notebook) and the frames of
@@ -38,6 +38,7 @@ from rich.table import Table
 from fractal_llm import mlp
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.fractal import edge_mask, estimate_dimension, paper_dimension, pooled_paper_dimension
+from fractal_llm.pool import usable_cores
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
 from fractal_llm.verdict import count_verdicts
 
@@ -460,7 +461,7 @@ def run(args) -> int:
         Path(args.write_yaml).write_text(dump_sweep_yaml(cfg, header=f"fractal-llm paper {paper.name}"))
         console.print(f"sweep: {args.write_yaml} ({args.res}x{args.res} points)")
         return 0
-    workers = 1 if args.device == "cuda" else args.workers or torch.get_num_threads()
+    workers = 1 if args.device == "cuda" else args.workers or usable_cores()
     if workers == 1:
         torch.set_num_threads(1)  # the same single-threaded arithmetic as a worker process
     out = Path(args.out or f"paper-{paper.name}")

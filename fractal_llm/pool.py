@@ -27,6 +27,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a batch scheduler or taskset narrows):
+    what every default worker and thread count is sized by."""
+    return len(os.sched_getaffinity(0))
+
+
 class WorkerError(RuntimeError):
     """A worker process failed in a way that retrying cannot fix (its traceback is in the message)."""
 

@@ -36,6 +36,13 @@ Point = tuple[int, int]
 ADAPTIVE_FILE = "refinement.yaml"
 
 
+# Defaults, measured by benchmarks/bench_refine.py (figures in README.md). L: on the 256x256 paper maps L=5
+# saved under 0.3% of the grid over L=4, and on the 32x32 LLM map (sweeps/smoke_band32.yaml) L=3 and L=4 run
+# the same points. M: M=0 missed ~50 specks of the tanh map that M=1 finds (0.11% vs 0.005% pixels wrong).
+DEFAULT_LEVELS = 4
+DEFAULT_MARGIN = 1
+
+
 class RefineError(ValueError):
     """A bad plan or a bad known verdict; raised before any run."""
 
@@ -43,10 +50,8 @@ class RefineError(ValueError):
 @dataclass(frozen=True)
 class RefinePlan:
     shape: tuple[int, int]  # (ny, nx) of the full-resolution lattice
-    # Defaults measured by benchmarks/bench_refine.py on the 256x256 paper maps: L=5 saves under 0.3% of the
-    # grid over L=4; M=0 misses ~50 specks of the tanh map that M=1 finds (0.11% vs 0.005% pixels wrong).
-    levels: int = 4  # L: level 0 runs every 2^L-th index per axis
-    margin: int = 1  # M: cells added around every non-uniform cell before a level picks its points
+    levels: int = DEFAULT_LEVELS  # L: level 0 runs every 2^L-th index per axis
+    margin: int = DEFAULT_MARGIN  # M: cells added around every non-uniform cell before a level picks its points
 
     def __post_init__(self):
         if len(self.shape) != 2 or not all(_is_int(n) and n >= 2 for n in self.shape):

@@ -28,8 +28,10 @@ from fractal_llm import paths
 from fractal_llm.paths import atomic_write_text
 from fractal_llm.agents import detect_local_gpus
 from fractal_llm.config import ConfigError, TrainConfig
-from fractal_llm.pool import WorkerPool
+from fractal_llm.pool import WorkerPool, usable_cores
 from fractal_llm.records import error_record, file_name, record_name, read_record, record_from_result, write_record
+from fractal_llm.refine import (ADAPTIVE_FILE, DEFAULT_LEVELS, DEFAULT_MARGIN, RefineError, RefinePlan,
+                                current_level, fill, points_for_level)
 from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
 from fractal_llm.verdict import VERDICTS, count_verdicts
 
@@ -109,7 +111,7 @@ def default_workers(spec: SweepSpec, family: str) -> int:
     measured faster than one worker with a thread per core (1.80 against 2.01 s per point, 24 points of
     sweeps/smoke.yaml on 2 idle cores, start-up included: benchmarks/bench_threads.py)."""
     gpus = detect_local_gpus() if family == "gpt" and spec.fixed.get("device") != "cpu" else []
-    return len(gpus) or len(os.sched_getaffinity(0))
+    return len(gpus) or usable_cores()
 
 
 # ---------------------------------------------------------------------------------------------- running a task
@@ -183,17 +185,20 @@ def _build_parser() -> argparse.ArgumentParser:
                                      description="Run a sweep YAML's grid on this machine (no W&B server).")
     parser.add_argument("file", help="sweep YAML (checked first)")
     parser.add_argument("--workers", type=int,
-                        help="worker processes (default: one per visible GPU, else one single-threaded worker per core)")
+                        help="worker processes (default: one per visible GPU, else one single-threaded worker "
+                             "per core)")
     parser.add_argument("--out", help="record directory (default: <cache>/runs/<sweep name>)")
     parser.add_argument("--limit", type=int, help="run at most this many pending points (the rest stay pending)")
     parser.add_argument("--wandb", choices=("offline", "disabled", "online"),
                         help="W&B mode of each point's run (default: $WANDB_MODE, else offline)")
     parser.add_argument("--adaptive", action="store_true",
                         help="refine near the boundary instead of running every point (docs/design.md)")
-    parser.add_argument("--levels", type=int, default=4,
-                        help="--adaptive: level 0 runs every 2^LEVELS-th value of each axis (default 4)")
-    parser.add_argument("--margin", type=int, default=1,
-                        help="--adaptive: cells added around each mixed cell before the next level (default 1)")
+    parser.add_argument("--levels", type=int, default=DEFAULT_LEVELS,
+                        help=f"--adaptive: level 0 runs every 2^LEVELS-th value of each axis "
+                             f"(default {DEFAULT_LEVELS})")
+    parser.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
+                        help=f"--adaptive: cells added around each mixed cell before the next level "
+                             f"(default {DEFAULT_MARGIN})")
     parser.add_argument("--mlp-chunk", type=int, default=DEFAULT_MLP_CHUNK,
                         help=f"mlp-family points per batched train_many call (default {DEFAULT_MLP_CHUNK})")
     return parser
@@ -224,7 +229,6 @@ def main(argv: list[str]) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         os.environ["WANDB_DIR"] = str(out_dir)
     if args.adaptive:
-        from fractal_llm.refine import RefineError, RefinePlan
         try:
             x_name, xs, y_name, ys = lattice(spec)
             RefinePlan((len(ys), len(xs)), args.levels, args.margin)  # bad --levels/--margin: before any run
@@ -281,7 +285,6 @@ def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int, margin: int, worke
     """`--adaptive`: refinement by levels (fractal_llm.refine) on the sweep's lattice, level after level with
     the same workers and records as a full run. A re-run starts at the level it stopped in; errors are
     retried by the next run."""
-    from fractal_llm.refine import ADAPTIVE_FILE, RefinePlan, current_level, fill, points_for_level
     console = console or Console()
     x_name, xs, y_name, ys = lattice(spec)
     plan = RefinePlan((len(ys), len(xs)), levels, margin)
@@ -323,7 +326,7 @@ def _run_pending(spec: SweepSpec, pending: list[tuple[dict, str]], counts: dict,
     if n_workers > 1:
         devices = detect_local_gpus() if spec.fixed.get("device") != "cpu" and family != "mlp" else []
         if not devices:
-            n_workers, threads = cpu_workers(n_workers, len(os.sched_getaffinity(0)))
+            n_workers, threads = cpu_workers(n_workers, usable_cores())
     console.print(f"{label}: {total} points, {done_before} already done, running {len(pending)} with "
                   f"{n_workers} worker(s); records in {out_dir}", highlight=False, soft_wrap=True)
     last_line = time.monotonic()
