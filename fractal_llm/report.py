@@ -115,7 +115,7 @@ def hole_list(grid: Grid) -> list[dict]:
         if record is None:
             state = "no run"
         elif grid.verdicts[i, j] == "error":
-            state = "error"
+            state = record.state or "error"  # a W&B run's own state (failed, crashed, ...) says more
         else:
             state = record.state or "no verdict"
         out.append({"x": grid.x_values[j], "y": grid.y_values[i], "outcome": str(grid.verdicts[i, j]),

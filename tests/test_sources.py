@@ -169,11 +169,14 @@ def test_run_states_pending_and_holes_named_in_the_report(tmp_path):
     for run, state in zip(runs, states):
         run.state, run.summary_metrics = state, {"_runtime": 1.0}
     runs[6].state = "running"  # already wrote its verdict
+    runs[7].state = "failed"  # an exception in the run: an error verdict, and W&B's state beside it
+    runs[7].summary_metrics = {**runs[7].summary_metrics, "verdict": "error", "error": "Traceback ...\nOOM"}
     api = FakeApi(cfg, {"s": runs}, calls)
     report = run_report(["e/p/s", "--out", str(tmp_path / "out"), "--zoom", "0"], api=api)
-    assert report["counts"]["pending"] == 2 and report["counts"]["missing"] == 4 and report["counts"]["error"] == 0
-    assert report["counts"]["trainable"] + report["counts"]["not_trainable"] == 10
-    assert sorted(h["state"] for h in report["holes"]) == ["crashed", "failed", "killed", "preempted"]
+    assert report["counts"]["pending"] == 2 and report["counts"]["missing"] == 4 and report["counts"]["error"] == 1
+    assert report["counts"]["trainable"] + report["counts"]["not_trainable"] == 9
+    assert sorted(h["state"] for h in report["holes"]) == ["crashed", "failed", "failed", "killed", "preempted"]
+    assert {h["outcome"] for h in report["holes"] if h["state"] == "failed"} == {"error", "missing"}
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| pending | 2 |" in text
     for state, run in zip(states[2:], runs[2:6]):
