@@ -2,7 +2,7 @@
 maps whose full truth is known.
 
     python benchmarks/bench_refine.py [--configs tanh,relu,tanh-one-point] [--res 256] [--steps 500]
-                                      [--levels 3,4,5] [--margins 0,1,2] [--zoom 0] [--workers 0]
+                                      [--levels 3,4,5,6] [--margins 0,1,2] [--zoom 0] [--workers 0]
 
 Truth: every pixel of a frame trained exactly as `fractal-llm paper CONFIG --res RES` trains it (paper.run_frame
 on the config's default window, the batched MLP core), cached in FRACTAL_LLM_HOME/bench_refine/*.npz so a rerun
@@ -17,10 +17,12 @@ would return. Per frame and (levels L, margin M) the table shows:
 - missed: connected wrong regions (refine.missed_islands), and in brackets those smaller than the coarse
   spacing 2^L on some axis: the expected loss, features that fall between the level-0 points;
 - D: box-counting dimension of the refined map minus the full map's, ours (fractal.estimate_dimension, the
-  report's estimator) and the paper's method (fractal.paper_dimension).
-The issue's goal, per row: runs <= 35%, wrong <= 0.5%, |dD| <= 0.03 for both estimators.
+  report's estimator) and the paper's method (fractal.paper_dimension);
+- max dslope: the largest change of a local slope of the box counts (ours), the curve both estimators read:
+  a large dD ours beside a small dslope is our estimator choosing another fit window, not refinement.
+The goal, per row: runs <= 35%, wrong <= 0.5%, |dD| <= 0.03 for both estimators.
 
-    python benchmarks/bench_refine.py --llm sweeps/smoke_band32.yaml [--levels 2,3,4] [--margins 0,1,2]
+    python benchmarks/bench_refine.py --llm sweeps/smoke_band32.yaml [--levels 1,2,3,4] [--margins 0,1,2]
                                       [--run 3,1]
 
 The LLM case: the sweep's full map is run with `fractal-llm local` (runner.run_sweep, W&B disabled) into
@@ -38,6 +40,7 @@ import argparse
 import hashlib
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from rich.console import Console
@@ -50,7 +53,7 @@ from fractal_llm.records import file_name, read_record
 from fractal_llm.refine import RefinePlan, fill, missed_islands, refine
 from fractal_llm.sweep import SweepSpec, load_sweep
 
-console = Console(width=150)  # the table is wider than a default 80-column pipe
+console = Console(width=170)  # the table is wider than a default 80-column pipe
 GOAL_RUNS, GOAL_WRONG, GOAL_DD = 0.35, 0.005, 0.03
 
 
@@ -88,13 +91,19 @@ def truth_frames(name: str, res: int, steps: int, zoom: int, workers: int) -> li
     return frames
 
 
-def dimensions(labels: np.ndarray) -> tuple[float, float, float]:
-    """(D ours, D paper method, our error bar): a dD inside the error bar is the estimator's noise."""
+class Dims(NamedTuple):
+    ours: float  # fractal.estimate_dimension: a fit over a window of box sizes it chooses
+    paper: float  # fractal.paper_dimension
+    error: float  # our estimator's error bar: a dD inside it is the estimator's noise
+    slopes: np.ndarray  # local slopes -dlnN/dlns between neighbouring box sizes, before any window is chosen
+
+
+def dimensions(labels: np.ndarray) -> Dims:
     ours = estimate_dimension(labels)
-    return ours.dimension, paper_dimension(labels).dimension, ours.uncertainty
+    return Dims(ours.dimension, paper_dimension(labels).dimension, ours.uncertainty, np.array(ours.local_slopes))
 
 
-def measure(verdicts: np.ndarray, levels: int, margin: int, full_d: tuple[float, float],
+def measure(verdicts: np.ndarray, levels: int, margin: int, full_d: Dims,
             cost: np.ndarray | None = None) -> dict:
     """One table row: refinement "runs" a point by looking its verdict up. cost: seconds per point, if known."""
     truth = verdicts == "trainable"
@@ -103,7 +112,7 @@ def measure(verdicts: np.ndarray, levels: int, margin: int, full_d: tuple[float,
     return compare(truth, plan, known, full_d, cost)
 
 
-def compare(truth: np.ndarray, plan: RefinePlan, known: dict, full_d: tuple[float, float],
+def compare(truth: np.ndarray, plan: RefinePlan, known: dict, full_d: Dims,
             cost: np.ndarray | None = None) -> dict:
     """The refined map of `known` against the full one."""
     levels = plan.levels
@@ -112,10 +121,12 @@ def compare(truth: np.ndarray, plan: RefinePlan, known: dict, full_d: tuple[floa
     islands = missed_islands(truth, refined)
     spacing = 2 ** levels
     small = [i for i in islands if min(i.bbox[2] - i.bbox[0], i.bbox[3] - i.bbox[1]) + 1 < spacing]
-    d_ours, d_paper, _ = dimensions(refined)
+    d = dimensions(refined)
     return {"runs": len(known) / truth.size, "wrong": float(np.mean(~(refined == truth))),
             "missed": len(islands), "missed_small": len(small), "missed_pixels": sum(i.pixels for i in islands),
-            "dd_ours": d_ours - full_d[0], "dd_paper": d_paper - full_d[1],
+            "dd_ours": d.ours - full_d.ours, "dd_paper": d.paper - full_d.paper,
+            # the box counts themselves: a jump of dD ours with small slope changes is the fit window moving
+            "dslope": float(np.max(np.abs(d.slopes - full_d.slopes))) if len(d.slopes) == len(full_d.slopes) else np.nan,
             "cost": None if cost is None else sum(cost[p] for p in known) / cost.sum()}
 
 
@@ -127,7 +138,7 @@ def goal_met(row: dict) -> bool:
 def new_table(title: str, with_cost: bool) -> Table:
     table = Table(title=title)
     columns = ["config / frame", "D full (ours±err, paper)", "L", "M", "runs"] + (["cost"] if with_cost else [])
-    for col in columns + ["wrong px", "missed (< 2^L)", "dD ours", "dD paper", "goal"]:
+    for col in columns + ["wrong px", "missed (< 2^L)", "dD ours", "dD paper", "max dslope", "goal"]:
         table.add_column(col, justify="left" if col.startswith("config") else "right")
     return table
 
@@ -135,7 +146,7 @@ def new_table(title: str, with_cost: bool) -> Table:
 def add_rows(table: Table, label: str, verdicts: np.ndarray, levels: list[int], margins: list[int],
              cost: np.ndarray | None = None) -> None:
     full_d = dimensions((verdicts == "trainable").astype(float))
-    d_text = f"{full_d[0]:.3f}±{full_d[2]:.3f}, {full_d[1]:.3f}"
+    d_text = f"{full_d.ours:.3f}±{full_d.error:.3f}, {full_d.paper:.3f}"
     for lv in levels:
         for m in margins:
             r = measure(verdicts, lv, m, full_d, cost)
@@ -143,7 +154,8 @@ def add_rows(table: Table, label: str, verdicts: np.ndarray, levels: list[int], 
             if cost is not None:
                 cells.append(f"{r['cost']:.1%}")
             table.add_row(*cells, f"{r['wrong']:.3%}", f"{r['missed']} ({r['missed_small']})",
-                          f"{r['dd_ours']:+.3f}", f"{r['dd_paper']:+.3f}", "yes" if goal_met(r) else "no")
+                          f"{r['dd_ours']:+.3f}", f"{r['dd_paper']:+.3f}", f"{r['dslope']:.3f}",
+                          "yes" if goal_met(r) else "no")
             label = d_text = ""
     table.add_section()
 
@@ -210,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="tanh,relu,tanh-one-point")
     parser.add_argument("--res", type=int, default=256)
     parser.add_argument("--steps", type=int, default=mlp.DEFAULT_STEPS)
-    parser.add_argument("--levels", default="3,4,5")
+    parser.add_argument("--levels", help="levels to try (default 3,4,5,6; --llm: 1,2,3,4)")
     parser.add_argument("--margins", default="0,1,2")
     parser.add_argument("--zoom", type=int, default=0, help="nested zoom frames after the default window")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0: one per core)")
     parser.add_argument("--llm", metavar="SWEEP_YAML", help="the LLM case instead: this sweep, full vs adaptive")
     parser.add_argument("--run", metavar="L,M", help="--llm: also run the adaptive path for real at L, M")
     args = parser.parse_args(argv)
-    levels = [int(v) for v in args.levels.split(",")]
+    levels = [int(v) for v in (args.levels or ("1,2,3,4" if args.llm else "3,4,5,6")).split(",")]
     margins = [int(v) for v in args.margins.split(",")]
     start = time.perf_counter()
     if args.llm:

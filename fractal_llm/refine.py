@@ -36,10 +36,13 @@ Point = tuple[int, int]
 ADAPTIVE_FILE = "refinement.yaml"
 
 
-# Defaults, measured by benchmarks/bench_refine.py (figures in README.md). L: on the 256x256 paper maps L=5
-# saved under 0.3% of the grid over L=4, and on the 32x32 LLM map (sweeps/smoke_band32.yaml) L=3 and L=4 run
-# the same points. M: M=0 missed ~50 specks of the tanh map that M=1 finds (0.11% vs 0.005% pixels wrong).
-DEFAULT_LEVELS = 4
+# Defaults, measured by benchmarks/bench_refine.py (table in README.md).
+# Levels: level 0 is a lattice of at least LEVEL0_POINTS points per axis (default_levels). A fixed L does not
+# fit every lattice: L=4 leaves a 32x32 lattice a 3x3 level 0, blind to any feature between its corners,
+# while on the 512x512 paper maps L=4 missed the |dD| <= 0.03 goal for tanh (-0.033) where L=5 and L=6 (9
+# points) met it for tanh, relu and tanh-one-point with the same runs (21.2%, 5.3%, 21.6%).
+# Margin: M=0 missed ~800 specks of the 512x512 tanh map (1.1% of pixels wrong) that M=1 finds (0.17%).
+LEVEL0_POINTS = 9
 DEFAULT_MARGIN = 1
 
 
@@ -50,12 +53,14 @@ class RefineError(ValueError):
 @dataclass(frozen=True)
 class RefinePlan:
     shape: tuple[int, int]  # (ny, nx) of the full-resolution lattice
-    levels: int = DEFAULT_LEVELS  # L: level 0 runs every 2^L-th index per axis
+    levels: int | None = None  # L: level 0 runs every 2^L-th index per axis (None: default_levels(shape))
     margin: int = DEFAULT_MARGIN  # M: cells added around every non-uniform cell before a level picks its points
 
     def __post_init__(self):
         if len(self.shape) != 2 or not all(_is_int(n) and n >= 2 for n in self.shape):
             raise RefineError(f"shape={self.shape!r}: need (ny, nx), integers >= 2")
+        if self.levels is None:
+            object.__setattr__(self, "levels", default_levels(self.shape))
         top = max_levels(self.shape)
         if not _is_int(self.levels) or not 0 <= self.levels <= top:
             raise RefineError(f"levels={self.levels!r}: allowed 0..{top} for shape {tuple(self.shape)} "
@@ -66,6 +71,15 @@ class RefinePlan:
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def default_levels(shape: tuple[int, int]) -> int:
+    """The most levels that leave level 0 at least LEVEL0_POINTS points on each axis: 16x16 -> 1,
+    32x32 -> 2, 64x64 -> 3, 256x256 -> 5, 512x512 -> 6 (under 16 points per axis: 0, run it all)."""
+    # spacing s keeps ceil((n-1)/s) + 1 points (the last index is always kept): at least LEVEL0_POINTS while
+    # s * (LEVEL0_POINTS - 2) < n - 1; the largest power of two below that bound.
+    bound = (min(shape) - 2) // (LEVEL0_POINTS - 2)
+    return max(0, int(bound).bit_length() - 1)
 
 
 def max_levels(shape: tuple[int, int]) -> int:

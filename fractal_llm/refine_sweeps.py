@@ -22,7 +22,7 @@ from rich.console import Console
 
 from fractal_llm.grid import GridError, build_grid
 from fractal_llm.refill import refill_config
-from fractal_llm.refine import (DEFAULT_LEVELS, DEFAULT_MARGIN, RefineError, RefinePlan, current_level, fill,
+from fractal_llm.refine import (DEFAULT_MARGIN, LEVEL0_POINTS, RefineError, RefinePlan, current_level, fill,
                                 points_for_level)
 from fractal_llm.sources import SourceError, wandb_source
 from fractal_llm.sweep import SweepError, dump_sweep_yaml, load_sweep, parse_sweep_path
@@ -101,8 +101,7 @@ def next_level(full_path: Path, sweep_paths: list[str], levels: int | None, marg
                                    f"--levels {levels_done} --margin {margin_done}")
         levels, margin = levels_done, margin_done
     grid = build_grid(full_cfg, [])
-    plan = RefinePlan(grid.shape, DEFAULT_LEVELS if levels is None else levels,
-                      DEFAULT_MARGIN if margin is None else margin)
+    plan = RefinePlan(grid.shape, levels, DEFAULT_MARGIN if margin is None else margin)
     known, pending = lattice_known(full_cfg, records)
     level = current_level(plan, known)
     if level is None:
@@ -130,7 +129,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fractal-llm refine", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", help="the full-resolution sweep YAML (its axes are the lattice)")
     parser.add_argument("sweeps", nargs="*", metavar="ENTITY/PROJECT/SWEEP_ID", help="the level sweeps so far")
-    parser.add_argument("--levels", type=int, help=f"level 0 runs every 2^LEVELS-th value (default {DEFAULT_LEVELS})")
+    parser.add_argument("--levels", type=int, help=f"level 0 runs every 2^LEVELS-th value (default: the most that "
+                                                   f"leave level 0 {LEVEL0_POINTS} values per axis)")
     parser.add_argument("--margin", type=int, help=f"cells added around each mixed cell (default {DEFAULT_MARGIN})")
     parser.add_argument("--auto", action="store_true", help="wait for each level and create the next, until done")
     parser.add_argument("--poll", type=float, default=60.0, help="--auto: seconds between checks (default 60)")

@@ -30,8 +30,8 @@ from fractal_llm.agents import detect_local_gpus
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.pool import WorkerPool, usable_cores
 from fractal_llm.records import error_record, file_name, record_name, read_record, record_from_result, write_record
-from fractal_llm.refine import (ADAPTIVE_FILE, DEFAULT_LEVELS, DEFAULT_MARGIN, RefineError, RefinePlan,
-                                current_level, fill, points_for_level)
+from fractal_llm.refine import (ADAPTIVE_FILE, DEFAULT_MARGIN, LEVEL0_POINTS, RefineError, RefinePlan, current_level,
+                                fill, points_for_level)
 from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
 from fractal_llm.verdict import VERDICTS, count_verdicts
 
@@ -193,9 +193,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="W&B mode of each point's run (default: $WANDB_MODE, else offline)")
     parser.add_argument("--adaptive", action="store_true",
                         help="refine near the boundary instead of running every point (docs/design.md)")
-    parser.add_argument("--levels", type=int, default=DEFAULT_LEVELS,
-                        help=f"--adaptive: level 0 runs every 2^LEVELS-th value of each axis "
-                             f"(default {DEFAULT_LEVELS})")
+    parser.add_argument("--levels", type=int,
+                        help=f"--adaptive: level 0 runs every 2^LEVELS-th value of each axis (default: the most "
+                             f"that leave level 0 {LEVEL0_POINTS} values per axis)")
     parser.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
                         help=f"--adaptive: cells added around each mixed cell before the next level "
                              f"(default {DEFAULT_MARGIN})")
@@ -279,7 +279,7 @@ def lattice_names(spec: SweepSpec) -> dict[tuple[int, int], str]:
     return {(iy, ix): record_name({x_name: x, y_name: y}) for iy, y in enumerate(ys) for ix, x in enumerate(xs)}
 
 
-def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int, margin: int, workers: int | None = None,
+def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int | None, margin: int, workers: int | None = None,
                  wandb_mode: str = "offline", mlp_chunk: int = DEFAULT_MLP_CHUNK,
                  console: Console | None = None) -> int:
     """`--adaptive`: refinement by levels (fractal_llm.refine) on the sweep's lattice, level after level with
@@ -290,7 +290,7 @@ def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int, margin: int, worke
     plan = RefinePlan((len(ys), len(xs)), levels, margin)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.yaml").write_text(dump_sweep_yaml(spec.raw))
-    atomic_write_text(out_dir / ADAPTIVE_FILE, yaml.safe_dump({"levels": levels, "margin": margin}))
+    atomic_write_text(out_dir / ADAPTIVE_FILE, yaml.safe_dump({"levels": plan.levels, "margin": plan.margin}))
     name_of = lattice_names(spec)
     known = {point: verdict for point, name in name_of.items()
              if (verdict := existing_verdict(out_dir, name, console)) is not None}

@@ -6,8 +6,10 @@ import pytest
 from fractal_llm.refine import (
     RefineError,
     RefinePlan,
+    LEVEL0_POINTS,
     axis_indices,
     current_level,
+    default_levels,
     fill,
     missed_islands,
     points_for_level,
@@ -50,6 +52,18 @@ class FakeTrain:
             # trainable, or diverged (counts as not trainable), as a real sweep's high LRs do
             self.store[p] = "error" if p in self.errors else ("trainable" if self.truth[p] else "diverged")
         return {p: self.store[p] for p in points}
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (15, 15), (16, 16), (32, 32), (33, 40), (64, 64), (101, 123),
+                                   (256, 256), (512, 512), (20, 600)])
+def test_default_levels_leave_level_zero_nine_points_on_the_shorter_axis(shape):
+    plan = RefinePlan(shape)
+    n = min(shape)
+    assert plan.levels == default_levels(shape)
+    assert len(axis_indices(n, 0, plan.levels)) >= min(LEVEL0_POINTS, n)
+    if 2 ** (plan.levels + 1) < n - 1:
+        assert len(axis_indices(n, 0, plan.levels + 1)) < LEVEL0_POINTS  # one more level would leave fewer
+    assert {(32, 32): 2, (64, 64): 3, (256, 256): 5, (512, 512): 6}.get(shape, plan.levels) == plan.levels
 
 
 def test_axis_indices_keep_both_ends():
