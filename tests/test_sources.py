@@ -432,7 +432,7 @@ def test_refill_lists_exactly_the_holes_and_the_merged_map_has_none(tmp_path, ca
     api = FakeApi({"s": cfg}, {"s": runs}, calls)
     out = tmp_path / "refill.yaml"
     assert refill.main(["e/p/s", "-o", str(out)], api=api) == 0
-    assert "4 points (crashed 1, error 1, no run 1, preempted 1)" in capsys.readouterr().out
+    assert "4 points (crashed 1, failed 1, no run 1, preempted 1)" in capsys.readouterr().out
     spec = load_sweep(out)
     xs, ys = cfg["parameters"]["matrix_lr"]["values"], cfg["parameters"]["unembedding_lr"]["values"]
     holes = [(0, 3), (1, 2), (2, 4), (5, 0)]  # (i, j) of runs 3, 10, 20 and the point without a run
