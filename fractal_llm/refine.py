@@ -39,7 +39,7 @@ ADAPTIVE_FILE = "refinement.yaml"
 # Defaults, measured by benchmarks/bench_refine.py (table in README.md).
 # Levels: level 0 is a lattice of at least LEVEL0_POINTS points per axis (default_levels). A fixed L does not
 # fit every lattice: L=4 leaves a 32x32 lattice a 3x3 level 0, blind to any feature between its corners,
-# while on the 512x512 paper maps L=4 missed the |dD| <= 0.03 goal for tanh (-0.033) where L=5 and L=6 (9
+# while on the 512x512 paper maps L=4 missed the |dD| <= 0.03 goal for tanh (-0.033) where L=5 (17) and L=6 (9
 # points) met it for tanh, relu and tanh-one-point with the same runs (21.2%, 5.3%, 21.6%).
 # Margin: M=0 missed ~800 specks of the 512x512 tanh map (1.1% of pixels wrong) that M=1 finds (0.17%).
 LEVEL0_POINTS = 9
