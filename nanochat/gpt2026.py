@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanochat.gpt import (ADAMW_EPS, LOGIT_SOFTCAP, ROTARY_LENGTH_FACTOR, GPTConfig, KVCache, KVGeneration,
-                          apply_rotary, rms_norm, rotary_tables)
+from nanochat.gpt import (ADAMW_EPS, ROTARY_LENGTH_FACTOR, GPTConfig, KVCache, KVGeneration,
+                          apply_rotary, rms_norm, rotary_tables, softcapped_logits, supervised_loss)
 from nanochat.muon import NorMuon
 
 GROUPS = ("matrix", "embedding", "unembedding", "value_embedding", "scalar", "smear")
@@ -233,18 +233,10 @@ class GPT2026(KVGeneration, nn.Module):
                 x_backout = x
         if kv_cache is not None:
             kv_cache.advance(T)
-        x = rms_norm(x - self.backout_lambda.to(x.dtype) * x_backout)
-        logits = self.lm_head(x)[..., : self.config.vocab_size].float()
-        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+        x = rms_norm(x - self.backout_lambda.to(x.dtype) * x_backout)  # (B, T, n_embd)
         if targets is None:
-            return logits
-        flat_logits, flat_targets = logits.view(-1, logits.size(-1)), targets.reshape(-1)
-        if loss_reduction == "mean":  # 0.0, not NaN, when every target is -1 (as GPT.forward)
-            total = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, reduction="sum")
-            return total / (flat_targets != -1).sum().clamp(min=1)
-        if loss_reduction in ("sum", "none"):
-            return F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, reduction=loss_reduction)
-        raise ValueError(f"loss_reduction={loss_reduction!r}: allowed 'mean', 'sum', 'none'")
+            return softcapped_logits(self.lm_head, x, self.config.vocab_size)  # (B, T, vocab_size)
+        return supervised_loss(self.lm_head, x, targets, self.config.vocab_size, loss_reduction)
 
     # ------------------------------------------------------------------ optimizers
     def param_groups_by_name(self) -> dict[str, list[nn.Parameter]]:

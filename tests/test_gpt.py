@@ -233,3 +233,23 @@ def test_meta_build_then_to_empty_restores_rotary():
     model.init_rotary()
     idx = torch.randint(0, 300, (1, 9))
     torch.testing.assert_close(model(idx), reference(idx))
+
+
+def test_loss_runs_the_lm_head_only_on_supervised_rows_with_the_full_logits_gradients():
+    model = random_model().train()
+    idx = torch.randint(0, 300, (2, 12))
+    targets = torch.full((2, 12), -1)
+    targets[0, 9:] = idx[0, 9:]
+    targets[1, 5:7] = idx[1, 5:7]
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[:-1]))
+    loss = model(idx, targets)
+    hook.remove()
+    assert seen == [torch.Size([5])]  # 3 + 2 supervised positions, not 2 x 12
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    keep = targets != -1
+    F.cross_entropy(model(idx)[keep], targets[keep]).backward()
+    for got, want in zip(grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

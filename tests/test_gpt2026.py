@@ -293,3 +293,18 @@ def test_fine_tuning_a_tiny_2026_model_gives_a_verdict_and_keeps_frozen_groups(t
     for frozen in ("transformer.wte.weight", "value_embeds.1.weight", "smear_gate.weight"):
         assert torch.equal(trained[frozen], base.state[frozen])
     assert not torch.equal(trained["x0_lambdas"], base.state["x0_lambdas"])
+
+
+def test_2026_loss_runs_the_lm_head_only_on_supervised_rows_and_equals_the_full_logits_loss():
+    model = model_2026()
+    idx = probe()
+    targets = torch.full_like(idx, -1)
+    targets[:, 250:] = idx[:, 250:]
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[:-1]))
+    loss = model(idx, targets)
+    hook.remove()
+    assert seen == [torch.Size([100])]
+    keep = targets != -1
+    manual = torch.nn.functional.cross_entropy(model(idx)[keep], targets[keep])
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
