@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "local": ("fractal_llm.runner", "run a sweep YAML's grid on this machine, no W&B server needed"),
     "agents": ("fractal_llm.agents", "start/stop/list one W&B agent per GPU, on this host or over ssh"),
+    "zoom": ("fractal_llm.zoom_sequence", "a zoom sequence on any sweep: frames on one centre, each half as wide"),
     "refine": ("fractal_llm.refine_sweeps", "adaptive refinement on W&B: create the next level's point-list sweep"),
     "sweep": ("fractal_llm.sweep", "write (`new`) or check (`check`) a grid sweep YAML"),
     "report": ("fractal_llm.report", "boundary images and fractal dimension of a sweep (W&B or local records)"),

@@ -114,6 +114,17 @@ def default_workers(spec: SweepSpec, family: str) -> int:
     return len(gpus) or usable_cores()
 
 
+def point_wandb_mode(requested: str | None, out_dir: Path) -> str:
+    """The W&B mode of each point's run: `requested`, else $WANDB_MODE, else offline. One W&B run per point:
+    its console summary is kept out of the progress bar, and its files go with the records."""
+    wandb_mode = requested or os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if wandb_mode != "disabled" and "WANDB_DIR" not in os.environ:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["WANDB_DIR"] = str(out_dir)
+    return wandb_mode
+
+
 # ---------------------------------------------------------------------------------------------- running a task
 
 def run_task(task: Task, out_dir: Path, wandb_mode: str) -> list[tuple[str, str]]:
@@ -222,12 +233,7 @@ def main(argv: list[str]) -> int:
     except (SweepError, ConfigError, DatasetError) as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 2
-    wandb_mode = args.wandb or os.environ.setdefault("WANDB_MODE", "offline")
-    # One W&B run per point: keep its console summary out of the progress bar, and its files with the records.
-    os.environ.setdefault("WANDB_SILENT", "true")
-    if wandb_mode != "disabled" and "WANDB_DIR" not in os.environ:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["WANDB_DIR"] = str(out_dir)
+    wandb_mode = point_wandb_mode(args.wandb, out_dir)
     if args.adaptive:
         try:
             x_name, xs, y_name, ys = lattice(spec)

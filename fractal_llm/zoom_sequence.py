@@ -1,0 +1,263 @@
+"""`fractal-llm zoom FILE.yaml --centre X,Y --frames A:B --res N --out DIR`: a zoom sequence on any sweep.
+
+Frame k shares the centre (X, Y) and spans the parent sweep's span divided by 2^k on both axes (the log10
+span of a log axis, the linear span of a linear one), as Sohl-Dickstein's zoom sequences and paper mode do.
+Each frame is written as a sweep YAML (DIR/frame_KK.yaml: the parent's fixed values, two axes of N values)
+and run locally into DIR/frame_KK/, by default with adaptive refinement; a re-run resumes. DIR/sequence.yaml
+records the sequence (parent, centre, frames, resolution), which `fractal-llm report --sequence DIR` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from rich.console import Console
+
+from fractal_llm.config import field_types
+from fractal_llm.grid import axis_is_log
+from fractal_llm.paths import atomic_write_text
+from fractal_llm.sweep import POINT_KEY, SweepError, SweepSpec, axis_values, check_sweep, dump_sweep_yaml, load_sweep
+
+SEQUENCE_FILE = "sequence.yaml"
+MIN_PIXEL_ULPS = 2  # neighbouring axis values must differ by at least this many float64 steps
+
+
+class ZoomError(ValueError):
+    """A bad `fractal-llm zoom` argument; raised before any run."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    lo: float  # the parent's smallest value
+    hi: float  # the parent's largest value
+    log: bool  # log-spaced (every value > 0) or linear
+
+    def span(self) -> float:
+        return math.log10(self.hi / self.lo) if self.log else self.hi - self.lo
+
+    def frame_range(self, centre: float, k: int) -> tuple[float, float]:
+        """The axis values at the ends of frame k: the parent's span / 2^k, centred on `centre`."""
+        half = self.span() / 2.0 ** (k + 1)
+        if self.log:
+            c = math.log10(centre)
+            return 10.0 ** (c - half), 10.0 ** (c + half)
+        return centre - half, centre + half
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """What DIR/sequence.yaml holds: enough to rebuild every frame's sweep."""
+    parent: str  # the parent sweep's name
+    x: Axis  # the axis whose name sorts first (the report's x)
+    y: Axis
+    centre: tuple[float, float]  # axis units, (x, y)
+    frames: tuple[int, ...]
+    res: int
+
+    def window(self, k: int) -> tuple[float, float, float, float]:
+        """[x0, x1, y0, y1] of frame k in axis units."""
+        return (*self.x.frame_range(self.centre[0], k), *self.y.frame_range(self.centre[1], k))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["centre"], out["frames"] = list(self.centre), list(self.frames)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Sequence":
+        return cls(parent=d["parent"], x=Axis(**d["x"]), y=Axis(**d["y"]), centre=tuple(d["centre"]),
+                   frames=tuple(d["frames"]), res=int(d["res"]))
+
+
+def frame_name(k: int) -> str:
+    return f"frame_{k:02d}"
+
+
+def parent_axes(spec: SweepSpec) -> tuple[Axis, Axis]:
+    """(x, y) in the report's order: the axis whose name sorts first is x."""
+    (x_name, xs), (y_name, ys) = sorted(spec.axes)
+    axes = []
+    for name, values in ((x_name, xs), (y_name, ys)):
+        values = sorted(float(v) for v in values)
+        axes.append(Axis(name, values[0], values[-1], axis_is_log(values)))
+    return axes[0], axes[1]
+
+
+def parse_centre(text: str, x: Axis, y: Axis) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        cx, cy = (float(p) for p in parts)
+    except ValueError:
+        raise ZoomError(f"--centre={text!r}: expected X,Y (numbers in axis units: {x.name},{y.name})") from None
+    for axis, value in ((x, cx), (y, cy)):
+        if not math.isfinite(value) or (axis.log and value <= 0):
+            raise ZoomError(f"--centre={text!r}: {axis.name}={value!r} must be finite"
+                            f"{' and > 0 (a log axis)' if axis.log else ''}")
+    return cx, cy
+
+
+def centre_from_report(report_dir: Path) -> tuple[float, float]:
+    """The centre of the top-ranked zoom box of a report (its report.json's `zoom`)."""
+    path = report_dir / "report.json"
+    if not path.exists():
+        raise ZoomError(f"--centre-from {report_dir}: no report.json there (write one with `fractal-llm report`)")
+    boxes = json.loads(path.read_text()).get("zoom") or []
+    if not boxes:
+        raise ZoomError(f"--centre-from {report_dir}: its report found no zoom box (a map with no boundary?)")
+    box = min(boxes, key=lambda b: b["rank"])
+    (x0, x1), (y0, y1) = box["x_range"], box["y_range"]
+    mid = (lambda a, b: math.sqrt(a * b)) if x0 > 0 and x1 > 0 else (lambda a, b: (a + b) / 2)
+    mid_y = (lambda a, b: math.sqrt(a * b)) if y0 > 0 and y1 > 0 else (lambda a, b: (a + b) / 2)
+    return mid(x0, x1), mid_y(y0, y1)
+
+
+def parse_frames(text: str) -> tuple[int, ...]:
+    parts = text.split(":")
+    try:
+        a, b = (int(p) for p in parts)
+    except ValueError:
+        raise ZoomError(f"--frames={text!r}: expected A:B (frame indices, both included), e.g. 0:5") from None
+    if not 0 <= a <= b:
+        raise ZoomError(f"--frames={text!r}: need 0 <= A <= B")
+    return tuple(range(a, b + 1))
+
+
+def frame_values(axis: Axis, lo: float, hi: float, res: int, what: str) -> list:
+    """res values from lo to hi on the axis's scale; refused when float64 cannot place them apart."""
+    if axis.log and lo <= 0:
+        raise ZoomError(f"{what}: {axis.name} would reach {lo:.3g}, not > 0 on a log axis")
+    values = axis_values(lo, hi, res, "log" if axis.log else "lin")
+    steps = np.diff(values)
+    ulps = np.spacing(np.abs(values[1:]))
+    if np.any(steps < MIN_PIXEL_ULPS * ulps):
+        raise ZoomError(f"{what}: at --res={res}, neighbouring {axis.name} values are {float(steps.min()):.3g} "
+                        f"apart, less than {MIN_PIXEL_ULPS} float64 steps of the values ({float(ulps.max()):.3g}); "
+                        "float64 cannot place this frame's pixels: stop at a shallower frame or lower --res")
+    if field_types()[axis.name] is int:
+        values = sorted({int(round(v)) for v in values})
+        if len(values) < res:
+            raise ZoomError(f"{what}: {axis.name} is an integer field and this frame holds only {len(values)} "
+                            f"distinct integers, not {res}: stop at a shallower frame or lower --res")
+    return values
+
+
+def frame_config(parent: dict, seq: Sequence, k: int) -> dict:
+    """Frame k as a sweep config: the parent with both axes replaced, checked by sweep.check_sweep."""
+    x0, x1, y0, y1 = seq.window(k)
+    what = f"frame {k}"
+    cfg = copy.deepcopy(parent)
+    cfg.pop("run_cap", None)
+    cfg["parameters"].pop(POINT_KEY, None)  # a point-list parent: the frame is a full grid
+    cfg["parameters"][seq.x.name] = {"values": frame_values(seq.x, x0, x1, seq.res, what)}
+    cfg["parameters"][seq.y.name] = {"values": frame_values(seq.y, y0, y1, seq.res, what)}
+    cfg["name"] = f"{seq.parent}-{frame_name(k)}"
+    cfg["description"] = (f"Frame {k} of a zoom sequence on {seq.parent}: centre {seq.x.name}={seq.centre[0]:.6g}, "
+                          f"{seq.y.name}={seq.centre[1]:.6g}, span / 2^{k}")
+    try:
+        check_sweep(cfg)
+    except SweepError as e:
+        raise ZoomError(f"{what}: {e}") from None
+    return cfg
+
+
+def plan_sequence(parent_file: str, centre: str | None, centre_from: str | None, frames: str,
+                  res: int) -> tuple[dict, Sequence, dict[int, dict]]:
+    """Every argument and every frame's sweep, checked before any run."""
+    if res < 4:
+        raise ZoomError(f"--res={res}: must be >= 4 (values per axis)")
+    if (centre is None) == (centre_from is None):
+        raise ZoomError("give one of --centre X,Y and --centre-from REPORT_DIR")
+    spec = load_sweep(parent_file)
+    x, y = parent_axes(spec)
+    c = parse_centre(centre, x, y) if centre is not None else centre_from_report(Path(centre_from))
+    seq = Sequence(parent=spec.name, x=x, y=y, centre=c, frames=parse_frames(frames), res=res)
+    return spec.raw, seq, {k: frame_config(spec.raw, seq, k) for k in seq.frames}
+
+
+def write_sequence(out: Path, seq: Sequence, configs: dict[int, dict]) -> dict[int, Path]:
+    """DIR/sequence.yaml (merged with the frames an earlier call wrote) and one YAML per frame."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / SEQUENCE_FILE
+    if path.exists():
+        old = Sequence.from_dict(yaml.safe_load(path.read_text()))
+        if (old.parent, old.x, old.y, old.centre, old.res) != (seq.parent, seq.x, seq.y, seq.centre, seq.res):
+            raise ZoomError(f"--out {out}: holds another sequence ({old.parent}, centre {old.centre}, res {old.res}); "
+                            "use another --out")
+        seq = Sequence(seq.parent, seq.x, seq.y, seq.centre, tuple(sorted(set(old.frames) | set(seq.frames))), seq.res)
+    atomic_write_text(path, yaml.safe_dump(seq.to_dict(), sort_keys=False))
+    files = {}
+    for k, cfg in configs.items():
+        files[k] = out / f"{frame_name(k)}.yaml"
+        atomic_write_text(files[k], dump_sweep_yaml(cfg))
+    return files
+
+
+def read_sequence(out: Path) -> Sequence:
+    path = out / SEQUENCE_FILE
+    if not path.exists():
+        raise ZoomError(f"{out}: no {SEQUENCE_FILE} (write a sequence with `fractal-llm zoom`)")
+    return Sequence.from_dict(yaml.safe_load(path.read_text()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fractal-llm zoom", description=__doc__.split("\n\n")[1])
+    p.add_argument("file", help="the parent sweep YAML (gpt or mlp family)")
+    p.add_argument("--centre", help="X,Y in axis units; x is the axis whose name sorts first")
+    p.add_argument("--centre-from", metavar="REPORT_DIR", help="take the centre of a report's top-ranked zoom box")
+    p.add_argument("--frames", default="0:5", help="A:B, frame indices, both included (default 0:5)")
+    p.add_argument("--res", type=int, default=64, help="values per axis of each frame (default 64)")
+    p.add_argument("--out", required=True, help="the sequence's directory")
+    p.add_argument("--levels", type=int, help="adaptive levels (default: as `fractal-llm local --adaptive`; "
+                                              "0 runs every point)")
+    p.add_argument("--margin", type=int, help="adaptive margin (default: as `fractal-llm local --adaptive`)")
+    p.add_argument("--workers", type=int, help="worker processes (default: as `fractal-llm local`)")
+    p.add_argument("--write-only", action="store_true", help="write the frames' YAMLs and stop")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fractal_llm.refine import DEFAULT_MARGIN, RefineError, RefinePlan
+    from fractal_llm import runner
+    args = build_parser().parse_args(argv)
+    console, err = Console(), Console(stderr=True)
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
+    try:
+        _parent, seq, configs = plan_sequence(args.file, args.centre, args.centre_from, args.frames, args.res)
+        for k in seq.frames:
+            RefinePlan((seq.res, seq.res), args.levels, margin)
+        out = Path(args.out)
+        files = write_sequence(out, seq, configs)
+    except (ZoomError, SweepError, RefineError) as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 2
+    console.print(f"zoom: {len(files)} frame(s) of {seq.parent} at {seq.res}x{seq.res}, centre "
+                  f"{seq.x.name}={seq.centre[0]:.6g}, {seq.y.name}={seq.centre[1]:.6g}; YAMLs in {out}",
+                  highlight=False, soft_wrap=True)
+    if args.write_only:
+        return 0
+    runner.preflight_sweep(load_sweep(files[seq.frames[0]]))
+    status = 0
+    for k, path in files.items():
+        spec = load_sweep(path)
+        frame_dir = out / frame_name(k)
+        runner.check_out_dir(frame_dir, spec)
+        rc = runner.run_adaptive(spec, frame_dir, args.levels, margin, workers=args.workers,
+                                 wandb_mode=runner.point_wandb_mode(None, out), console=console)
+        if rc == 130:
+            return rc
+        status = status or rc
+    console.print(f"sequence report: fractal-llm report --sequence {out} --out {out}/report", highlight=False)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
