@@ -2,7 +2,7 @@
 
     python benchmarks/bench_overhead.py [--sweep sweeps/smoke.yaml] [--points 6] [--wandb offline|disabled]
 
-(a) in-process: train.run_point for every point in this one process (what `fractal-llm local` workers and
+(a) in-process: point.run_point for every point in this one process (what `fractal-llm local` workers and
     `fractal-llm agents` do): the base model and tokenized data load once, later points only reset weights.
 (b) fresh process: `python -m fractal_llm.train --name=value ...` per point (what the plain `wandb agent`
     CLI does with the YAML's command): interpreter, imports, model and data load again every time.
@@ -64,6 +64,7 @@ def import_train_s() -> float:
 
 
 def run_in_process(points: list[dict], spec, out: Path, wandb_mode: str) -> list[dict]:
+    from fractal_llm import point as one_point
     from fractal_llm import train
     from fractal_llm.config import TrainConfig
     from fractal_llm.records import point_name
@@ -71,7 +72,7 @@ def run_in_process(points: list[dict], spec, out: Path, wandb_mode: str) -> list
     for point in points:
         name = point_name({k: point[k] for k in spec.axis_names})
         t = time.perf_counter()
-        record = train.run_point(TrainConfig(**point), name, out, wandb_mode=wandb_mode)
+        record = one_point.run_point(train.train, TrainConfig(**point), name, out, wandb_mode=wandb_mode)
         wall = time.perf_counter() - t
         timing = timing_of(record)
         rows.append({"wall_s": wall, "startup_s": 0.0, **timing, "verdict": record.verdict,

@@ -1,15 +1,14 @@
 """`fractal-llm agents SWEEP`: one long-lived W&B agent process per GPU, on this host or over ssh.
 
-Each agent is `PYTHON -m fractal_llm.agents worker SWEEP`, started with CUDA_VISIBLE_DEVICES=i, which calls
-wandb.agent(sweep, function=fractal_llm.train.agent_function): the runs of one agent share its process, so
-the base model and the tokenized data are loaded once per GPU, not once per run.
+Each agent is the W&B worker `PYTHON -m fractal_llm.worker SWEEP` (fractal_llm/worker.py, the same as
+`fractal-llm agent SWEEP`), started detached with CUDA_VISIBLE_DEVICES=i: the runs of one agent share its
+process, so the base model and the tokenized data are loaded once per GPU, not once per run.
 
-In-process agent caveats (docs/design.md, "What W&B does for us") and what we do about them:
-- WANDB_AGENT_DISABLE_FLAPPING=true makes wandb.agent(function=...) stop at the *first* failed run, so the
-  worker removes it from its environment; wandb's default checks (3 failures in the first 60 s, ...) stay.
-- A diverged run returns normally (agent_function raises only for `error`), so divergence never counts as a
-  failure; agent_function frees GPU memory after each run.
-- Sweeps need online mode: the worker refuses WANDB_MODE=offline/disabled.
+- Before detaching anything, the worker's own checks run once in the foreground on each host
+  (`PYTHON -m fractal_llm.worker SWEEP --check`: offline mode, credentials, the sweep on the server), so a
+  host without credentials or a bad sweep is an error here, not a started agent that dies.
+- Agents start STAGGER_S apart: agents that ask for their first run at the same moment can be handed the
+  same grid point (a known W&B issue).
 - A CPU-only host (no nvidia-smi, or no GPU listed) gets one agent with CUDA_VISIBLE_DEVICES="" (explicit:
   torch sees no GPU), named "cpu".
 
@@ -22,13 +21,12 @@ installed at --workdir.
 
 import argparse
 import os
-import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +34,13 @@ from rich.console import Console
 from rich.table import Table
 
 from fractal_llm import paths
-from fractal_llm.pool import usable_cores
+from fractal_llm.pool import GpuDetectionError, count_gpus_in, detect_local_gpus, usable_cores
 from fractal_llm.sweep import SweepError, parse_sweep_path
+from fractal_llm.worker import AGENT_EXIT, DEFAULT_MAX_FAILURES, SweepRefused, refuse_offline_mode
 
 LOCAL = socket.gethostname()  # pid/log names carry the host: a shared logdir (NFS) never collides
-PLACEHOLDER = re.compile(r"<[A-Za-z][\w-]*>")  # <entity>, <hf-owner>: what the seed-study YAMLs ask to fill in
-AGENT_EXIT = "agent exit:"  # the last line a worker prints when it ends; --status shows it
-DEFAULT_MAX_FAILURES = 5  # consecutive failed runs after which an agent stops (a broken host, not a bad point)
-AGENT_MARK = "fractal_llm.agents"  # what an agent's command line contains (checked before signalling a pid)
+AGENT_MARK = "fractal_llm.worker"  # what an agent's command line contains (checked before signalling a pid)
+STAGGER_S = 1.5  # seconds between agent starts: agents starting at once can get the same grid point
 REMOTE_LOGDIR = '"${FRACTAL_LLM_HOME:-$HOME/.cache/fractal-llm}/agents"'  # expanded by the remote shell
 
 
@@ -73,14 +70,6 @@ def sweep_path(text: str) -> tuple[str, str, str]:
         raise AgentsError(f"SWEEP: {e}") from None
 
 
-def refuse_offline_mode() -> None:
-    """Sweeps need a server: an offline run in a sweep is never acknowledged, so W&B hands its point out again."""
-    mode = os.environ.get("WANDB_MODE", "")
-    if mode in ("offline", "disabled", "dryrun"):
-        raise AgentsError(f"WANDB_MODE={mode!r}: sweep agents need a W&B server (online mode; offline runs are "
-                          "never acknowledged and get re-issued); without one use `fractal-llm local SWEEP.yaml`")
-
-
 def parse_gpus(text: str) -> list[str] | None:
     """'all' -> None (detect); '0,1,3' -> ['0', '1', '3']."""
     if text == "all":
@@ -91,15 +80,10 @@ def parse_gpus(text: str) -> list[str] | None:
     return ids
 
 
-def count_gpus_in(nvidia_smi_output: str) -> list[str]:
-    """`nvidia-smi -L` prints one 'GPU i: ...' line per device."""
-    return [str(i) for i, line in enumerate(l for l in nvidia_smi_output.splitlines() if l.startswith("GPU "))]
-
-
 # ---------------------------------------------------------------------------------------------- commands
 
 def worker_argv(python: str, sweep: str, count: int | None, max_failures: int = DEFAULT_MAX_FAILURES) -> list[str]:
-    argv = [*shlex.split(python), "-m", "fractal_llm.agents", "worker", sweep, "--max-failures", str(max_failures)]
+    argv = [*shlex.split(python), "-m", "fractal_llm.worker", sweep, "--max-failures", str(max_failures)]
     return argv + (["--count", str(count)] if count is not None else [])
 
 
@@ -112,9 +96,11 @@ def threads_per_agent(cores: int, slots: list[Slot]) -> int | None:
 
 
 def remote_start_script(slots: list[Slot], workdir: str, logdir: str, argv: list[str]) -> str:
-    """One shell script for a host: per slot, start the agent unless its pid file names a live agent."""
+    """One shell script for a host: the worker's checks in the foreground (exit 4 with their output when they
+    refuse), then per slot, STAGGER_S apart, start the agent unless its pid file names a live agent."""
     command = shlex.join(argv)
-    lines = [f"cd {shlex.quote(workdir)} || exit 3", f"LOGDIR={logdir}", 'mkdir -p "$LOGDIR" || exit 3']
+    lines = [f"cd {shlex.quote(workdir)} || exit 3", f"LOGDIR={logdir}", 'mkdir -p "$LOGDIR" || exit 3',
+             f'CHECK=$({shlex.join([*argv, "--check"])} 2>&1) || {{ printf "%s\\n" "$CHECK"; exit 4; }}']
     threads = ""
     gpu_slots = [s for s in slots if s.gpu != "cpu"]
     if gpu_slots:  # threads_per_agent, with the remote host's core count
@@ -126,7 +112,8 @@ def remote_start_script(slots: list[Slot], workdir: str, logdir: str, argv: list
             f"if [ -f {pid_file} ] && ps -ww -o args= -p \"$(cat {pid_file})\" 2>/dev/null | grep -q {AGENT_MARK}; "
             f"then echo \"{slot.label} running $(cat {pid_file})\"; "
             f"else {threads}CUDA_VISIBLE_DEVICES={shlex.quote(slot.cuda_visible_devices)} setsid nohup {command} "
-            f"> {log_file} 2>&1 < /dev/null & echo $! > {pid_file}; echo \"{slot.label} started $!\"; fi")
+            f"> {log_file} 2>&1 < /dev/null & echo $! > {pid_file}; echo \"{slot.label} started $!\"; "
+            f"sleep {STAGGER_S}; fi")
     return "\n".join(lines)
 
 
@@ -146,19 +133,6 @@ def remote_status_script(host: str, workdir: str, logdir: str, stop: bool) -> st
 
 # ---------------------------------------------------------------------------------------------- local host
 
-def detect_local_gpus() -> list[str]:
-    """This host's GPUs as CUDA_VISIBLE_DEVICES ids (agents and the local runner; no torch import, no CUDA init)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:  # this shell already restricts the GPUs: use exactly those
-        return [d.strip() for d in visible.split(",") if d.strip()]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise AgentsError(f"nvidia-smi -L failed (exit {out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
-    return count_gpus_in(out.stdout)
-
-
 def pid_is_agent(pid: int) -> bool:
     out = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True)
     return out.returncode == 0 and AGENT_MARK in out.stdout
@@ -167,6 +141,21 @@ def pid_is_agent(pid: int) -> bool:
 def read_pid(pid_file: Path) -> int | None:
     text = pid_file.read_text().strip() if pid_file.exists() else ""
     return int(text) if text.isdigit() else None
+
+
+def agent_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "WANDB_AGENT_DISABLE_FLAPPING"}
+
+
+def check_local(workdir: Path, argv: list[str]) -> None:
+    """The worker's own checks, in the foreground, with the interpreter and environment the agents get."""
+    out = subprocess.run([*argv, "--check"], cwd=workdir, env=agent_env(), capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL)
+    if out.returncode != 0:
+        lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+        why = next((line for line in reversed(lines) if AGENT_EXIT in line), lines[-1] if lines else "")
+        raise AgentsError(f"no agent started: the worker's check failed (exit {out.returncode}): "
+                          f"{why.strip() or 'no output'}")
 
 
 def start_local(slots: list[Slot], workdir: Path, logdir: Path, argv: list[str]) -> list[tuple[Slot, str, int]]:
@@ -179,7 +168,9 @@ def start_local(slots: list[Slot], workdir: Path, logdir: Path, argv: list[str])
         if pid is not None and pid_is_agent(pid):
             started.append((slot, "running", pid))
             continue
-        env = {k: v for k, v in os.environ.items() if k != "WANDB_AGENT_DISABLE_FLAPPING"}
+        if any(state == "started" for _, state, _ in started):
+            time.sleep(STAGGER_S)
+        env = agent_env()
         env["CUDA_VISIBLE_DEVICES"] = slot.cuda_visible_devices
         if threads is not None:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -245,6 +236,9 @@ def parse_script_output(text: str) -> list[tuple[str, str, int, str]]:
 
 def run_remote(ssh: str, host: str, script: str) -> list[tuple[str, str, int]]:
     out = ssh_run(ssh, host, script)
+    if out.returncode == 4:  # the worker's check refused (remote_start_script)
+        raise AgentsError(f"{host}: no agent started: the worker's check failed: "
+                          f"{(out.stdout.strip().splitlines() or ['no output'])[-1]}")
     if out.returncode != 0:
         raise AgentsError(f"{host}: remote command failed (exit {out.returncode}): "
                           f"{out.stderr.strip() or out.stdout.strip()}")
@@ -278,16 +272,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "worker":
-        try:
-            return worker_main(argv[1:])
-        except AgentsError as e:
-            Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-            return 2
     args = _build_parser().parse_args(argv)
     try:
         rows = _run(args)
-    except AgentsError as e:
+    except (AgentsError, SweepRefused, GpuDetectionError) as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 2
     _print_rows(rows, args)
@@ -311,6 +299,7 @@ def _run(args) -> list[tuple[str, str, str, int]]:
         refuse_offline_mode()
         slots = [Slot(LOCAL, g) for g in (gpus if gpus is not None else detect_local_gpus()) or ["cpu"]]
         argv = worker_argv(args.python or sys.executable, args.sweep, args.count, args.max_failures)
+        check_local(Path(workdir), argv)
         logdir = _local_logdir(args, workdir)
         return [(LOCAL, s.label, state, pid, "") for s, state, pid in start_local(slots, Path(workdir), logdir, argv)]
     rows = []
@@ -354,77 +343,6 @@ def _print_rows(rows: list[tuple[str, str, str, int, str]], args) -> None:
     if rows and not (args.status or args.stop):
         console.print("logs: <logdir>/<agent>.log; `fractal-llm agents --status` / `--stop` (same --hosts, "
                       "--workdir, --logdir)", highlight=False)
-
-
-# ---------------------------------------------------------------------------------------------- the agent itself
-
-def check_server_sweep(sweep_config: dict) -> None:
-    """What a worker checks before claiming its first run: the sweep as the server holds it passes `sweep
-    check`, has no placeholder left (<entity>, <hf-owner>, ...), and its fixed inputs exist (train preflight:
-    model source, dataset), so a bad sweep fails here once instead of as an error record per point."""
-    from fractal_llm.config import TrainConfig
-    from fractal_llm.data import DatasetError
-    from fractal_llm.sweep import check_sweep, expand_grid
-    from fractal_llm.train import preflight
-    try:
-        spec = check_sweep(sweep_config)
-    except SweepError as e:
-        raise AgentsError(f"the sweep on the server does not pass `fractal-llm sweep check`: {e}") from None
-    for key, value in spec.fixed.items():
-        if isinstance(value, str) and PLACEHOLDER.search(value):
-            raise AgentsError(f"parameters.{key}.value={value!r}: unfilled placeholder "
-                              f"{PLACEHOLDER.search(value).group(0)!r}; edit the YAML and create the sweep again")
-    try:
-        preflight(TrainConfig(**expand_grid(spec)[0]))
-    except (ValueError, DatasetError) as e:  # ConfigError is a ValueError
-        raise AgentsError(f"the sweep's fixed values fail before any run: {e}") from None
-
-
-def agent_kwargs(max_failures: int) -> dict:
-    """max_consecutive_failed_runs where wandb.agent takes it (wandb >= 0.31): after its first success the
-    in-process agent otherwise never stops on failures, and a full disk or expired credentials would mark
-    every remaining grid point failed in seconds (a grid never re-issues a point that has a run)."""
-    import inspect
-
-    import wandb
-    if "max_consecutive_failed_runs" in inspect.signature(wandb.agent).parameters:
-        return {"max_consecutive_failed_runs": max_failures}
-    print(f"warning: wandb {wandb.__version__} has no max_consecutive_failed_runs; failures never stop this "
-          "agent (upgrade wandb)", flush=True)
-    return {}
-
-
-def worker_main(argv: list[str]) -> int:
-    """`python -m fractal_llm.agents worker SWEEP [--count N]`: one in-process W&B agent (what each slot runs)."""
-    parser = argparse.ArgumentParser(prog="fractal-llm agents worker")
-    parser.add_argument("sweep")
-    parser.add_argument("--count", type=int)
-    parser.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES)
-    args = parser.parse_args(argv)
-    entity, project, sweep_id = sweep_path(args.sweep)
-    refuse_offline_mode()
-    # With this set, wandb.agent(function=...) stops at the first failed run; without it the agent goes on.
-    os.environ.pop("WANDB_AGENT_DISABLE_FLAPPING", None)
-    import wandb
-
-    from fractal_llm import train
-    if not os.environ.get("WANDB_MODE") and not train.wandb_credentials_found():
-        raise AgentsError("no W&B credentials found on this host (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, "
-                          "~/.netrc or $NETRC, wandb settings): run `wandb login` (with --host for a W&B Server)")
-    check_server_sweep(dict(wandb.Api().sweep(f"{entity}/{project}/{sweep_id}").config))
-    signal.signal(signal.SIGTERM, train.on_sigterm)  # --stop: finish the run in flight as preempting, then exit
-    print(f"agent: sweep {entity}/{project}/{sweep_id} count={args.count} max_failures={args.max_failures} "
-          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')!r} pid={os.getpid()}", flush=True)
-    try:
-        wandb.agent(sweep_id, function=train.agent_function, entity=entity, project=project, count=args.count,
-                    **agent_kwargs(args.max_failures))
-    except SystemExit as exit_:  # SIGTERM between runs
-        print(f"{AGENT_EXIT} stopped by SIGTERM between runs", flush=True)
-        return int(exit_.code or 0)
-    print(f"{AGENT_EXIT} wandb.agent returned (sweep finished, --count reached, or "
-          f"{args.max_failures} consecutive failures: see above)", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "local": ("fractal_llm.runner", "run a sweep YAML's grid on this machine, no W&B server needed"),
     "agents": ("fractal_llm.agents", "start/stop/list one W&B agent per GPU, on this host or over ssh"),
+    "agent": ("fractal_llm.worker", "one W&B sweep agent in the foreground (a SLURM task, a Kubernetes pod)"),
     "zoom": ("fractal_llm.zoom_sequence", "a zoom sequence on any sweep: frames on one centre, each half as wide"),
     "refine": ("fractal_llm.refine_sweeps", "adaptive refinement on W&B: create the next level's point-list sweep"),
     "sweep": ("fractal_llm.sweep", "write (`new`) or check (`check`) a grid sweep YAML"),
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] == "--version":
+        from importlib.metadata import version
+        print(f"fractal-llm {version('fractal-llm')}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -31,6 +33,29 @@ def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, which a batch scheduler or taskset narrows):
     what every default worker and thread count is sized by."""
     return len(os.sched_getaffinity(0))
+
+
+class GpuDetectionError(RuntimeError):
+    """nvidia-smi is there but failed: the message has its exit code and output."""
+
+
+def count_gpus_in(nvidia_smi_output: str) -> list[str]:
+    """`nvidia-smi -L` prints one 'GPU i: ...' line per device."""
+    return [str(i) for i, line in enumerate(l for l in nvidia_smi_output.splitlines() if l.startswith("GPU "))]
+
+
+def detect_local_gpus() -> list[str]:
+    """This host's GPUs as CUDA_VISIBLE_DEVICES ids (agents and the local runner; no torch import, no CUDA init)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:  # this shell already restricts the GPUs: use exactly those
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise GpuDetectionError(f"nvidia-smi -L failed (exit {out.returncode}): "
+                                f"{out.stderr.strip() or out.stdout.strip()}")
+    return count_gpus_in(out.stdout)
 
 
 class WorkerError(RuntimeError):

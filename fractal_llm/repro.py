@@ -1,7 +1,7 @@
 """Reproducibility metadata: the one `repro` shape every run's resolved config carries, whatever its family.
 
 repro = {git_commit, python, torch, wandb, device, device_name, host, timing: {...}} plus family extras
-(the mlp family adds dtype and batched). `timing` holds seconds per phase; train.execute adds log_s.
+(the mlp family adds dtype and batched). `timing` holds seconds per phase; point.execute adds log_s.
 """
 
 import platform

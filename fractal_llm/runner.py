@@ -26,9 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fractal_llm import paths
 from fractal_llm.paths import atomic_write_text
-from fractal_llm.agents import detect_local_gpus
 from fractal_llm.config import ConfigError, TrainConfig
-from fractal_llm.pool import WorkerPool, usable_cores
+from fractal_llm.pool import WorkerPool, detect_local_gpus, usable_cores
 from fractal_llm.records import error_record, file_name, record_name, read_record, record_from_result, write_record
 from fractal_llm.refine import (ADAPTIVE_FILE, DEFAULT_MARGIN, LEVEL0_POINTS, RefineError, RefinePlan, current_level,
                                 fill, points_for_level)
@@ -132,12 +131,12 @@ def run_task(task: Task, out_dir: Path, wandb_mode: str) -> list[tuple[str, str]
     record, never an exception, so one bad point cannot stop the others."""
     if task.family == "mlp":
         return _run_mlp_chunk(task, out_dir)
-    from fractal_llm import train
+    from fractal_llm import point, train
     name, params = task.names[0], task.params[0]
     config = TrainConfig(**params)
     t0 = time.perf_counter()
     try:
-        record = train.run_point(config, name, out_dir, wandb_mode=wandb_mode)
+        record = point.run_point(train.train, config, name, out_dir, wandb_mode=wandb_mode)
     except Exception as exc:  # run_point records its own failures; this catches failures around it (W&B init...)
         record = error_record(config.resolved().to_dict(), name, exc, time.perf_counter() - t0)
         write_record(record, out_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractal_llm import finetune, train
+from fractal_llm import finetune, point, worker
 from fractal_llm.config import TrainConfig
 from fractal_llm.records import read_records
 
@@ -80,7 +80,7 @@ def test_runs_in_one_process_diverged_is_a_result_and_an_error_is_a_failure(agen
     serve(jobs)
     # max_consecutive_failed_runs=1: the agent stops at the first failed run. The diverged run must not count
     # as one; the error must (so r4 never runs).
-    wandb.agent("sw1", function=train.agent_function, entity="e", project="p", count=5,
+    wandb.agent("sw1", function=worker.agent_function, entity="e", project="p", count=5,
                 max_consecutive_failed_runs=1)
     records = {r.run_id: r for r in read_records(tmp_path / "runs")}
     assert set(records) == {"r0", "r1", "r2", "r3"}
@@ -98,14 +98,14 @@ def test_a_stop_from_wandb_is_recorded_as_stopped_not_as_an_error(agent_env):
 
     def stop_when(run_status):
         # The run is training (past wandb.init, inside the step loop): W&B's stop raises a bare Exception there.
-        if train._IN_FLIGHT.is_set():
+        if point.IN_FLIGHT.is_set():
             time.sleep(0.3)
             return "r0"
         return None
 
     serve([("r0", {"matrix_lr": 0.01, **{**SHORT, "num_iterations": 3000}}), ("r1", {"matrix_lr": 0.02, **SHORT})],
           stop_when)
-    wandb.agent("sw1", function=train.agent_function, entity="e", project="p", count=2,
+    wandb.agent("sw1", function=worker.agent_function, entity="e", project="p", count=2,
                 max_consecutive_failed_runs=1)
     records = read_records(tmp_path / "runs")
     assert [r.run_id for r in records] == ["r1"]  # r0 left no record (not done), and did not stop the agent
@@ -114,11 +114,11 @@ def test_a_stop_from_wandb_is_recorded_as_stopped_not_as_an_error(agent_env):
 def test_sigterm_finishes_the_run_as_preempting_and_ends_the_worker(tiny_base, tmp_path):
     script = SERVER + f'''
 import signal
-from fractal_llm import train
+from fractal_llm import point, worker
 serve([("r0", {json.dumps({"matrix_lr": 0.01, **SHORT, "num_iterations": 5000})})])
-signal.signal(signal.SIGTERM, train.on_sigterm)
+signal.signal(signal.SIGTERM, point.on_sigterm)
 print("agent ready", flush=True)
-wandb.agent("sw1", function=train.agent_function, entity="e", project="p", count=1)
+wandb.agent("sw1", function=worker.agent_function, entity="e", project="p", count=1)
 print("agent returned", flush=True)
 '''
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": FAKE_KEY, "WANDB_DIR": str(tmp_path),
@@ -139,12 +139,12 @@ print("agent returned", flush=True)
 
 def test_an_accelerator_error_ends_the_worker_after_finishing_its_run(tiny_base, tmp_path):
     script = SERVER + f'''
-from fractal_llm import train
+from fractal_llm import train, worker
 def poisoned(config, on_step):
     raise RuntimeError("CUDA error: device-side assert triggered")
 train.TRAINERS["gpt"] = poisoned
 serve([("r0", {json.dumps({"matrix_lr": 0.01, **SHORT})}), ("r1", {json.dumps({"matrix_lr": 0.02, **SHORT})})])
-wandb.agent("sw1", function=train.agent_function, entity="e", project="p", count=2)
+wandb.agent("sw1", function=worker.agent_function, entity="e", project="p", count=2)
 print("agent returned", flush=True)
 '''
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": FAKE_KEY, "WANDB_DIR": str(tmp_path),
@@ -200,12 +200,12 @@ def test_credentials_are_found_the_way_wandb_finds_them(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "cfg"))
     import wandb
     wandb.teardown()
-    assert not train.wandb_credentials_found()
+    assert not point.wandb_credentials_found()
     netrc = tmp_path / "elsewhere.netrc"  # a W&B Server host, in $NETRC: the old check saw neither
     netrc.write_text(f"machine wandb.example.org\n  login user\n  password {FAKE_KEY}\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
     wandb.teardown()
-    assert train.wandb_credentials_found() and train.default_wandb_mode() == "online"
+    assert point.wandb_credentials_found() and point.default_wandb_mode() == "online"
     wandb.teardown()

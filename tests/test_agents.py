@@ -2,7 +2,8 @@
 
 Fakes only at the boundaries: `nvidia-smi` and `ssh` stubs on PATH (the ssh stub runs the remote script
 with bash on this machine, as the "remote host"), a stub interpreter (--python) in place of the real agent
-process (which would need a W&B server), and a stub `wandb` module for the worker's wandb.agent call.
+process (which would need a W&B server), and, for the worker, wandb.Api (the sweep as the server holds it)
+and wandb.agent patched in the real client.
 """
 
 import json
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fractal_llm import agents
+from fractal_llm import agents, worker
+from fractal_llm.pool import usable_cores
 
 NVIDIA_SMI = """#!/bin/bash
 echo "nvidia-smi $* host=${STUB_HOST:-local}" >> "$STUB_LOG"
@@ -33,32 +35,44 @@ host=$1; shift
 STUB_HOST=$host exec bash -c "$*"
 """
 
-# Stands in for `python`: records how it was started, then lives like an agent until signalled.
+# Stands in for `python`: answers the worker's --check (refusing when STUB_REFUSE says why), else records how
+# it was started, then lives like an agent until signalled.
 FAKE_PYTHON = """#!/bin/bash
+case " $* " in *" --check "*)
+  if [ -n "$STUB_REFUSE" ]; then echo "error: $STUB_REFUSE" >&2; echo "agent exit: refused: $STUB_REFUSE"; exit 2; fi
+  echo "agent check: ok"; exit 0;;
+esac
 printf '%s\\n' "{\\"argv\\": \\"$*\\", \\"cuda\\": \\"${CUDA_VISIBLE_DEVICES-unset}\\", \\"cwd\\": \\"$PWD\\", \
 \\"host\\": \\"${STUB_HOST:-local}\\", \\"flapping\\": \\"${WANDB_AGENT_DISABLE_FLAPPING-unset}\\", \
-\\"threads\\": \\"${OMP_NUM_THREADS-unset}\\"}" >> "$STUB_STARTS"
+\\"threads\\": \\"${OMP_NUM_THREADS-unset}\\", \\"t\\": $(date +%s.%N)}" >> "$STUB_STARTS"
 sleep 60 &
 wait
 """
 
-# Stands in for the wandb client where a server must answer: wandb.agent, and the sweep as the server holds it.
-FAKE_WANDB = '''
-import json, os
-__version__ = "0.31.0"
+# The worker with the real wandb client, patched where a server must answer: the sweep as the server holds it
+# (wandb.Api().sweep(path).config) and wandb.agent, which records how it was called.
+WORKER = '''
+import json, os, sys
+import wandb
 class _Sweep:
     def __init__(self, path):
         self.config = json.loads(os.environ["STUB_SWEEP_CONFIG"])
-class Api:
+class _Api:
+    def __init__(self, *args, **kwargs):
+        pass
     def sweep(self, path):
         return _Sweep(path)
 def agent(sweep_id, function=None, entity=None, project=None, count=None, max_consecutive_failed_runs=None):
     with open(os.environ["STUB_WANDB_LOG"], "w") as f:
         json.dump({"sweep_id": sweep_id, "entity": entity, "project": project, "count": count,
-                   "function": f"{function.__module__}.{function.__name__}",
+                   "function": f"{function.func.__module__}.{function.func.__name__}", "axes": list(function.args[0]),
                    "flapping": os.environ.get("WANDB_AGENT_DISABLE_FLAPPING"),
                    "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "max_failures": max_consecutive_failed_runs}, f)
+wandb.Api, wandb.agent = _Api, agent
+from fractal_llm.worker import main
+sys.exit(main(sys.argv[1:]))
 '''
+FAKE_KEY = "a" * 40  # a well-formed W&B key, never sent anywhere
 
 
 def write_exe(path: Path, text: str) -> Path:
@@ -121,8 +135,9 @@ def test_one_agent_per_detected_gpu_with_its_cuda_device(stubs, capsys):
     starts = sorted(wait_for_starts(stubs["starts"], 2), key=lambda s: s["cuda"])
     assert [s["cuda"] for s in starts] == ["0", "1"]
     for s in starts:
-        assert s["argv"] == f"-m fractal_llm.agents worker e/p/sw1 --max-failures {agents.DEFAULT_MAX_FAILURES} --count 5"
-        assert s["threads"] == str(max(1, (os.cpu_count() or 1) // 2))  # the cores shared out over 2 GPUs
+        assert s["argv"] == f"-m fractal_llm.worker e/p/sw1 --max-failures {worker.DEFAULT_MAX_FAILURES} --count 5"
+        # the cores this process may use (its CPU affinity: taskset, a batch scheduler) shared out over 2 GPUs
+        assert s["threads"] == str(max(1, usable_cores() // 2))
         assert s["cwd"] == str(stubs["workdir"])
         assert s["flapping"] == "unset"  # would stop the in-process agent at its first failed run
     assert "nvidia-smi -L" in stubs["log"].read_text()
@@ -208,7 +223,7 @@ def test_hosts_over_ssh(stubs, monkeypatch, capsys):
     assert agents.main(["e/p/sw1", "--python", stubs["python"], *common]) == 0
     starts = wait_for_starts(stubs["starts"], 3)
     assert sorted((s["host"], s["cuda"]) for s in starts) == [("h1", "0"), ("h1", "1"), ("h2", "0")]
-    assert all(s["argv"].endswith("-m fractal_llm.agents worker e/p/sw1 --max-failures 5") for s in starts)
+    assert all(s["argv"].endswith("-m fractal_llm.worker e/p/sw1 --max-failures 5") for s in starts)
     assert all(s["cwd"] == str(stubs["workdir"]) for s in starts)
     calls = stubs["log"].read_text().splitlines()
     assert "ssh -o BatchMode=yes h1 nvidia-smi -L" in calls and "ssh -o BatchMode=yes h2 nvidia-smi -L" in calls
@@ -227,17 +242,16 @@ def test_unreachable_host_is_a_clear_error(stubs, capsys):
     assert "unreachable: ssh failed" in capsys.readouterr().err
 
 
-def run_worker(tmp_path, sweep_config: dict, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
-    fake = tmp_path / "fake"
-    (fake / "wandb").mkdir(parents=True, exist_ok=True)
-    (fake / "wandb" / "__init__.py").write_text(FAKE_WANDB)
+def run_worker(tmp_path, sweep_config: dict, *args: str, env_changes: dict | None = None
+               ) -> tuple[subprocess.CompletedProcess, Path]:
     log = tmp_path / "wandb.json"
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{fake}:{repo}", "STUB_WANDB_LOG": str(log), "WANDB_MODE": "online",
-           "WANDB_AGENT_DISABLE_FLAPPING": "true", "CUDA_VISIBLE_DEVICES": "3",
-           "STUB_SWEEP_CONFIG": json.dumps(sweep_config)}
-    out = subprocess.run([sys.executable, "-m", "fractal_llm.agents", "worker", "ent/proj/abc123", *args],
-                         env=env, capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "PYTHONPATH": str(repo), "STUB_WANDB_LOG": str(log), "WANDB_MODE": "online",
+           "WANDB_API_KEY": FAKE_KEY, "WANDB_AGENT_DISABLE_FLAPPING": "true", "CUDA_VISIBLE_DEVICES": "3",
+           "STUB_SWEEP_CONFIG": json.dumps(sweep_config), **(env_changes or {})}
+    env = {k: v for k, v in env.items() if v is not None}
+    out = subprocess.run([sys.executable, "-c", WORKER, "ent/proj/abc123", *args], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
     return out, log
 
 
@@ -250,8 +264,8 @@ def test_worker_calls_wandb_agent_with_the_train_function(tmp_path):
     assert out.returncode == 0, out.stderr
     called = json.loads(log.read_text())
     assert called == {"sweep_id": "abc123", "entity": "ent", "project": "proj", "count": 7,
-                      "function": "fractal_llm.train.agent_function", "flapping": None, "cuda": "3",
-                      "max_failures": agents.DEFAULT_MAX_FAILURES}
+                      "function": "fractal_llm.worker.agent_function", "axes": ["matrix_lr", "unembedding_lr"],
+                      "flapping": None, "cuda": "3", "max_failures": worker.DEFAULT_MAX_FAILURES}
     assert "agent exit: wandb.agent returned" in out.stdout
 
 
@@ -265,14 +279,67 @@ def test_worker_checks_the_servers_sweep_before_claiming_a_run(tmp_path, key, va
     cfg["parameters"][key] = {"value": value}
     out, log = run_worker(tmp_path, cfg)
     assert out.returncode == 2 and needle in out.stderr, out.stderr
+    assert out.stdout.strip().splitlines()[-1].startswith("agent exit: refused:")  # what --status shows
     assert not log.exists()  # wandb.agent never called: no point claimed
 
 
-def test_worker_refuses_offline_mode(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run([sys.executable, "-m", "fractal_llm.agents", "worker", "e/p/s"], env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0 and "sweep agents need a W&B server (online mode" in out.stderr
+@pytest.mark.parametrize("env_changes, needle", [
+    ({"WANDB_MODE": "offline"}, "sweep agents need a W&B server (online mode"),
+    ({"WANDB_MODE": None, "WANDB_API_KEY": None}, "no W&B credentials found on this host"),
+])
+def test_worker_refuses_offline_mode_and_a_host_without_credentials(tmp_path, env_changes, needle):
+    no_home = {"HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "cfg"), "NETRC": str(tmp_path / "none")}
+    out, log = run_worker(tmp_path, smoke_sweep(), env_changes={**no_home, **env_changes})
+    assert out.returncode == 2 and needle in out.stderr, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("agent exit: refused:") and needle in last
+    assert not log.exists()
+
+
+def test_worker_check_exits_before_the_agent(tmp_path):
+    out, log = run_worker(tmp_path, smoke_sweep(), "--check")
+    assert out.returncode == 0 and "agent check: sweep ent/proj/abc123" in out.stdout, out.stderr
+    assert not log.exists()
+
+
+def no_credentials_env(tmp_path, monkeypatch) -> None:
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no.netrc"))
+
+
+def test_a_host_without_credentials_starts_no_agent(stubs, tmp_path, monkeypatch, capsys):
+    """What `fractal-llm agents` did on such a host: exit 0, "started", and a worker that died at once."""
+    no_credentials_env(tmp_path, monkeypatch)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    code = agents.main(["e/p/sw1", "--gpus", "0,1", "--python", sys.executable, "--logdir", str(stubs["logdir"]),
+                        "--workdir", str(stubs["workdir"])])
+    err = capsys.readouterr().err
+    assert code == 2 and "no agent started" in err and "no W&B credentials found" in err, err
+    assert not local_pid_files(stubs) if stubs["logdir"].exists() else True
+
+
+def test_a_refusing_check_over_ssh_starts_no_agent(stubs, monkeypatch, capsys):
+    monkeypatch.setenv("STUB_HOST_GPUS", "h1=2")
+    monkeypatch.setenv("STUB_REFUSE", "no W&B credentials found on this host")
+    code = agents.main(["e/p/sw1", "--python", stubs["python"], "--hosts", "h1", "--workdir", str(stubs["workdir"])])
+    err = capsys.readouterr().err
+    assert code == 2 and "h1: no agent started" in err and "no W&B credentials" in err, err
+    assert not stubs["starts"].exists()
+
+
+def test_agents_started_together_are_staggered(stubs, monkeypatch):
+    assert run_agents(stubs, "--gpus", "0,1,2") == 0
+    times = sorted(s["t"] for s in wait_for_starts(stubs["starts"], 3))
+    assert all(b - a >= 0.8 * agents.STAGGER_S for a, b in zip(times, times[1:])), times
+    monkeypatch.setenv("STUB_HOST_GPUS", "h1=2")
+    stubs["starts"].unlink()
+    assert agents.main(["e/p/sw1", "--python", stubs["python"], "--hosts", "h1", "--workdir",
+                        str(stubs["workdir"])]) == 0
+    times = sorted(s["t"] for s in wait_for_starts(stubs["starts"], 2))
+    assert times[1] - times[0] >= 0.8 * agents.STAGGER_S, times
 
 
 def test_status_says_why_a_dead_agent_ended(stubs, capsys):

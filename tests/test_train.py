@@ -10,6 +10,7 @@ import fractal_llm.data
 import nanochat.checkpoint
 from fractal_llm import finetune
 from fractal_llm import train as train_module
+from fractal_llm import worker
 from fractal_llm.config import TrainConfig
 from fractal_llm.records import SUMMARY_KEYS, read_record, record_name
 from fractal_llm.finetune import lr_multiplier, planned_steps, steps_for_budget
@@ -190,9 +191,9 @@ def test_record_names_follow_the_overrides():
 def test_every_family_gives_one_record_shape_through_execute(tiny_base, tmp_path):
     """The mlp result once lacked repro.timing and crashed execute outside its try: both families now
     go through one path and one repro shape."""
-    from fractal_llm.train import execute
-    mlp_record = execute(TrainConfig(model_family="mlp", num_iterations=5), "mlp", tmp_path)
-    gpt_record = execute(TrainConfig(matrix_lr=0.01, **SHORT), "gpt", tmp_path)
+    from fractal_llm.point import NoRun, execute
+    mlp_record = execute(train, TrainConfig(model_family="mlp", num_iterations=5), "mlp", tmp_path, NoRun())
+    gpt_record = execute(train, TrainConfig(matrix_lr=0.01, **SHORT), "gpt", tmp_path, NoRun())
     for record in (mlp_record, gpt_record):
         assert record.verdict in ("trainable", "not_trainable", "diverged")
         assert set(record.config["repro"]) >= {"git_commit", "torch", "device", "host", "timing"}
@@ -200,13 +201,15 @@ def test_every_family_gives_one_record_shape_through_execute(tiny_base, tmp_path
 
 
 def test_an_exception_in_the_trainer_is_an_error_record_with_its_traceback(tmp_path, monkeypatch):
+    from fractal_llm import point
     from fractal_llm import train as glue
 
     def broken(config, on_step):
         raise ZeroDivisionError("our own bug")
 
     monkeypatch.setitem(glue.TRAINERS, "mlp", broken)
-    record = glue.execute(TrainConfig(model_family="mlp", num_iterations=5), "broken", tmp_path)
+    record = point.execute(glue.train, TrainConfig(model_family="mlp", num_iterations=5), "broken", tmp_path,
+                           point.NoRun())
     assert record.verdict == "error" and record.config["lr_input"] == 0.1
     assert record.summary["error"].startswith("ZeroDivisionError: our own bug")
     assert "Traceback" in record.summary["error"] and "in broken" in record.summary["error"]
@@ -250,7 +253,7 @@ def test_agent_function_unpacks_grid_point_from_the_sweep_config_file(tmp_path, 
     monkeypatch.setenv("FRACTAL_LLM_RUNS_DIR", str(tmp_path / "runs"))
     wandb.teardown()  # the agent does this before each run: settings are read again from the environment
     try:
-        train_module.agent_function()
+        worker.agent_function()
     finally:
         wandb.teardown()
     (path,) = (tmp_path / "runs").glob("*.json")
