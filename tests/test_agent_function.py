@@ -30,8 +30,10 @@ import wandb
 import wandb.apis.public.sweeps as sweeps_api
 from wandb.agents import pyagent
 
-def serve(jobs, stop_when=None):
-    """jobs: [(run_id, params)]; stop_when(run_status) -> run_id to stop, or None."""
+def serve(jobs, stop_when=None, sweep_config=None, exit_when_done=False):
+    """jobs: [(run_id, params)]; stop_when(run_status) -> run_id to stop, or None; sweep_config: the sweep as
+    wandb.Api().sweep(path).config returns it; exit_when_done: `exit` once every job ran (W&B's answer when a
+    grid is exhausted)."""
     pyagent.Agent.HEARTBEAT_SLEEP_SECONDS = 0.05
     queue = [{"type": "run", "run_id": rid, "args": {k: {"value": v} for k, v in params.items()}}
              for rid, params in jobs]
@@ -42,10 +44,19 @@ def serve(jobs, stop_when=None):
             if victim:
                 sent_stop.append(victim)
                 return [{"type": "stop", "run_id": victim}]
-        return [queue.pop(0)] if queue else []
+        if queue:
+            return [queue.pop(0)]
+        return [{"type": "exit"}] if exit_when_done and not run_status else []
+    class Sweep:
+        config = sweep_config or {}
+    class Api:
+        def __init__(self, *args, **kwargs):
+            pass
+        def sweep(self, path):
+            return Sweep()
     sweeps_api._register_agent = lambda api, host, **kw: {"id": "agent-test"}
     sweeps_api._agent_heartbeat = heartbeat
-    wandb.Api = lambda *args, **kwargs: object()
+    wandb.Api = Api
 '''
 
 

@@ -15,6 +15,7 @@ from fractal_llm.config import TrainConfig
 from fractal_llm.records import SUMMARY_KEYS, read_record, record_name
 from fractal_llm.finetune import lr_multiplier, planned_steps, steps_for_budget
 from fractal_llm.train import train
+from wandb_offline import offline_runs
 
 SHORT = dict(max_seq_len=192, device_batch_size=4, num_iterations=6, trainable_window_steps=3)
 
@@ -122,7 +123,58 @@ def test_entry_point_offline_run_writes_wandb_dir_and_record(tiny_base, tmp_path
     record = read_record(last.removeprefix("record: "))
     assert set(SUMMARY_KEYS) <= set(record.summary)
     assert len(record.history["train/loss"]) == record.summary["steps"] == 6
-    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    (run,) = offline_runs(tmp_path / "wandb").values()
+    assert run["name"] == record.name and run["job_type"] == "train" and run["config"]["verdict"] == record.verdict
+    assert run["metrics"]["train/loss"] == {"step_metric": "step", "summary": ["last", "min"]}
+    assert run["summary"]["train/loss"]["min"] == min(record.history["train/loss"])
+    assert "step 0  train/loss" in proc.stderr  # a progress line while it trains, before the verdict
+
+
+def test_the_local_runners_point_is_a_named_run_in_its_maps_group(tmp_path, monkeypatch):
+    """What `fractal-llm local` logs for `wandb sync`: named by the point, grouped by the map, the verdict in
+    the config (the W&B UI groups by config), the same metric definitions as every other path."""
+    from fractal_llm import point
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    out = tmp_path / "runs-dir"
+    out.mkdir()
+    (out / "sweep.yaml").write_text("name: my_map\n")
+    name = record_name(POINT)
+    record = point.run_point(train, TrainConfig(model_family="mlp", num_iterations=5, **POINT), name, out,
+                             wandb_mode="offline")
+    import wandb
+    wandb.teardown()  # the run file is written by wandb's service process: flushed when it shuts down
+    (run,) = offline_runs(tmp_path / "wandb").values()
+    assert (run["name"], run["group"], run["job_type"]) == (name, "my_map", "train")
+    assert run["config"]["verdict"] == record.verdict and run["config"]["lr_input"] == POINT["lr_input"]
+    assert set(run["metrics"]) >= {"step", "train/*", "lr/*", "val/*", "train/loss"}
+
+
+def test_a_point_without_wandb_runs_through_the_no_op_run(tmp_path):
+    from fractal_llm import point
+    run = point.start_run({"a": 1}, mode="disabled")
+    assert isinstance(run, point.NoRun) and run.id == "" and run.sweep_id is None
+    record = point.execute(train, TrainConfig(model_family="mlp", num_iterations=5), "p", tmp_path, run)
+    run.finish(exit_code=point.exit_code(record))
+    assert run.summary["verdict"] == record.verdict == read_record(record.path).verdict
+    assert run.config["verdict"] == record.verdict and record.run_id == ""
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_help_describes_each_field_from_its_comment_in_config():
+    text = train_module.usage()
+    lines = {line.split("=", 1)[0].strip(): line for line in text.splitlines() if line.startswith("  --")}
+    assert set(lines) == {f"--{name}" for name in TrainConfig().to_dict()}
+    assert "<= 0: derived from learning_rate" in lines["--matrix_lr"]  # config.py's own comment
+    assert "one of cosine|constant" in lines["--lr_schedule"] and "[0.0, 1.0)" in lines["--warmup_frac"]
+    assert "[mlp family" in lines["--width"]
+
+
+def test_fractal_llm_version(capsys):
+    from importlib.metadata import version
+
+    from fractal_llm.cli import main
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fractal-llm {version('fractal-llm')}"
 
 
 def test_entry_point_exits_zero_on_divergence(tiny_base, tmp_path):
