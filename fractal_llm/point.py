@@ -148,8 +148,9 @@ def map_name(record_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------------- a stop
 
 class RunStopped(Exception):
-    """The run was stopped before it finished (SIGTERM, or a stop sent from W&B). No local record is written;
-    the W&B run is marked preempting. A SIGTERM ends it with a non-zero exit code: W&B requeues such a run
+    """The run was stopped before it finished (SIGTERM, or a stop sent from W&B): no local record is written.
+    After SIGTERM (a scheduler's preemption, `fractal-llm agents --stop`) the W&B run is marked preempting and
+    ends non-zero, so W&B requeues its point; a stop sent from W&B is the user's: the run just ends
     (docs/design.md, "Preemption")."""
 
 
@@ -169,9 +170,10 @@ def is_wandb_stop(exc: BaseException) -> bool:
     return type(exc) is Exception and not exc.args
 
 
-def _stopped(run, reason: str) -> None:
+def _stopped(run, reason: str, preempted: bool) -> None:
     run.summary.update({"verdict": None, "stopped": reason})
-    run.mark_preempting()
+    if preempted:
+        run.mark_preempting()
 
 
 # ---------------------------------------------------------------------------------------------- one point
@@ -200,11 +202,11 @@ def execute(train_fn: TrainFn, config: TrainConfig, name: str, record_dir: Path,
     try:
         result = train_fn(config, on_step)
     except RunStopped as stop:
-        _stopped(run, str(stop))
+        _stopped(run, str(stop), preempted=True)
         raise
     except Exception as exc:  # recorded as an `error` outcome, kept apart from divergence
         if is_wandb_stop(exc):
-            _stopped(run, "stopped from W&B")
+            _stopped(run, "stopped from W&B", preempted=False)
             raise RunStopped("stopped from W&B") from None
         result = RunResult(config=config.resolved().to_dict(),
                            summary=error_summary(error_message(exc), time.perf_counter() - t0),

@@ -17,6 +17,7 @@ import torch
 from fractal_llm import finetune, point, worker
 from fractal_llm.config import TrainConfig
 from fractal_llm.records import read_records
+from wandb_offline import offline_runs
 
 SHORT = dict(max_seq_len=192, device_batch_size=4, num_iterations=6, trainable_window_steps=3)
 FAKE_KEY = "a" * 40  # wandb.agent logs in first: any well-formed key, never sent anywhere
@@ -103,16 +104,29 @@ def test_runs_in_one_process_diverged_is_a_result_and_an_error_is_a_failure(agen
     assert error.config["model_id"].endswith("broken")
 
 
-def test_a_stop_from_wandb_is_recorded_as_stopped_not_as_an_error(agent_env):
+def test_a_stop_from_wandb_is_recorded_as_stopped_not_as_an_error(agent_env, monkeypatch):
+    import threading
+
     import wandb
+
+    from fractal_llm import train
     serve, tmp_path = agent_env
+    stepping = threading.Event()
+    real_trainer = train.TRAINERS["gpt"]
+
+    def trainer(config, on_step):
+        def counted(step, row):
+            on_step(step, row)
+            if step >= 3:
+                stepping.set()
+        return real_trainer(config, counted)
+
+    monkeypatch.setitem(train.TRAINERS, "gpt", trainer)
 
     def stop_when(run_status):
-        # The run is training (past wandb.init, inside the step loop): W&B's stop raises a bare Exception there.
-        if point.IN_FLIGHT.is_set():
-            time.sleep(0.3)
-            return "r0"
-        return None
+        # The run is training (a few steps done, so past every import): W&B's stop raises a bare Exception in
+        # the run's thread there (one raised inside an import would leave a half-imported module behind).
+        return "r0" if point.IN_FLIGHT.is_set() and stepping.is_set() else None
 
     serve([("r0", {"matrix_lr": 0.01, **{**SHORT, "num_iterations": 3000}}), ("r1", {"matrix_lr": 0.02, **SHORT})],
           stop_when)
@@ -120,6 +134,11 @@ def test_a_stop_from_wandb_is_recorded_as_stopped_not_as_an_error(agent_env):
                 max_consecutive_failed_runs=1)
     records = read_records(tmp_path / "runs")
     assert [r.run_id for r in records] == ["r1"]  # r0 left no record (not done), and did not stop the agent
+    wandb.teardown()  # the run files are written by wandb's service process: flushed when it shuts down
+    stopped = offline_runs(tmp_path / "wandb")["r0"]
+    # the user's stop: not marked preempting (W&B would requeue it), no verdict in W&B either
+    assert not stopped["preempting"] and stopped["summary"]["stopped"] == "stopped from W&B"
+    assert stopped["summary"]["verdict"] is None
 
 
 def test_sigterm_finishes_the_run_as_preempting_and_ends_the_worker(tiny_base, tmp_path):
@@ -146,6 +165,9 @@ print("agent returned", flush=True)
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert "agent exit: stopped by SIGTERM" in output and "preempting" in output
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))  # not done
+    # W&B's requeue contract (docs/design.md, "Preemption"): marked preempting, then a non-zero exit
+    run = offline_runs(tmp_path / "wandb")["r0"]
+    assert run["preempting"] and run["exit_code"] == 128 + signal.SIGTERM
 
 
 def test_an_accelerator_error_ends_the_worker_after_finishing_its_run(tiny_base, tmp_path):
@@ -220,3 +242,40 @@ def test_credentials_are_found_the_way_wandb_finds_them(tmp_path, monkeypatch):
     wandb.teardown()
     assert point.wandb_credentials_found() and point.default_wandb_mode() == "online"
     wandb.teardown()
+
+
+# ---------------------------------------------------------------------------------------------- a requeued point
+
+def wandb_run(run_id: str, point: dict, state: str, verdict: str | None, minute: int):
+    """A run as W&B's public API lists it (the attributes sources.record_from_wandb_run reads)."""
+    from types import SimpleNamespace
+    summary = {"verdict": verdict, "score": -1.0 if verdict == "trainable" else 1.0} if verdict else \
+        {"stopped": "stopped by SIGTERM at step 7"}
+    config = {"model_family": "mlp", **point, **({"verdict": verdict} if verdict else {})}
+    return SimpleNamespace(id=run_id, name=run_id, config=config, summary_metrics=summary, state=state,
+                           created_at=f"2026-12-05T07:{minute:02d}:00Z")
+
+
+@pytest.mark.parametrize("runs, expected", [
+    # preempted (marked preempting, ended non-zero), then W&B's requeue ran the point again in another run
+    ([("a", "preempted", None, 1), ("b", "finished", "not_trainable", 2)], "not_trainable"),
+    # the requeued run finished first; the preempted one is listed after it
+    ([("b", "finished", "trainable", 2), ("a", "preempted", None, 1)], "trainable"),
+    # still preempting when the report pulled, and a finished run of the same point
+    ([("a", "preempting", None, 1), ("b", "finished", "trainable", 2)], "trainable"),
+    # two finished runs of one point (a requeue that raced a refill sweep): the latest wins, one cell
+    ([("a", "finished", "trainable", 1), ("b", "finished", "not_trainable", 2)], "not_trainable"),
+])
+def test_two_runs_of_one_point_give_one_cell(runs, expected):
+    from fractal_llm.grid import build_grid
+    from fractal_llm.sources import record_from_wandb_run
+    sweep = {"name": "s", "method": "grid",
+             "parameters": {"model_family": {"value": "mlp"}, "lr_input": {"values": [1.0, 2.0]},
+                            "lr_output": {"values": [1.0, 2.0]}}}
+    point = {"lr_input": 1.0, "lr_output": 2.0}
+    listed = [wandb_run(rid, point, state, verdict, minute) for rid, state, verdict, minute in runs]
+    other = wandb_run("c", {"lr_input": 2.0, "lr_output": 1.0}, "finished", "trainable", 3)
+    records = [record_from_wandb_run(r, "e", "p", ["lr_input", "lr_output"]) for r in [*listed, other]]
+    grid = build_grid(sweep, records)
+    assert grid.verdicts[1, 0] == expected  # row: lr_output=2.0, column: lr_input=1.0
+    assert sum(grid.counts.values()) == 4 and grid.counts["missing"] == 2  # one cell per point, never two

@@ -36,8 +36,9 @@ def records(path: Path):
 
 
 def offline_run(path: Path) -> dict:
-    """{name, job_type, group, id, config (last value per key), metrics {name: {step_metric, summary}}, summary}."""
-    run = {"config": {}, "metrics": {}, "summary": {}}
+    """{name, job_type, group, id, config (last value per key), metrics {name: {step_metric, summary}}, summary,
+    preempting (mark_preempting was called), exit_code}."""
+    run = {"config": {}, "metrics": {}, "summary": {}, "preempting": False, "exit_code": None}
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -52,6 +53,10 @@ def offline_run(path: Path) -> dict:
             m = record.metric
             summary = sorted(f.name for f, v in m.summary.ListFields() if v)
             run["metrics"][m.name or m.glob_name] = {"step_metric": m.step_metric, "summary": summary}
+        elif kind == "preempting":
+            run["preempting"] = True
+        elif kind == "exit":
+            run["exit_code"] = record.exit.exit_code
         elif kind == "summary":
             run["summary"].update({u.key or ".".join(u.nested_key): json.loads(u.value_json)
                                    for u in record.summary.update})
