@@ -1,7 +1,7 @@
 """`fractal-llm refill SWEEP_PATH... -o FILE`: a point-list sweep over exactly the points with no usable run.
 
 A W&B grid sweep never hands out a point twice, so its holes (no run, a run that crashed, failed, was killed
-or preempted, an error) stay holes. The refill sweep is the first sweep's config with its two axes replaced
+or preempted and not requeued, an error) stay holes; a preempted run that W&B requeued is pending again. The refill sweep is the first sweep's config with its two axes replaced
 by one `grid_point` list of those points (sweep.py, point-list sweeps); start it with `wandb sweep FILE`
 and report every sweep as one map: `python reports/generate_report.py SWEEP_PATH... NEW_SWEEP_PATH`.
 Points still in flight (pending) are left out unless --include-pending.
