@@ -90,7 +90,11 @@ def check_before_claiming(sweep: str) -> tuple[tuple[str, str, str], SweepSpec]:
     refuse_offline_mode()
     refuse_without_credentials()
     import wandb
-    return path, check_server_sweep(dict(wandb.Api().sweep("/".join(path)).config))
+    try:
+        sweep_config = dict(wandb.Api().sweep("/".join(path)).config)
+    except (ValueError, wandb.errors.Error) as e:  # no such sweep (ValueError), a key the server refuses, ...
+        raise SweepRefused(f"W&B sweep {'/'.join(path)}: {type(e).__name__}: {e}") from None
+    return path, check_server_sweep(sweep_config)
 
 
 # ---------------------------------------------------------------------------------------------- one run

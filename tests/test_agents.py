@@ -61,6 +61,8 @@ class _Api:
     def __init__(self, *args, **kwargs):
         pass
     def sweep(self, path):
+        if os.environ["STUB_SWEEP_CONFIG"] == "null":  # what wandb's public API raises for an unknown sweep
+            raise ValueError(f"Could not find sweep <Sweep {path} (Unknown State)>")
         return _Sweep(path)
 def agent(sweep_id, function=None, entity=None, project=None, count=None, max_consecutive_failed_runs=None):
     with open(os.environ["STUB_WANDB_LOG"], "w") as f:
@@ -294,6 +296,12 @@ def test_worker_refuses_offline_mode_and_a_host_without_credentials(tmp_path, en
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("agent exit: refused:") and needle in last
     assert not log.exists()
+
+
+def test_worker_refuses_a_sweep_the_server_does_not_have(tmp_path):
+    out, log = run_worker(tmp_path, None)
+    assert out.returncode == 2 and "W&B sweep ent/proj/abc123: ValueError: Could not find sweep" in out.stderr
+    assert out.stdout.strip().splitlines()[-1].startswith("agent exit: refused:") and not log.exists()
 
 
 def test_worker_check_exits_before_the_agent(tmp_path):
