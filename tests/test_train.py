@@ -133,15 +133,17 @@ def test_entry_point_offline_run_writes_wandb_dir_and_record(tiny_base, tmp_path
 def test_the_local_runners_point_is_a_named_run_in_its_maps_group(tmp_path, monkeypatch):
     """What `fractal-llm local` logs for `wandb sync`: named by the point, grouped by the map, the verdict in
     the config (the W&B UI groups by config), the same metric definitions as every other path."""
+    import wandb
+
     from fractal_llm import point
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    wandb.teardown()  # settings (WANDB_DIR) are read again from the environment, as the agent does per run
     out = tmp_path / "runs-dir"
     out.mkdir()
     (out / "sweep.yaml").write_text("name: my_map\n")
     name = record_name(POINT)
     record = point.run_point(train, TrainConfig(model_family="mlp", num_iterations=5, **POINT), name, out,
                              wandb_mode="offline")
-    import wandb
     wandb.teardown()  # the run file is written by wandb's service process: flushed when it shuts down
     (run,) = offline_runs(tmp_path / "wandb").values()
     assert (run["name"], run["group"], run["job_type"]) == (name, "my_map", "train")
