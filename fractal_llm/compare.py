@@ -10,11 +10,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fractal_llm.fractal import estimate_dimension
+from fractal_llm.fractal import dimension_sentence, estimate_dimension
 from fractal_llm.grid import Grid, GridError
 from fractal_llm.plots import plot_difference
 from fractal_llm.records import json_safe
-from fractal_llm.report import dimension_sentence
 from fractal_llm.verdict import OUTCOMES
 
 console = Console()

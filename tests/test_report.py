@@ -10,7 +10,8 @@ from fractal_llm.grid import GridError, build_grid, grid_from_arrays
 from fractal_llm.verdict import from_trainable
 from fractal_llm.records import RunRecord, error_summary, point_name, write_record
 from fractal_llm.compare import compare_reports
-from fractal_llm.report import main, run, write_report
+from fractal_llm.report import write_report
+from fractal_llm.report_command import main, run
 from fractal_llm.sources import local_source
 from fractal_llm.sweep import MODULE_COMMAND, axis_values, dump_sweep_yaml, load_sweep
 from fractal_llm.verdict import summarize_losses

@@ -11,8 +11,8 @@ import yaml
 from fractal_llm.grid import build_grid
 from fractal_llm.plots import boundary_pairs
 from fractal_llm.records import RunRecord, file_name, record_name, write_record
-from fractal_llm.report import main as run_main
-from fractal_llm.report import run as run_report
+from fractal_llm.report_command import main as run_main
+from fractal_llm.report_command import run as run_report
 from fractal_llm.report import write_report
 from fractal_llm.sources import ApiSettings, SourceError, local_source, parse_timestamp, wandb_source
 from fractal_llm.sweep import MODULE_COMMAND, axis_values
@@ -337,7 +337,7 @@ def iso(moment) -> str:
 
 def test_watch_pulls_only_changed_runs_and_ctrl_c_keeps_the_last_report(tmp_path, monkeypatch, capsys):
     from datetime import datetime, timedelta, timezone
-    from fractal_llm import report as report_module
+    from fractal_llm import report_command as report_module
     calls = Calls()
     cfg = fake_sweep_config(4)
     runs = fake_runs(calls, cfg)
@@ -377,7 +377,7 @@ def test_watch_pulls_only_changed_runs_and_ctrl_c_keeps_the_last_report(tmp_path
 
 
 def test_watch_ctrl_c_while_writing_leaves_the_previous_report_whole(tmp_path, monkeypatch):
-    from fractal_llm import report as report_module
+    from fractal_llm import report_command as report_module
     calls = Calls()
     cfg = fake_sweep_config(4)
     api = FakeApi(cfg, {"s": fake_runs(calls, cfg)}, calls)
