@@ -236,6 +236,17 @@ def test_a_table_of_16384_points_goes_into_the_artifact_whole(tmp_path, offline_
     assert len(rows) == n * n and sum(row[2] == "trainable" for row in rows) == int(trainable.sum())
 
 
+def test_a_map_above_the_artifact_table_limit_goes_in_as_a_whole_csv(tmp_path, offline_wandb, monkeypatch):
+    import wandb
+    monkeypatch.setattr(wandb.Table, "MAX_ARTIFACT_ROWS", 20)  # the real one is 200,000 (wandb 0.31)
+    sweep_dir = write_local_sweep(tmp_path / "sweep", n=6, name="csv")
+    run(["--local", str(sweep_dir), "--out", str(tmp_path / "out"), "--zoom", "0", "--wandb"])
+    (artifact,) = offline_wandb
+    assert "points.table.json" not in artifact.manifest.entries
+    lines = Path(artifact.manifest.entries["points.csv"].local_path).read_text().splitlines()
+    assert lines[0] == "matrix_lr,unembedding_lr,verdict,score,final_loss,run_id,run" and len(lines) == 1 + 36
+
+
 def test_bad_local_dir_is_a_clean_error(tmp_path, capsys):
     assert main(["--local", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "no sweep.yaml" in capsys.readouterr().err
