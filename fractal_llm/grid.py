@@ -4,7 +4,8 @@ The axes are the sweep's two `values` parameters (sorted by name: x = first, y =
 parameter is fixed. A run is placed by its config values at the nearest axis value, within a relative
 tolerance and half the distance to that value's neighbours, never by its order. Several runs at one point: a
 result (trainable, not_trainable, diverged) beats a run in flight (pending), which beats an error, which beats
-a hole (a run that ended without a verdict); within one rank the latest run wins. A run whose fixed parameters differ from the sweep's is refused, not silently mixed.
+a hole (a run that ended without a verdict); within one rank the latest run wins. A run whose fixed
+parameters differ from the sweep's is refused, not silently mixed.
 """
 
 from __future__ import annotations
