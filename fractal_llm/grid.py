@@ -117,7 +117,7 @@ def check_fixed(record: RunRecord, fixed: dict, rtol: float) -> None:
 # ---------------------------------------------------------------- placement
 
 
-def _index_of(values: np.ndarray, value: float, rtol: float) -> int:
+def axis_index(values: np.ndarray, value: float, rtol: float) -> int:
     """Index of the axis value (ascending axis) nearest to value, or -1 when it is farther than rtol
     (relative) or than half the distance to that axis value's nearest neighbour. The second bound is what a
     deep zoom frame needs: its neighbouring values can lie closer than rtol (a paper-mode tile frame's are
@@ -193,7 +193,7 @@ def build_grid(sweep_config: dict, records: list[RunRecord], rtol: float = 1e-6,
         check_fixed(record, fixed, rtol)
         outcome = _outcome_of(record)
         values = [_axis_value(record, name, RANK[outcome] == 0) for name in (x_name, y_name)]
-        j, i = (_index_of(axis, v, rtol) if v is not None else -1 for axis, v in zip((xs, ys), values))
+        j, i = (axis_index(axis, v, rtol) if v is not None else -1 for axis, v in zip((xs, ys), values))
         if i < 0 or j < 0:
             skipped.append(f"{record.name}: {x_name}={values[0]!r}, {y_name}={values[1]!r} "
                            "is not a point of this grid")

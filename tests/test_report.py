@@ -139,6 +139,19 @@ def test_compare_two_local_sweeps(tmp_path):
         compare_reports(a, other_axes, tmp_path / "bad")
 
 
+def test_compare_tells_two_deep_frames_apart(tmp_path):
+    """Axis values 1e-9 apart (relative): a frame shifted by one value is not the same axes."""
+    values = [0.3 * (1 + k * 1e-9) for k in range(9)]
+    trainable = np.tri(8, dtype=bool)
+    a = grid_from_arrays("matrix_lr", "unembedding_lr", values[:8], values[:8], from_trainable(trainable),
+                         np.where(trainable, -1.0, 1.0))
+    shifted = grid_from_arrays("matrix_lr", "unembedding_lr", values[1:], values[:8], from_trainable(trainable),
+                               np.where(trainable, -1.0, 1.0))
+    assert compare_reports(a, a, tmp_path / "same")["delta_trainable_fraction"] == 0
+    with pytest.raises(GridError, match="the values must match"):
+        compare_reports(a, shifted, tmp_path / "shifted")
+
+
 def test_cli_compare_local(tmp_path):
     a = write_local_sweep(tmp_path / "a", n=8, name="a")
     b = write_local_sweep(tmp_path / "b", n=8, shift=0.2, name="b")
