@@ -90,6 +90,27 @@ def test_report_numbers_match_the_grid(tmp_path):
     assert report["zoom"] == [] and not (tmp_path / "out" / "zoom").exists()
 
 
+def test_an_adaptive_report_gives_the_maps_trainable_fraction_and_the_runs_apart(tmp_path):
+    from fractal_llm.grid import apply_refinement
+    from fractal_llm.refine import RefinePlan, refine
+    n = 17
+    sweep_dir = write_local_sweep(tmp_path / "full", n=n)
+    cfg, records = local_source(sweep_dir)
+    full = build_grid(cfg, records)
+    truth = full.verdicts
+    known = refine(RefinePlan((n, n), levels=1, margin=0), lambda points: {p: truth[p] for p in points})
+    ran = [records[full.record_index[p]] for p in known]
+    grid = build_grid(cfg, ran)
+    apply_refinement(grid, levels=1, margin=0)
+    assert grid.counts["inferred"] > 0 and np.array_equal(grid.labels, full.labels)
+    report = write_report(grid, tmp_path / "out", title="adaptive", sweep_config=cfg, zoom_k=0)
+    assert report["trainable_fraction"] == pytest.approx(full.trainable_fraction())
+    runs = report["trainable_fraction_of_runs"]
+    assert runs == pytest.approx(grid.counts["trainable"] / len(ran)) != pytest.approx(report["trainable_fraction"])
+    assert f"among the points that ran: {runs:.1%}" in (tmp_path / "out" / "report.md").read_text()
+    assert "trainable_fraction_of_runs" not in write_report(full, tmp_path / "full_out", title="full", zoom_k=0)
+
+
 def test_large_array_grid_reports_a_dimension(tmp_path):
     """Paper mode: arrays, no records, no sweep config; above the pcolormesh size (imshow path)."""
     n = 300
