@@ -8,6 +8,8 @@ import difflib
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+from fractal_llm.errors import FractalLLMError
+
 GROUPS = ("matrix", "embedding", "unembedding", "value_embedding", "scalar", "smear")
 GROUPS_2026_ONLY = ("value_embedding", "scalar", "smear")  # absent from Dec-2025 nanochat models
 DEFAULT_MLP_STEPS = 500  # mlp family: steps when num_iterations is -1
@@ -55,7 +57,7 @@ RANGES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(FractalLLMError):
     """A config value that is not allowed; the message names the field, the value and what is allowed."""
 
 

@@ -37,6 +37,7 @@ from rich.table import Table
 
 from fractal_llm import mlp
 from fractal_llm.config import ConfigError, TrainConfig
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.fractal import edge_mask, estimate_dimension, paper_dimension, pooled_paper_dimension
 from fractal_llm.pool import usable_cores
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
@@ -56,7 +57,7 @@ MIN_PIXEL_ULPS = 2
 MIN_WINDOW_DECADES = 1e-12
 
 
-class PaperError(ValueError):
+class PaperError(FractalLLMError):
     """A bad `fractal-llm paper` argument; raised before any training."""
 
 

@@ -31,6 +31,7 @@ from fractal_llm.verdict import OUTCOMES, VERDICTS
 from fractal_llm.plots import CurveFn, write_plots
 from fractal_llm.records import json_safe
 from fractal_llm import paths
+from fractal_llm.refine import RefineSettings
 from fractal_llm.sweep import load_sweep
 from fractal_llm.sources import ApiSettings, HistoryFn, Loaded, SourceError, SourcePoller, load_sources, local_history
 from fractal_llm.zoom import find_zoom_boxes, write_zoom_sweeps
@@ -390,21 +391,14 @@ def report_of(args, loaded: Loaded, write_dir: Path, shown_dir: Path | None = No
     sweep_config = load_sweep(args.lattice).raw if args.lattice else loaded.sweep_config
     grid = build_grid(sweep_config, loaded.records, allow_mixed_base=args.allow_mixed_base)
     grid.name = loaded.name
-    refinement = loaded.refinement or wandb_refinement(loaded.sweep_config)
+    refinement = loaded.refinement or RefineSettings.from_text(str(loaded.sweep_config.get("description") or ""))
     if refinement:
-        apply_refinement(grid, refinement["levels"], refinement["margin"])
+        apply_refinement(grid, refinement.levels, refinement.margin)
     report = write_report(grid, write_dir, title=args.title or f"Trainability report: {loaded.name}",
                           sweep_config=sweep_config, history_of=loaded.history_of, zoom_k=args.zoom,
                           zoom_resolution=args.zoom_res, extra={"sources": loaded.sources}, shown_dir=shown_dir,
                           refill_hint=refill_hint(args.sweeps))
     return grid, report
-
-
-def wandb_refinement(sweep_config: dict) -> dict | None:
-    """The levels and margin of a `fractal-llm refine` level sweep (from its description), or None."""
-    from fractal_llm.refine_sweeps import STATE
-    match = STATE.search(str(sweep_config.get("description") or ""))
-    return {"levels": int(match.group(2)), "margin": int(match.group(3))} if match else None
 
 
 def refill_hint(sweep_paths: list[str]) -> str:

@@ -27,6 +27,7 @@ from rich.console import Console
 from fractal_llm.config import (DERIVED_WHEN_NONPOSITIVE, ConfigError, TrainConfig, check_field_value,
                                 coerce_cli_value, field_types, format_float, parse_cli_overrides,
                                 unknown_field_message)
+from fractal_llm.errors import FractalLLMError
 
 TRAIN_MODULE = "fractal_llm.train"
 PROGRAM = "fractal_llm/train.py"  # what `wandb agent` reads as the sweep's program (the command runs it with -m)
@@ -39,7 +40,7 @@ N_AXES = 2
 POINT_KEY = "grid_point"  # the one swept parameter of a point-list sweep (not a train-config field)
 
 
-class SweepError(ValueError):
+class SweepError(FractalLLMError):
     """A sweep config that cannot run; the message names the key, the value and what is allowed."""
 
 

@@ -105,4 +105,5 @@ def test_continuing_with_other_levels_or_margin_is_refused(tmp_path, created):
     assert refine_sweeps.main([str(full), "--levels", "2", *common]) == 0
     calls = Calls()
     api = FakeApi({"lv0": created[0]}, {"lv0": runs_of(created[0], calls)}, calls)
-    assert refine_sweeps.main([str(full), "e/p/lv0", "--levels", "3", *common], api=api) == 2
+    with pytest.raises(refine_sweeps.RefineSweepError, match="made with --levels 2 --margin 1"):
+        refine_sweeps.main([str(full), "e/p/lv0", "--levels", "3", *common], api=api)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fractal_llm import runner
+from fractal_llm import cli, runner
 from fractal_llm.records import file_name, point_name, read_record, read_records
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
 
@@ -89,7 +89,7 @@ def test_bad_yaml_fails_before_any_work(tmp_path, capsys):
     bad.write_text(dump_sweep_yaml(new_sweep([AxisArg("lr_input", 1, 10, 2), AxisArg("lr_output", 1, 10, 2)],
                                              {"model_family": "mlp"})).replace("lr_output", "lr_outptu"))
     out = tmp_path / "runs"
-    assert runner.main([str(bad), "--out", str(out)]) == 2
+    assert cli.main(["local", str(bad), "--out", str(out)]) == 2
     assert "lr_outptu: not a train-config field; did you mean 'lr_output'?" in capsys.readouterr().err
     assert not out.exists()
 
@@ -98,7 +98,7 @@ def test_out_dir_of_another_sweep_is_refused(tmp_path, capsys):
     out = tmp_path / "runs"
     assert runner.main([str(mlp_sweep(tmp_path, n=2, steps=5)), "--out", str(out)]) == 0
     other = mlp_sweep(tmp_path, n=2, steps=6, name="other")
-    assert runner.main([str(other), "--out", str(out)]) == 2
+    assert cli.main(["local", str(other), "--out", str(out)]) == 2
     assert "num_iterations: 5 -> 6" in capsys.readouterr().err
 
 
@@ -151,7 +151,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_records(tmp_path, workers):
 
 
 def test_invalid_worker_count(tmp_path, capsys):
-    assert runner.main([str(mlp_sweep(tmp_path)), "--workers", "0"]) == 2
+    assert cli.main(["local", str(mlp_sweep(tmp_path)), "--workers", "0"]) == 2
     assert "--workers=0" in capsys.readouterr().err
 
 
@@ -160,7 +160,7 @@ def test_a_missing_model_is_refused_before_any_point(tmp_path, capsys):
     cfg["parameters"]["model_id"] = {"value": "/no/such/dir"}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert runner.main([str(path), "--out", str(tmp_path / "out"), "--wandb", "disabled"]) == 2
+    assert cli.main(["local", str(path), "--out", str(tmp_path / "out"), "--wandb", "disabled"]) == 2
     assert "model_id='/no/such/dir': no such directory" in capsys.readouterr().err
     assert not list(tmp_path.glob("out/*.json"))
 
