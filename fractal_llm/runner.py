@@ -405,9 +405,8 @@ def _wait_for_claims(out_dir: Path, names: list[str], label: str, console: Conso
             return
         if time.monotonic() - last_line >= PLAIN_PROGRESS_S:
             last_line = time.monotonic()
-            holders = sorted({claim.describe() for claim in held.values()})
-            console.print(f"{label}: waiting for {len(held)} point(s) another runner holds ({'; '.join(holders)})",
-                          highlight=False, soft_wrap=True)
+            console.print(f"{label}: waiting for {len(held)} point(s) another runner holds "
+                          f"({_holders(out_dir, list(held))})", highlight=False, soft_wrap=True)
         time.sleep(CLAIM_POLL_S)
 
 
@@ -441,9 +440,16 @@ def _run_pending(spec: SweepSpec, pending: list[tuple[dict, str]], counts: dict,
                       f"in {out_dir}; run the same command again to resume.", highlight=False, soft_wrap=True)
         result.stopped = True
     if result.busy:
-        console.print(f"{label}: {len(result.busy)} point(s) left to another runner that holds them "
-                      f"(claims in {out_dir})", highlight=False, soft_wrap=True)
+        console.print(f"{label}: {len(result.busy)} point(s) left to the runner(s) that hold them "
+                      f"({_holders(out_dir, result.busy)}); claims in {out_dir}", highlight=False, soft_wrap=True)
     return result
+
+
+def _holders(out_dir: Path, names: list[str]) -> str:
+    """Who holds these points' claims: 'pid P on HOST, AGE ago' each (a claim of a dead process on another
+    host is only freed by deleting its file)."""
+    held = [claims.read_claim(claims.claim_path(out_dir, name)) for name in names]
+    return "; ".join(sorted({claim.describe() for claim in held if claim is not None})) or "released since"
 
 
 class RunProgress:

@@ -203,3 +203,80 @@ def test_a_log_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, monkey
                             console=Console(file=log, force_terminal=False, width=200)) == 0
     lines = [line for line in log.getvalue().splitlines() if line.startswith("mlp: ") and "/4" in line]
     assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+
+
+# A runner process whose batched trainer logs each point it trains (to the file in argv[1]) and takes its time,
+# so that two runners started together overlap: the log, not the runner's own account, says who ran what.
+LOGGED_RUNNER = """
+import sys, time
+from fractal_llm import cli, mlp
+train_many = mlp.train_many
+def logged(configs, *args, **kwargs):
+    with open(sys.argv[1], "a") as f:
+        f.writelines(f"{c.lr_input!r},{c.lr_output!r}\\n" for c in configs)
+    time.sleep(0.3 * len(configs))
+    return train_many(configs, *args, **kwargs)
+mlp.train_many = logged
+sys.exit(cli.main(["local", *sys.argv[2:]]))
+"""
+
+
+def run_two_runners(tmp_path: Path, sweep: Path, out: Path, *args: str) -> list[tuple[list[str], str]]:
+    """Start two runner processes on one --out together; (points each trained, its output) when both ended."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = []
+    for k in range(2):
+        log = tmp_path / f"trained{k}.log"
+        procs.append((log, subprocess.Popen([sys.executable, "-c", LOGGED_RUNNER, str(log), str(sweep), "--out",
+                                             str(out), "--workers", "1", "--mlp-chunk", "1", "--wandb", "disabled",
+                                             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                            env=env)))
+    results = []
+    for log, proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+        results.append((log.read_text().splitlines() if log.exists() else [], output))
+    return results
+
+
+def test_two_runners_on_one_directory_split_its_points(tmp_path):
+    sweep = write_sweep(tmp_path / "two.yaml", [AxisArg("lr_input", 1.0, 1e4, 4), AxisArg("lr_output", 1.0, 1e3, 4)],
+                        {"model_family": "mlp", "num_iterations": 20})
+    out = tmp_path / "runs"
+    (a, out_a), (b, out_b) = run_two_runners(tmp_path, sweep, out)
+    assert len(a + b) == len(set(a + b)) == 16  # every point trained, none twice
+    assert a and b, (out_a, out_b)  # both took a share
+    assert out_a.strip().splitlines()[-1] == f"ran {len(a)} of 16 points"
+    assert out_b.strip().splitlines()[-1] == f"ran {len(b)} of 16 points"
+    assert len(read_records(out)) == 16 and not list(out.glob("*.claim"))  # every claim released
+
+
+def test_two_adaptive_runners_split_each_level_and_run_what_one_would(tmp_path):
+    sweep = write_sweep(tmp_path / "adapt.yaml", [AxisArg("lr_input", 1.0, 1e4, 9), AxisArg("lr_output", 1.0, 1e3, 9)],
+                        {"model_family": "mlp", "num_iterations": 20})
+    alone = tmp_path / "alone"
+    assert runner.run_adaptive(runner.load_sweep(sweep), alone, levels=2, margin=1, workers=1,
+                               wandb_mode="disabled") == 0
+    expected = {(r.config["lr_input"], r.config["lr_output"]) for r in read_records(alone)}
+    (a, out_a), (b, out_b) = run_two_runners(tmp_path, sweep, tmp_path / "shared", "--adaptive", "--levels", "2")
+    trained = [tuple(float(v) for v in line.split(",")) for line in a + b]
+    assert len(trained) == len(set(trained)) and set(trained) == expected, (out_a, out_b)
+    assert a and b
+    assert out_a.strip().splitlines()[-1] == f"ran {len(a)} of 81 points"
+
+
+def test_a_log_that_is_not_a_terminal_ends_with_the_whole_last_progress_line(tmp_path):
+    """Under nohup rich drew its bar once, at the end, squeezed into 80 columns: `16/… 0:0… ETA 0:00…`."""
+    import io
+
+    from rich.console import Console
+    path = write_sweep(tmp_path / "a_long_sweep_name_as_users_write_them.yaml",
+                       [AxisArg("lr_input", 0.5, 2.0, 4), AxisArg("lr_output", 0.5, 2.0, 4)],
+                       {"model_family": "mlp", "num_iterations": 5})
+    log = io.StringIO()
+    assert runner.run_sweep(runner.load_sweep(path), tmp_path / "out", workers=1, wandb_mode="disabled",
+                            console=Console(file=log, force_terminal=False, width=80)) == 0
+    text = log.getvalue()
+    assert "…" not in text
+    assert "a_long_sweep_name_as_users_write_them: 16/16  trainable" in text
+    assert text.strip().splitlines()[-1] == "ran 16 of 16 points"
