@@ -324,7 +324,7 @@ def _check_points(spec: SweepSpec) -> None:
     Checking all points costs ~0.1 ms each (0.5 s for 64x64) and is exact, so no sampling."""
     for point in expand_grid(spec):
         try:
-            TrainConfig(**point)
+            TrainConfig.from_dict(point)
         except ConfigError as e:
             where = ", ".join(f"{name}={point[name]!r}" for name in spec.axis_names)
             raise SweepError(f"grid point {where}: {e}") from None

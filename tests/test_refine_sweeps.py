@@ -83,17 +83,15 @@ def test_levels_are_created_from_the_runs_so_far_until_nothing_is_left(tmp_path,
     assert result["fractal"]["counts"] == estimate_dimension(truth.astype(float)).to_dict()["counts"]
 
 
-def test_a_level_yaml_passes_sweep_check_and_wandbs_engine_hands_out_exactly_its_points(tmp_path, created):
-    pytest.importorskip("sweeps.grid_search", reason="W&B's grid engine is the `sweeps` package: "
-                                                     "pip install -e '.[dev]' to run this check")
-    import sweeps
+def test_a_level_yaml_passes_sweep_check_and_wandbs_engine_hands_out_exactly_its_points(tmp_path, created,
+                                                                                        grid_engine):
     assert refine_sweeps.main([str(full_yaml(tmp_path)), "--levels", "3", "--entity", "e", "--project", "p",
                                "-o", str(tmp_path / "levels")]) == 0
     path = next((tmp_path / "levels").glob("*.yaml"))
     cfg = yaml.safe_load(path.read_text())
     spec = check_sweep(cfg)
     handed, runs = [], []
-    while (run := sweeps.next_run(cfg, runs, validate=True)) is not None:
+    while (run := grid_engine.next_run(cfg, runs, validate=True)) is not None:
         runs.append(run)
         handed.append({**spec.fixed, **run.config["grid_point"]["value"]})
     assert handed == expand_grid(spec) and len(handed) == 9  # every 8th of 17 values: 3 x 3
