@@ -70,7 +70,8 @@ def test_levels_are_created_from_the_runs_so_far_until_nothing_is_left(tmp_path,
         if len(created) == before:
             break
         paths.append(f"e/p/lv{len(created) - 1}")
-    assert "refinement done" in capsys.readouterr().out
+    done = capsys.readouterr().out
+    assert "refinement done" in done and f"report: fractal-llm report --lattice {full} {' '.join(paths)}" in done
     ran = [tuple(p.values()) for cfg in created for p in cfg["parameters"]["grid_point"]["values"]]
     assert len(ran) == len(set(ran)) < N * N  # no point twice, fewer than the full lattice
     assert len(created) == 3  # levels 0, 1, 2

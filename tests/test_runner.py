@@ -46,7 +46,7 @@ def test_mlp_grid_writes_one_record_per_point_and_resumes(tmp_path, capsys):
     assert verdicts <= {"trainable", "not_trainable", "diverged"} and len(verdicts) >= 2
     assert all(r.config["num_iterations"] == 50 and r.config["model_family"] == "mlp" for r in records)
     first = capsys.readouterr().out
-    assert "running 9" in first
+    assert "running 9" in first and f"report: fractal-llm report --local {out}" in first
     before = mtimes(out)
     assert runner.main([str(sweep), "--out", str(out)]) == 0
     assert "running 0" in capsys.readouterr().out

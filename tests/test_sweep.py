@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fractal_llm import paths
+from fractal_llm import cli, paths
 from fractal_llm.sweep import (MODULE_COMMAND, AxisArg, SweepError, axis_values, check_sweep, dump_sweep_yaml,
                                expand_grid, format_float, load_sweep, main, new_sweep)
 
@@ -101,8 +101,8 @@ def test_new_sweep_rejects_axis_also_set():
 
 
 def test_new_cli_unknown_axis_name(tmp_path, capsys):
-    rc = main(["new", "--axis", "matrix_lrr=1e-3:1:4", "--axis", "unembedding_lr=1e-3:1:4", "-o",
-               str(tmp_path / "x.yaml")])
+    rc = cli.main(["sweep", "new", "--axis", "matrix_lrr=1e-3:1:4", "--axis", "unembedding_lr=1e-3:1:4", "-o",
+                   str(tmp_path / "x.yaml")])
     assert rc == 2
     err = capsys.readouterr().err
     assert "matrix_lrr" in err and "did you mean 'matrix_lr'" in err
@@ -241,7 +241,7 @@ def test_check_rejects_grid_point_that_is_not_a_valid_config():
 def test_check_cli_reports_error_and_exit_code(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(dump_sweep_yaml({**base_cfg(), "method": "random"}))
-    assert main(["check", str(path)]) == 2
+    assert cli.main(["sweep", "check", str(path)]) == 2
     assert "method='random'" in capsys.readouterr().err
     path.write_text(dump_sweep_yaml(base_cfg()))
     assert main(["check", str(path)]) == 0
