@@ -139,7 +139,8 @@ def main(argv: list[str], api=None) -> int:
                                                     Path(args.out), args.entity, args.project, api=api,
                                                     console=console)
         if created is None and not pending:
-            console.print(f"report: fractal-llm report --lattice {args.file} {' '.join(sweeps)}", highlight=False)
+            console.print(f"report: fractal-llm report --lattice {args.file} {' '.join(sweeps)}", highlight=False,
+                          soft_wrap=True)  # one line, to copy whole
             return 0
         if not args.auto:
             if pending:

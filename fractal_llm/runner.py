@@ -166,11 +166,7 @@ def run_task(task: Task, out_dir: Path, wandb_mode: str) -> list[Outcome]:
 
 def finished_verdict(out_dir: Path, name: str) -> str | None:
     """The verdict of the point's record if it has a finished one (not `error`), else None."""
-    path = out_dir / file_name(name)
-    try:
-        verdict = read_record(path).verdict
-    except (OSError, ValueError, TypeError, KeyError):  # none yet, or unreadable: the point runs
-        return None
+    verdict = existing_verdict(out_dir, name, Console(stderr=True))
     return None if verdict == "error" else verdict
 
 

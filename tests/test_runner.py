@@ -205,14 +205,20 @@ def test_a_log_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, monkey
     assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
 
 
-# A runner process whose batched trainer logs each point it trains (to the file in argv[1]) and takes its time,
-# so that two runners started together overlap: the log, not the runner's own account, says who ran what.
+# A runner process whose batched trainer logs each point it trains (to the file in argv[1]): the log, not the
+# runner's own account, says who ran what. Its first point waits until both runners have reached theirs, and
+# each point takes its time, so that the two overlap however late one of them starts.
 LOGGED_RUNNER = """
-import sys, time
+import pathlib, sys, time
 from fractal_llm import cli, mlp
 train_many = mlp.train_many
+log = pathlib.Path(sys.argv[1])
 def logged(configs, *args, **kwargs):
-    with open(sys.argv[1], "a") as f:
+    log.with_suffix(".started").touch()
+    deadline = time.time() + 120
+    while len(list(log.parent.glob("*.started"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    with open(log, "a") as f:
         f.writelines(f"{c.lr_input!r},{c.lr_output!r}\\n" for c in configs)
     time.sleep(0.3 * len(configs))
     return train_many(configs, *args, **kwargs)
