@@ -377,7 +377,12 @@ def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int | None, margin: int
                 console.print(f"ran {ran} of {len(name_of)} points", highlight=False)
                 return 130
             busy = [p for p in points if name_of[p] in result.busy]
-            _wait_for_claims(out_dir, [name_of[p] for p in busy], label, console)
+            try:
+                _wait_for_claims(out_dir, [name_of[p] for p in busy], label, console)
+            except KeyboardInterrupt:
+                console.print(f"\n[yellow]stopped.[/yellow] run the same command again to resume.\n"
+                              f"ran {ran} of {len(name_of)} points", highlight=False)
+                return 130
             # a point whose runner let go of it with no record (it died): run here
             points = [p for p in busy if existing_verdict(out_dir, name_of[p], console) is None]
         known = lattice_known(out_dir, plan, name_of, console)
