@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fractal_llm import paths
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.pool import usable_cores
 from fractal_llm.sweep import SweepError, parse_sweep_path
 
@@ -47,7 +48,7 @@ AGENT_MARK = "fractal_llm.agents"  # what an agent's command line contains (chec
 REMOTE_LOGDIR = '"${FRACTAL_LLM_HOME:-$HOME/.cache/fractal-llm}/agents"'  # expanded by the remote shell
 
 
-class AgentsError(ValueError):
+class AgentsError(FractalLLMError):
     """Bad arguments or a host that cannot be used; the message says which and why."""
 
 

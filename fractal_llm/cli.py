@@ -1,7 +1,16 @@
-"""`fractal-llm`: one command, one subcommand per job; each job's module owns its own arguments."""
+"""`fractal-llm`: one command, one subcommand per job; each job's module owns its own arguments.
+
+Bad input (fractal_llm.errors.FractalLLMError, whichever command raised it) is caught here, once: one
+`error:` line on stderr and exit 2, no traceback. A command's module run as a script goes through here too.
+"""
 
 import importlib
 import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+from fractal_llm.errors import FractalLLMError
 
 # subcommand -> (module with main(argv) -> int, one-line help)
 COMMANDS = {
@@ -35,7 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fractal-llm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest)
+    try:
+        return module.main(rest)
+    except FractalLLMError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 2
+
+
+def run_as_script(command: str) -> int:
+    """`python -m fractal_llm.MODULE ARGS` (or a script) as `fractal-llm COMMAND ARGS`: the same catch."""
+    return main([command, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

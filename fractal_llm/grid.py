@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fractal_llm.config import DERIVED_WHEN_NONPOSITIVE
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.records import RunRecord, values_from_name
-from fractal_llm.refine import RefinePlan, fill
+from fractal_llm.refine import RefinePlan, fill, known_verdicts
 from fractal_llm.sweep import SweepError, parse_parameters
 from fractal_llm.verdict import VERDICTS, count_verdicts, labels_from_verdicts
 
 
-class GridError(ValueError):
+class GridError(FractalLLMError):
     """A sweep config or run that cannot be placed on a grid; the message names what and why."""
 
 
@@ -273,9 +274,7 @@ def apply_refinement(grid: Grid, levels: int, margin: int) -> None:
     """Fill the pixels an adaptive run never ran from their uniform enclosing cells (fractal_llm.refine), so
     the map and its dimension are of the full-resolution labels; those pixels are marked `inferred` and
     counted apart (counts["inferred"], taken out of "missing")."""
-    rows, cols = np.nonzero(np.isin(grid.verdicts, VERDICTS))
-    known = {(int(i), int(j)): str(grid.verdicts[i, j]) for i, j in zip(rows, cols)}
-    refined = fill(RefinePlan(grid.shape, levels, margin), known)
+    refined = fill(RefinePlan(grid.shape, levels, margin), known_verdicts(grid.verdicts))
     grid.inferred = refined.inferred & (grid.verdicts == "missing")
     grid.labels = np.where(grid.inferred, refined.labels.astype(float), grid.labels)
     grid.counts["inferred"] = int(grid.inferred.sum())

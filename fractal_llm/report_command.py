@@ -24,7 +24,7 @@ from rich.console import Console
 from fractal_llm import paths
 from fractal_llm.compare import compare_reports
 from fractal_llm.grid import Grid, GridError, apply_refinement, build_grid
-from fractal_llm.refine_sweeps import STATE
+from fractal_llm.refine import RefineSettings
 from fractal_llm.report import point_table, print_summary, write_report
 from fractal_llm.sources import (Loaded, SourceError, SourcePoller, add_api_arguments, api_settings,
                                  load_sources)
@@ -122,20 +122,14 @@ def report_of(args, loaded: Loaded, write_dir: Path, shown_dir: Path | None = No
     sweep_config = load_sweep(args.lattice).raw if args.lattice else loaded.sweep_config
     grid = build_grid(sweep_config, loaded.records, allow_mixed_base=args.allow_mixed_base)
     grid.name = loaded.name
-    refinement = loaded.refinement or wandb_refinement(loaded.sweep_config)
+    refinement = loaded.refinement or RefineSettings.from_text(str(loaded.sweep_config.get("description") or ""))
     if refinement:
-        apply_refinement(grid, refinement["levels"], refinement["margin"])
+        apply_refinement(grid, refinement.levels, refinement.margin)
     report = write_report(grid, write_dir, title=args.title or f"Trainability report: {loaded.name}",
                           sweep_config=sweep_config, history_of=loaded.history_of, zoom_k=args.zoom,
                           zoom_resolution=args.zoom_res, extra={"sources": loaded.sources}, shown_dir=shown_dir,
                           refill_hint=refill_hint(args.sweeps))
     return grid, report
-
-
-def wandb_refinement(sweep_config: dict) -> dict | None:
-    """The levels and margin of a `fractal-llm refine` level sweep (from its description), or None."""
-    match = STATE.search(str(sweep_config.get("description") or ""))
-    return {"levels": int(match.group(2)), "margin": int(match.group(3))} if match else None
 
 
 def refill_hint(sweep_paths: list[str]) -> str:

@@ -20,9 +20,10 @@ from typing import Callable
 import yaml
 
 from fractal_llm.config import ConfigError
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.grid import GridError, sweep_axes
 from fractal_llm.records import RunRecord, read_record, read_records, record_name
-from fractal_llm.refine import ADAPTIVE_FILE
+from fractal_llm.refine import RefineSettings, read_settings
 from fractal_llm.sweep import SweepError, parse_sweep_path, unpack_point
 
 LOSS_KEY = "train/loss"
@@ -58,7 +59,7 @@ def api_settings(args, parser: argparse.ArgumentParser) -> ApiSettings:
     return ApiSettings(timeout_s=args.api_timeout, page_size=args.page_size)
 
 
-class SourceError(ValueError):
+class SourceError(FractalLLMError):
     """A source that cannot be read: names the path and what is expected."""
 
 
@@ -255,13 +256,7 @@ class Loaded:
     sources: list[str] = field(default_factory=list)
     changed: int = 0  # W&B runs this pull returned (all of them, or those updated since the last pull)
     full_pull: bool = True
-    refinement: dict | None = None  # {"levels", "margin"} of an adaptive run (grid.apply_refinement)
-
-
-def local_refinement(directory: str | Path) -> dict | None:
-    """The levels and margin a `fractal-llm local --adaptive` run wrote beside its records, or None."""
-    path = Path(directory) / ADAPTIVE_FILE
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    refinement: RefineSettings | None = None  # of an adaptive run (grid.apply_refinement)
 
 
 FULL_PULL_EVERY = 10  # --watch: every 10th pull lists every run (a run changed in the skew window, a deletion)
@@ -328,7 +323,7 @@ class SourcePoller:
         refinement = None
         for directory in self.local_dirs:
             config, recs = local_source(directory)
-            refinement = refinement or local_refinement(directory)
+            refinement = refinement or read_settings(directory)
             configs.append((config, Path(directory).resolve().name, f"--local {directory}"))
             records += recs
             sources.append(f"local:{directory} ({len(recs)} records)")
