@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fractal_llm import paths
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.pool import GpuDetectionError, count_gpus_in, detect_local_gpus, usable_cores
 from fractal_llm.sweep import SweepError, parse_sweep_path
 from fractal_llm.worker import AGENT_EXIT, DEFAULT_MAX_FAILURES, SweepRefused, refuse_offline_mode
@@ -44,7 +45,7 @@ STAGGER_S = 1.5  # seconds between agent starts: agents starting at once can get
 REMOTE_LOGDIR = '"${FRACTAL_LLM_HOME:-$HOME/.cache/fractal-llm}/agents"'  # expanded by the remote shell
 
 
-class AgentsError(ValueError):
+class AgentsError(FractalLLMError):
     """Bad arguments or a host that cannot be used; the message says which and why."""
 
 

@@ -1,7 +1,16 @@
-"""`fractal-llm`: one command, one subcommand per job; each job's module owns its own arguments."""
+"""`fractal-llm`: one command, one subcommand per job; each job's module owns its own arguments.
+
+Bad input (fractal_llm.errors.FractalLLMError, whichever command raised it) is caught here, once: one
+`error:` line on stderr and exit 2, no traceback. A command's module run as a script goes through here too.
+"""
 
 import importlib
 import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+from fractal_llm.errors import FractalLLMError
 
 # subcommand -> (module with main(argv) -> int, one-line help)
 COMMANDS = {
@@ -11,7 +20,7 @@ COMMANDS = {
     "zoom": ("fractal_llm.zoom_sequence", "a zoom sequence on any sweep: frames on one centre, each half as wide"),
     "refine": ("fractal_llm.refine_sweeps", "adaptive refinement on W&B: create the next level's point-list sweep"),
     "sweep": ("fractal_llm.sweep", "write (`new`) or check (`check`) a grid sweep YAML"),
-    "report": ("fractal_llm.report", "boundary images and fractal dimension of a sweep (W&B or local records)"),
+    "report": ("fractal_llm.report_command", "boundary images and fractal dimension of a sweep (W&B or local records)"),
     "refill": ("fractal_llm.refill", "write a point-list sweep over the points of a map that have no usable run"),
     "make-base": ("fractal_llm.tiny_base", "build the tiny base model of the embedded default"),
     "paper": ("fractal_llm.paper", "reproduce Sohl-Dickstein 2024's fractal boundaries (batched MLP)"),
@@ -40,7 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fractal-llm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest)
+    try:
+        return module.main(rest)
+    except FractalLLMError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 2
+
+
+def run_as_script(command: str) -> int:
+    """`python -m fractal_llm.MODULE ARGS` (or a script) as `fractal-llm COMMAND ARGS`: the same catch."""
+    return main([command, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

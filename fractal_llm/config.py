@@ -8,6 +8,8 @@ import difflib
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+from fractal_llm.errors import FractalLLMError
+
 GROUPS = ("matrix", "embedding", "unembedding", "value_embedding", "scalar", "smear")
 GROUPS_2026_ONLY = ("value_embedding", "scalar", "smear")  # absent from Dec-2025 nanochat models
 DEFAULT_MLP_STEPS = 500  # mlp family: steps when num_iterations is -1
@@ -55,7 +57,23 @@ RANGES = {
 }
 
 
-class ConfigError(ValueError):
+# The fields one family reads and the other ignores. A config that sets a field of the other family is
+# refused (a gpt sweep with `batch_size` would silently train with device_batch_size). Every other field
+# (model_family, num_iterations, seed, the verdict window and threshold) is read by both.
+FAMILY_FIELDS = {
+    "gpt": ("model_id", "dataset_id", "dataset_revision", "dataset_split", "max_seq_len", "device_batch_size",
+            "learning_rate", "matrix_lr", "embedding_lr", "unembedding_lr", "embedding_lr_mult",
+            "unembedding_lr_mult", "value_embedding_lr", "scalar_lr", "smear_lr", "trainable_param_groups",
+            "weight_decay", "init_lr_frac", "warmup_frac", "final_lr_frac", "lr_schedule", "num_tokens",
+            "deterministic", "dtype", "device", "eval_every", "sample_every", "sample_before_after"),
+    "mlp": ("nonlinearity", "width", "dataset_size", "batch_size", "lr_input", "lr_output", "init_offset",
+            "init_offset_mode", "mlp_weights"),
+}
+COUNTERPARTS = {"batch_size": "device_batch_size", "device_batch_size": "batch_size",
+                "learning_rate": "lr_input", "lr_input": "learning_rate"}
+
+
+class ConfigError(FractalLLMError):
     """A config value that is not allowed; the message names the field, the value and what is allowed."""
 
 
@@ -151,10 +169,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """The config that `values` (a sweep point, --name=value arguments, a W&B run's config) sets: an
+        unknown field, or a field of the other model family, is refused."""
         known = set(field_names())
         for name in values:
             if name not in known:
                 raise ConfigError(unknown_field_message(name))
+        check_family_fields(values)
         return cls(**values)
 
     def trainable_groups(self, available: tuple[str, ...] = GROUPS) -> tuple[str, ...]:
@@ -209,6 +230,23 @@ def parse_groups(text: str) -> tuple[str, ...]:
             raise ConfigError(f"trainable_param_groups={text!r}: unknown group {name!r}; allowed: {allowed}")
         groups.add(GROUP_ALIASES[name])
     return tuple(g for g in GROUPS if g in groups)
+
+
+def check_family_fields(values: dict) -> None:
+    """Refuse a field that only the other model family reads, set to other than its default: it would be
+    accepted and silently ignored. (A default value is no harm: W&B's run config holds every field.)"""
+    family = values.get("model_family", TrainConfig.model_family)
+    defaults = TrainConfig.__dataclass_fields__
+    for other, names in FAMILY_FIELDS.items():
+        if other == family or family not in FAMILY_FIELDS:
+            continue
+        for name in names:
+            if name in values and values[name] != defaults[name].default:
+                counterpart = COUNTERPARTS.get(name)
+                hint = f" (the {family} field is {counterpart})" if counterpart in FAMILY_FIELDS[family] else ""
+                raise ConfigError(f"{name}={values[name]!r}: a field of model_family {other!r}; this config is "
+                                  f"model_family={family!r}, which does not read it{hint}. Remove it, or set "
+                                  f"model_family: {other}")
 
 
 def field_names() -> list[str]:
@@ -328,12 +366,8 @@ def coerce_cli_value(name: str, text: str):
     return text
 
 
-def parse_cli_args(argv: list[str]) -> TrainConfig:
-    """Parse `--name=value` / `--name value` pairs (the form `wandb agent` passes with ${args})."""
-    return TrainConfig.from_dict(parse_cli_overrides(argv))
-
-
 def parse_cli_overrides(argv: list[str]) -> dict:
+    """Parse `--name=value` / `--name value` pairs (the form `wandb agent` passes with ${args})."""
     values: dict = {}
     i = 0
     while i < len(argv):

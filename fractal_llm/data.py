@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fractal_llm import paths
+from fractal_llm.errors import FractalLLMError
 
 DOCQA_ID = "docqa"
 DOCQA_DIR = Path(__file__).resolve().parent / "datasets" / "docqa"
@@ -42,7 +43,7 @@ PROMPT_COLUMNS = ("prompt", "instruction", "question", "input")
 RESPONSE_COLUMNS = ("response", "completion", "output", "answer")
 
 
-class DatasetError(ValueError):
+class DatasetError(FractalLLMError):
     """A dataset id, file or record layout that cannot be used; the message names the dataset."""
 
 

@@ -37,6 +37,7 @@ from rich.table import Table
 
 from fractal_llm import mlp
 from fractal_llm.config import ConfigError, TrainConfig
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.fractal import edge_mask, estimate_dimension, paper_dimension, pooled_paper_dimension
 from fractal_llm.pool import usable_cores
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
@@ -56,7 +57,7 @@ MIN_PIXEL_ULPS = 2
 MIN_WINDOW_DECADES = 1e-12
 
 
-class PaperError(ValueError):
+class PaperError(FractalLLMError):
     """A bad `fractal-llm paper` argument; raised before any training."""
 
 
@@ -239,14 +240,16 @@ def train_config(paper: PaperConfig, steps: int, offset_mode: str | None = None,
 # ----------------------------------------------------------------------------------------------
 # Frames and zoom
 
-def axis_values(lo: float, hi: float, res: int) -> np.ndarray:
-    return np.logspace(lo, hi, res)
+def exponent_axis(lo_exp: float, hi_exp: float, res: int) -> np.ndarray:
+    """res values 10^lo_exp .. 10^hi_exp, log-spaced: a window's axis (windows are in log10 units). The
+    sweep YAMLs' axes, given by their values, are sweep.axis_values."""
+    return np.logspace(lo_exp, hi_exp, res)
 
 
 def run_frame(paper: PaperConfig, problem: mlp.Problem, window, res: int, chunk: int, pool=None,
               label: str = "", index: int | None = None) -> Frame:
     x0, x1, y0, y1 = window
-    xs, ys = axis_values(x0, x1, res), axis_values(y0, y1, res)
+    xs, ys = exponent_axis(x0, x1, res), exponent_axis(y0, y1, res)
     xx, yy = np.meshgrid(xs, ys)  # (ny, nx): row i = y_values[i]
     lr_in, lr_out, offset = hyperparameters(paper, xx.ravel(), yy.ravel())
     with console.status(f"{label} {res}x{res} points x {problem.steps} steps") as status:

@@ -15,25 +15,39 @@ uniform cell of the coarser level that holds it, and is *inferred*. A corner wit
 `error`, or a point not run yet) makes its cells not uniform: they are refined rather than guessed, and an
 error point is retried by the next call (it is simply not known). `diverged` counts as not trainable.
 
-Resume: the plan is a pure function of the known verdicts, so a rerun recomputes the same selections and
-runs only what is not known yet, starting at the lowest level that still has such points.
+One step: next_level(plan, known) is the lowest level that still has points to run, and those points. The
+plan is a pure function of the known verdicts, so a rerun recomputes the same selections and runs only what
+is not known yet (a resume), starting at that level. Every driver of levels calls it: refine() here, the
+local runner (`fractal-llm local --adaptive`) and the W&B level sweeps (`fractal-llm refine`).
+
+Settings: RefineSettings is the one stored form of a refinement's levels and margin: the line in each W&B
+level sweep's description, and the whole of ADAPTIVE_FILE beside a local adaptive run's records. The report
+reads it back to infer the pixels never run.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import yaml
 from scipy import ndimage
 
+from fractal_llm.errors import FractalLLMError
+from fractal_llm.paths import atomic_write_text
 from fractal_llm.verdict import VERDICTS, labels_from_verdicts
 
 
 Point = tuple[int, int]
-# Beside an adaptive run's records: {levels: L, margin: M} (the report reads it). Not .json: records are *.json.
-ADAPTIVE_FILE = "refinement.yaml"
+# Beside an adaptive run's records: its RefineSettings line (the report reads it). Not .json: records are *.json.
+ADAPTIVE_FILE = "refinement.txt"
+LEGACY_ADAPTIVE_FILE = "refinement.yaml"  # {levels: L, margin: M}, what runs before the settings line wrote
+SETTINGS_LINE = re.compile(r"fractal-llm refine: (?:level=(\d+) )?levels=(\d+) margin=(\d+) lattice=(.+?)\s*$",
+                           re.MULTILINE)
 
 
 # Defaults, measured by benchmarks/bench_refine.py (table in README.md).
@@ -46,7 +60,7 @@ LEVEL0_POINTS = 9
 DEFAULT_MARGIN = 1
 
 
-class RefineError(ValueError):
+class RefineError(FractalLLMError):
     """A bad plan or a bad known verdict; raised before any run."""
 
 
@@ -67,6 +81,51 @@ class RefinePlan:
                               f"(at {top}, level 0 is already only the two ends of the longest axis)")
         if not _is_int(self.margin) or self.margin < 0:
             raise RefineError(f"margin={self.margin!r}: must be an integer >= 0 (cells)")
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """A refinement's settings in their one stored form, a line of text: each W&B level sweep's description
+    holds it (with `level`), and ADAPTIVE_FILE beside a local adaptive run's records is it. A lattice name
+    may hold spaces (it runs to the end of the line)."""
+    levels: int
+    margin: int
+    lattice: str  # the full-resolution sweep's name
+    level: int | None = None  # a W&B level sweep: the level it runs
+
+    def to_text(self) -> str:
+        level = "" if self.level is None else f"level={self.level} "
+        return f"fractal-llm refine: {level}levels={self.levels} margin={self.margin} lattice={self.lattice}"
+
+    @classmethod
+    def from_text(cls, text: str | None) -> "RefineSettings | None":
+        """The settings line found in `text` (a sweep description, the file), or None when it holds none."""
+        match = SETTINGS_LINE.search(text or "")
+        if match is None:
+            return None
+        level, levels, margin, lattice = match.groups()
+        return cls(int(levels), int(margin), lattice, None if level is None else int(level))
+
+    def plan(self, shape: tuple[int, int]) -> RefinePlan:
+        return RefinePlan(shape, self.levels, self.margin)
+
+
+def write_settings(directory: Path, settings: RefineSettings) -> None:
+    atomic_write_text(Path(directory) / ADAPTIVE_FILE, settings.to_text() + "\n")
+
+
+def read_settings(directory: str | Path) -> RefineSettings | None:
+    """The settings a `fractal-llm local --adaptive` run wrote beside its records, or None (not adaptive)."""
+    path, legacy = Path(directory) / ADAPTIVE_FILE, Path(directory) / LEGACY_ADAPTIVE_FILE
+    if path.is_file():
+        settings = RefineSettings.from_text(path.read_text())
+        if settings is None:
+            raise RefineError(f"{path}: holds no 'fractal-llm refine: levels=L margin=M lattice=NAME' line")
+        return settings
+    if legacy.is_file():
+        old = yaml.safe_load(legacy.read_text())
+        return RefineSettings(int(old["levels"]), int(old["margin"]), Path(directory).name)
+    return None
 
 
 def _is_int(value) -> bool:
@@ -177,24 +236,32 @@ def _dilate(mask: np.ndarray, margin: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Public API
 
-def points_for_level(plan: RefinePlan, level: int, known: Mapping[Point, str]) -> list[Point]:
-    """The points level `level` runs that have no verdict yet (an error counts as none), row by row."""
-    if not _is_int(level) or not 0 <= level <= plan.levels:
-        raise RefineError(f"level={level!r}: allowed 0..{plan.levels}")
-    image = class_image(plan, known)
-    lv = _walk(plan, image, level)[-1]
-    todo = lv.selected & np.isnan(image[np.ix_(lv.ys, lv.xs)])
-    iy, ix = np.nonzero(todo)
-    return [(int(lv.ys[a]), int(lv.xs[b])) for a, b in zip(iy, ix)]
+class Step(NamedTuple):
+    level: int
+    points: list[Point]  # row by row
 
 
-def current_level(plan: RefinePlan, known: Mapping[Point, str]) -> int | None:
-    """The lowest level with points still to run (where a resume starts); None when refinement is done."""
+def next_level(plan: RefinePlan, known: Mapping[Point, str], start: int = 0) -> Step | None:
+    """The one refinement step: the lowest level >= start with points to run, and those points (the points
+    it selects that have no verdict yet; an error counts as none). None when no level from `start` on has
+    any: refinement is done (start=0) or waits for the errors of the levels before `start` to be retried."""
+    if not _is_int(start) or not 0 <= start <= plan.levels + 1:
+        raise RefineError(f"start={start!r}: allowed 0..{plan.levels + 1}")
     image = class_image(plan, known)
     for level, lv in enumerate(_walk(plan, image, plan.levels)):
-        if (lv.selected & np.isnan(image[np.ix_(lv.ys, lv.xs)])).any():
-            return level
+        todo = lv.selected & np.isnan(image[np.ix_(lv.ys, lv.xs)])
+        if level >= start and todo.any():
+            iy, ix = np.nonzero(todo)
+            return Step(level, [(int(lv.ys[a]), int(lv.xs[b])) for a, b in zip(iy, ix)])
     return None
+
+
+def known_verdicts(verdicts: np.ndarray) -> dict[Point, str]:
+    """{(iy, ix): verdict} of a (ny, nx) array of verdict strings (grid.Grid.verdicts, or the runner's
+    records by lattice point): what refinement knows. Anything else (missing, pending, None) is not known."""
+    verdicts = np.asarray(verdicts, dtype=object)
+    rows, cols = np.nonzero(np.isin(verdicts, VERDICTS))
+    return {(int(i), int(j)): str(verdicts[i, j]) for i, j in zip(rows, cols)}
 
 
 class RefinedMap(NamedTuple):
@@ -218,24 +285,21 @@ def fill(plan: RefinePlan, known: Mapping[Point, str]) -> RefinedMap:
 def refine(plan: RefinePlan, run_points: Callable[[list[Point]], Mapping[Point, str]],
            known: Mapping[Point, str] | None = None,
            on_level: Callable[[int, int], None] | None = None) -> dict[Point, str]:
-    """Run every level from where `known` stands; returns known plus the new verdicts.
+    """Run every level from where `known` stands, one next_level step after another; returns known plus the
+    new verdicts.
 
     run_points(points) -> {point: verdict}; a point it leaves out, or answers `error`, stays unknown and is
-    run again by the next call. on_level(level, n_points) is told before each level runs."""
+    run again by the next call (this call goes on to the finer levels). on_level(level, n_points) is told
+    before each level runs."""
     known = dict(known or {})
-    class_image(plan, known)  # bad input fails here, before any run
-    start = current_level(plan, known)
-    if start is None:
-        return known
-    for level in range(start, plan.levels + 1):
-        points = points_for_level(plan, level, known)
+    level = 0
+    while (step := next_level(plan, known, start=level)) is not None:
         if on_level is not None:
-            on_level(level, len(points))
-        if not points:
-            continue
-        results = dict(run_points(points))
+            on_level(step.level, len(step.points))
+        results = dict(run_points(step.points))
         class_image(plan, results)  # a bad verdict from run_points names its point
         known.update(results)
+        level = step.level + 1
     return known
 
 

@@ -3,57 +3,45 @@
 FILE.yaml is the full-resolution sweep (its two axes are the lattice, fractal_llm.refine). With no sweep
 paths, the command writes and creates level 0; with the level sweeps created so far, it reads their runs,
 places them on the lattice by value, and writes and creates the next level: a point-list sweep (`grid_point`,
-sweep.py) over exactly the points that level runs. The agents need no change: `fractal-llm agents` runs any
-sweep. The state lives in each level sweep's description ("fractal-llm refine: level=K levels=L margin=M
-lattice=NAME"), so anyone with FILE.yaml and the sweep paths can continue on another host. `--auto` waits
+sweep.py) over exactly the points that level runs (refine.next_level). The agents need no change: `fractal-llm
+agents` runs any sweep. The state lives in each level sweep's description, as the refine.RefineSettings line
+("fractal-llm refine: level=K levels=L margin=M lattice=NAME"), so anyone with FILE.yaml and the sweep paths
+can continue on another host. `--auto` waits
 for each level's runs to finish and creates the next, until no cell is left to refine.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 
-from fractal_llm.grid import GridError, build_grid
-from fractal_llm.refill import refill_config
-from fractal_llm.refine import (DEFAULT_MARGIN, LEVEL0_POINTS, RefineError, RefinePlan, current_level, fill,
-                                points_for_level)
-from fractal_llm.sources import SourceError, wandb_source
-from fractal_llm.sweep import SweepError, dump_sweep_yaml, load_sweep, parse_sweep_path
-from fractal_llm.verdict import VERDICTS
-
-STATE = re.compile(r"fractal-llm refine: level=(\d+) levels=(\d+) margin=(\d+) lattice=(\S+)")
+from fractal_llm.errors import FractalLLMError
+from fractal_llm.grid import build_grid
+from fractal_llm.refine import DEFAULT_MARGIN, LEVEL0_POINTS, RefinePlan, RefineSettings, fill, known_verdicts, next_level
+from fractal_llm.sources import wandb_source
+from fractal_llm.sweep import dump_sweep_yaml, load_sweep, parse_sweep_path, refill_config
 
 
-class RefineSweepError(ValueError):
+class RefineSweepError(FractalLLMError):
     """Bad input to `fractal-llm refine`; raised before anything is created."""
 
 
-def state_line(level: int, levels: int, margin: int, lattice_name: str) -> str:
-    return f"fractal-llm refine: level={level} levels={levels} margin={margin} lattice={lattice_name}"
-
-
-def read_state(description: str | None, where: str) -> tuple[int, int, int, str]:
-    match = STATE.search(description or "")
-    if match is None:
-        raise RefineSweepError(f"{where}: its description has no 'fractal-llm refine: ...' line; only level "
-                               "sweeps this command created can be continued")
-    level, levels, margin, name = match.groups()
-    return int(level), int(levels), int(margin), name
+def read_state(description: str | None, where: str) -> RefineSettings:
+    settings = RefineSettings.from_text(description)
+    if settings is None or settings.level is None:
+        raise RefineSweepError(f"{where}: its description has no 'fractal-llm refine: level=K ...' line; only "
+                               "level sweeps this command created can be continued")
+    return settings
 
 
 def lattice_known(full_cfg: dict, records) -> tuple[dict, int]:
     """{(iy, ix): verdict} of the runs placed on the full lattice, and how many points are still pending."""
     grid = build_grid(full_cfg, records)
-    rows, cols = np.nonzero(np.isin(grid.verdicts, VERDICTS))
-    known = {(int(i), int(j)): str(grid.verdicts[i, j]) for i, j in zip(rows, cols)}
-    return known, int(grid.counts.get("pending", 0))
+    return known_verdicts(grid.verdicts), int(grid.counts.get("pending", 0))
 
 
 def level_config(full_cfg: dict, plan: RefinePlan, level: int, points: list[tuple[int, int]]) -> dict:
@@ -64,7 +52,7 @@ def level_config(full_cfg: dict, plan: RefinePlan, level: int, points: list[tupl
                grid.y_name: _typed(grid.y_values[iy], full_cfg, grid.y_name)} for iy, ix in points]
     cfg = refill_config(full_cfg, values, f"{name}-level{level}")
     cfg["description"] = (f"level {level} of {plan.levels} ({len(points)} points) of {name}\n"
-                          + state_line(level, plan.levels, plan.margin, name))
+                          + RefineSettings(plan.levels, plan.margin, name, level).to_text())
     return cfg
 
 
@@ -80,7 +68,7 @@ def create_sweep(cfg: dict, entity: str | None, project: str | None) -> str:
     return f"{entity or wandb.Api().default_entity}/{project or cfg.get('project')}/{sweep_id}"
 
 
-def next_level(full_path: Path, sweep_paths: list[str], levels: int | None, margin: int | None, out_dir: Path,
+def create_next_level(full_path: Path, sweep_paths: list[str], levels: int | None, margin: int | None, out_dir: Path,
                entity: str | None, project: str | None, api=None, console: Console | None = None
                ) -> tuple[str | None, int, int]:
     """Create the next level sweep; returns (its path or None when refinement is done, level, pending)."""
@@ -93,25 +81,24 @@ def next_level(full_path: Path, sweep_paths: list[str], levels: int | None, marg
         state = state or read_state(config.get("description"), path)
         records += recs
     if state is not None:
-        _, levels_done, margin_done, lattice_name = state
-        if lattice_name != spec.name:
-            raise RefineSweepError(f"the level sweeps refine lattice {lattice_name!r}, not {spec.name!r} ({full_path})")
-        if (levels is not None and levels != levels_done) or (margin is not None and margin != margin_done):
+        if state.lattice != spec.name:
+            raise RefineSweepError(f"the level sweeps refine lattice {state.lattice!r}, not {spec.name!r} ({full_path})")
+        if (levels is not None and levels != state.levels) or (margin is not None and margin != state.margin):
             raise RefineSweepError(f"--levels {levels} --margin {margin}: the level sweeps were made with "
-                                   f"--levels {levels_done} --margin {margin_done}")
-        levels, margin = levels_done, margin_done
+                                   f"--levels {state.levels} --margin {state.margin}")
+        levels, margin = state.levels, state.margin
     grid = build_grid(full_cfg, [])
     plan = RefinePlan(grid.shape, levels, DEFAULT_MARGIN if margin is None else margin)
     known, pending = lattice_known(full_cfg, records)
-    level = current_level(plan, known)
-    if level is None:
+    step = next_level(plan, known)
+    if step is None:
         refined = fill(plan, known)
         console.print(f"refinement done: {len(known)} of {refined.labels.size} points run, "
                       f"{int(refined.inferred.sum())} inferred", highlight=False)
         return None, plan.levels, pending
+    level, points = step
     if pending:
         return None, level, pending
-    points = points_for_level(plan, level, known)
     cfg = level_config(full_cfg, plan, level, points)
     out_dir.mkdir(parents=True, exist_ok=True)
     yaml_path = out_dir / f"{cfg['name']}.yaml"
@@ -142,30 +129,28 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str], api=None) -> int:
     args = _build_parser().parse_args(argv)
-    console, err = Console(), Console(stderr=True)
+    console = Console()
     sweeps = list(args.sweeps)
-    try:
-        for path in sweeps:
-            parse_sweep_path(path)
-        while True:
-            created, level, pending = next_level(Path(args.file), sweeps, args.levels, args.margin, Path(args.out),
-                                                 args.entity, args.project, api=api, console=console)
-            if created is None and not pending:
-                console.print(f"report: python reports/generate_report.py --lattice {args.file} {' '.join(sweeps)}",
+    for path in sweeps:
+        parse_sweep_path(path)
+    while True:
+        created, level, pending = create_next_level(Path(args.file), sweeps, args.levels, args.margin,
+                                                    Path(args.out), args.entity, args.project, api=api,
+                                                    console=console)
+        if created is None and not pending:
+            console.print(f"report: fractal-llm report --lattice {args.file} {' '.join(sweeps)}", highlight=False,
+                          soft_wrap=True)  # one line, to copy whole
+            return 0
+        if not args.auto:
+            if pending:
+                console.print(f"level {level}: {pending} runs still pending; run again when they finish",
                               highlight=False)
-                return 0
-            if not args.auto:
-                if pending:
-                    console.print(f"level {level}: {pending} runs still pending; run again when they finish",
-                                  highlight=False)
-                return 0
-            if created is not None:
-                sweeps.append(created)
-            time.sleep(args.poll)
-    except (RefineSweepError, RefineError, SweepError, SourceError, GridError) as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        return 2
+            return 0
+        if created is not None:
+            sweeps.append(created)
+        time.sleep(args.poll)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from fractal_llm.cli import run_as_script
+    sys.exit(run_as_script("refine"))

@@ -2,7 +2,9 @@
 
 The grid is expanded exactly as W&B does (sweep.expand_grid). Each point ends as one JSON record in DIR,
 named by its axis values, so re-running the same command runs only the points without a finished record
-(`error` records are retried). Points run in N long-lived worker processes (gpt: one per visible GPU, else
+(`error` records are retried). Two runners on one DIR (two terminals, or two hosts on a shared
+filesystem) split the points: each claims a point before running it (fractal_llm.claims), and its last line
+says how many points it ran. Points run in N long-lived worker processes (gpt: one per visible GPU, else
 one single-threaded worker per core, runner.default_workers); a worker imports the train module once, so its
 base-model and tokenized-data caches serve all of its points. mlp-family points run batched
 (fractal_llm.mlp.train_many) in chunks of --mlp-chunk points, one single-threaded worker per core. A single
@@ -17,25 +19,34 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-import yaml
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fractal_llm import paths
-from fractal_llm.paths import atomic_write_text
-from fractal_llm.config import ConfigError, TrainConfig
+from fractal_llm import claims, paths
+from fractal_llm.config import TrainConfig
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.pool import WorkerPool, detect_local_gpus, usable_cores
 from fractal_llm.records import error_record, file_name, record_name, read_record, record_from_result, write_record
-from fractal_llm.refine import (ADAPTIVE_FILE, DEFAULT_MARGIN, LEVEL0_POINTS, RefineError, RefinePlan, current_level,
-                                fill, points_for_level)
+from fractal_llm.refine import (DEFAULT_MARGIN, LEVEL0_POINTS, RefinePlan, RefineSettings, fill, known_verdicts,
+                                next_level, write_settings)
 from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
 from fractal_llm.verdict import VERDICTS, count_verdicts
 
 PLAIN_PROGRESS_S = 10.0  # seconds between progress lines when stdout is not a terminal
 DEFAULT_MLP_CHUNK = 512  # mlp points per train_many call: big enough to batch well, small enough for progress
+CLAIM_POLL_S = 2.0  # --adaptive: seconds between looks at the points another runner holds
+
+
+class Outcome(NamedTuple):
+    """What became of one point of a task."""
+    name: str
+    verdict: str | None  # None: another runner holds its claim and runs it
+    ran: bool  # this process ran it (False: claimed by another runner, or finished by one meanwhile)
 
 
 @dataclass
@@ -126,14 +137,41 @@ def point_wandb_mode(requested: str | None, out_dir: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- running a task
 
-def run_task(task: Task, out_dir: Path, wandb_mode: str) -> list[tuple[str, str]]:
-    """Run one task, write its record(s); returns (name, verdict) per point. A point's failure is an error
-    record, never an exception, so one bad point cannot stop the others."""
-    if task.family == "mlp":
-        return _run_mlp_chunk(task, out_dir)
+def run_task(task: Task, out_dir: Path, wandb_mode: str) -> list[Outcome]:
+    """Claim the task's points, run those this process got, write their records, release the claims; one
+    Outcome per point. A point's failure is an error record, never an exception, so one bad point cannot
+    stop the others."""
+    outcomes, names, params = [], [], []
+    try:
+        for name, point in zip(task.names, task.params):
+            if claims.try_claim(out_dir, name) is not None:
+                outcomes.append(Outcome(name, None, False))
+                continue
+            done = finished_verdict(out_dir, name)  # another runner finished it after this one looked
+            if done is not None:
+                claims.release(out_dir, name)
+                outcomes.append(Outcome(name, done, False))
+                continue
+            names.append(name)
+            params.append(point)
+        if names:
+            run = _run_mlp_chunk if task.family == "mlp" else _run_gpt_point
+            outcomes += [Outcome(name, verdict, True) for name, verdict in run(names, params, out_dir, wandb_mode)]
+    finally:
+        for name in names:
+            claims.release(out_dir, name)
+    return outcomes
+
+
+def finished_verdict(out_dir: Path, name: str) -> str | None:
+    """The verdict of the point's record if it has a finished one (not `error`), else None."""
+    verdict = existing_verdict(out_dir, name, Console(stderr=True))
+    return None if verdict == "error" else verdict
+
+
+def _run_gpt_point(names: list[str], params: list[dict], out_dir: Path, wandb_mode: str) -> list[tuple[str, str]]:
     from fractal_llm import point, train
-    name, params = task.names[0], task.params[0]
-    config = TrainConfig(**params)
+    name, config = names[0], TrainConfig(**params[0])
     t0 = time.perf_counter()
     try:
         record = point.run_point(train.train, config, name, out_dir, wandb_mode=wandb_mode)
@@ -143,17 +181,17 @@ def run_task(task: Task, out_dir: Path, wandb_mode: str) -> list[tuple[str, str]
     return [(name, record.verdict)]
 
 
-def _run_mlp_chunk(task: Task, out_dir: Path) -> list[tuple[str, str]]:
+def _run_mlp_chunk(names: list[str], params: list[dict], out_dir: Path, wandb_mode: str) -> list[tuple[str, str]]:
     from fractal_llm import mlp
-    configs = [TrainConfig(**p) for p in task.params]
+    configs = [TrainConfig(**p) for p in params]
     t0 = time.perf_counter()
     try:
         results = mlp.train_many(configs)
     except Exception as exc:  # the whole chunk failed: every point of it gets the error, to retry next time
         elapsed = time.perf_counter() - t0
-        records = [error_record(c.resolved().to_dict(), n, exc, elapsed) for c, n in zip(configs, task.names)]
+        records = [error_record(c.resolved().to_dict(), n, exc, elapsed) for c, n in zip(configs, names)]
     else:
-        records = [record_from_result(r, n) for r, n in zip(results, task.names)]
+        records = [record_from_result(r, n) for r, n in zip(results, names)]
     for record in records:
         write_record(record, out_dir)
     return [(r.name, r.verdict) for r in records]
@@ -165,16 +203,29 @@ class TaskRunner:
     out_dir: str
     wandb_mode: str
 
-    def __call__(self, task: Task) -> list[tuple[str, str]]:
+    def __call__(self, task: Task) -> list[Outcome]:
         return run_task(task, Path(self.out_dir), self.wandb_mode)
 
-    def lost(self, task: Task, exitcode: int) -> list[tuple[str, str]]:
-        """A worker died running the task (e.g. killed for memory): its points become error records with
-        their parameters, retried by the next run."""
+    def lost(self, task: Task, exitcode: int) -> list[Outcome]:
+        """A worker died running the task (e.g. killed for memory): the points it held become error records
+        with their parameters, retried by the next run, and its claims are removed. Points another runner
+        holds are left to it."""
+        out_dir = Path(self.out_dir)
         message = f"worker process died with exit code {exitcode} while running this point"
+        outcomes = []
         for name, params in zip(task.names, task.params):
-            write_record(error_record(params, name, message, 0.0), Path(self.out_dir))
-        return [(name, "error") for name in task.names]
+            holder = claims.read_claim(claims.claim_path(out_dir, name))
+            if holder is not None and not claims.is_stale(holder):
+                outcomes.append(Outcome(name, None, False))
+                continue
+            claims.claim_path(out_dir, name).unlink(missing_ok=True)
+            done = finished_verdict(out_dir, name)  # its record was written before the worker died
+            if done is not None:
+                outcomes.append(Outcome(name, done, True))
+                continue
+            write_record(error_record(params, name, message, 0.0), out_dir)
+            outcomes.append(Outcome(name, "error", True))
+        return outcomes
 
 
 # ---------------------------------------------------------------------------------------------- progress + CLI
@@ -214,43 +265,46 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class RunnerError(FractalLLMError):
+    """A bad `fractal-llm local` argument; raised before any point runs."""
+
+
 def main(argv: list[str]) -> int:
+    """`fractal-llm local`; bad input raises (fractal_llm.cli prints it: one line, exit 2)."""
     args = _build_parser().parse_args(argv)
     console = Console()
-    err = Console(stderr=True)
     for flag in ("workers", "limit", "mlp_chunk"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            err.print(f"[red]error:[/red] --{flag.replace('_', '-')}={value}: must be >= 1")
-            return 2
-    from fractal_llm.data import DatasetError
-    try:
-        spec = load_sweep(args.file)
-        out_dir = Path(args.out) if args.out else paths.runs_dir() / spec.name
-        check_out_dir(out_dir, spec)
-        preflight_sweep(spec)
-    except (SweepError, ConfigError, DatasetError) as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        return 2
+            raise RunnerError(f"--{flag.replace('_', '-')}={value}: must be >= 1")
+    spec = load_sweep(args.file)
+    out_dir = Path(args.out) if args.out else paths.runs_dir() / spec.name
+    check_out_dir(out_dir, spec)
+    if args.adaptive:
+        _, xs, _, ys = lattice(spec)
+        RefinePlan((len(ys), len(xs)), args.levels, args.margin)  # bad --levels/--margin: before any run
+    preflight_sweep(spec)
     wandb_mode = point_wandb_mode(args.wandb, out_dir)
     if args.adaptive:
-        try:
-            x_name, xs, y_name, ys = lattice(spec)
-            RefinePlan((len(ys), len(xs)), args.levels, args.margin)  # bad --levels/--margin: before any run
-        except RefineError as e:
-            err.print(f"[red]error:[/red] --levels/--margin: {e}", highlight=False, soft_wrap=True)
-            return 2
         return run_adaptive(spec, out_dir, args.levels, args.margin, workers=args.workers, wandb_mode=wandb_mode,
                             mlp_chunk=args.mlp_chunk, console=console)
     return run_sweep(spec, out_dir, workers=args.workers, limit=args.limit, wandb_mode=wandb_mode,
                      mlp_chunk=args.mlp_chunk, console=console)
 
 
+@dataclass
+class Ran:
+    """What one _run_pending call did."""
+    stopped: bool = False  # Ctrl-C
+    ran: int = 0  # points this process ran
+    busy: list[str] = field(default_factory=list)  # the points another runner holds (not run here)
+
+
 def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit: int | None = None,
               wandb_mode: str = "offline", mlp_chunk: int = DEFAULT_MLP_CHUNK, console: Console | None = None) -> int:
     console = console or Console()
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sweep.yaml").write_text(dump_sweep_yaml(spec.raw))
+    paths.atomic_write_text(out_dir / "sweep.yaml", dump_sweep_yaml(spec.raw))  # a second runner may read it
     points = expand_grid(spec)
     names = point_names(spec, points)
     pending, done = [], []
@@ -264,11 +318,12 @@ def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit:
     done_before = len(points) - len(pending)
     if limit is not None:
         pending = pending[:limit]
-    stopped = _run_pending(spec, pending, counts, len(points), done_before, out_dir, workers, wandb_mode, mlp_chunk,
-                           console, label=spec.name)
-    if stopped:
+    result = _run_pending(spec, pending, counts, len(points), done_before, out_dir, workers, wandb_mode, mlp_chunk,
+                          console, label=spec.name)
+    if result.stopped:
+        console.print(f"ran {result.ran} of {len(names)} points", highlight=False)
         return 130
-    return _finish(console, out_dir, names)
+    return _finish(console, out_dir, names, result.ran)
 
 
 def lattice(spec: SweepSpec) -> tuple[str, list, str, list]:
@@ -284,45 +339,82 @@ def lattice_names(spec: SweepSpec) -> dict[tuple[int, int], str]:
     return {(iy, ix): record_name({x_name: x, y_name: y}) for iy, y in enumerate(ys) for ix, x in enumerate(xs)}
 
 
+def lattice_known(out_dir: Path, plan: RefinePlan, name_of: dict, console: Console) -> dict:
+    """The known verdicts (refine.known_verdicts) of the records in out_dir, placed on the lattice."""
+    verdicts = np.full(plan.shape, "missing", dtype=object)
+    for point, name in name_of.items():
+        verdicts[point] = existing_verdict(out_dir, name, console) or "missing"
+    return known_verdicts(verdicts)
+
+
 def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int | None, margin: int, workers: int | None = None,
                  wandb_mode: str = "offline", mlp_chunk: int = DEFAULT_MLP_CHUNK,
                  console: Console | None = None) -> int:
-    """`--adaptive`: refinement by levels (fractal_llm.refine) on the sweep's lattice, level after level with
-    the same workers and records as a full run. A re-run starts at the level it stopped in; errors are
-    retried by the next run."""
+    """`--adaptive`: refinement by levels (fractal_llm.refine.next_level) on the sweep's lattice, level after
+    level with the same workers and records as a full run. A re-run starts at the level it stopped in; errors
+    are retried by the next run. Points of a level that another runner holds are waited for (their verdicts
+    decide the next level), and run here when their runner died without a record."""
     console = console or Console()
     x_name, xs, y_name, ys = lattice(spec)
     plan = RefinePlan((len(ys), len(xs)), levels, margin)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sweep.yaml").write_text(dump_sweep_yaml(spec.raw))
-    atomic_write_text(out_dir / ADAPTIVE_FILE, yaml.safe_dump({"levels": plan.levels, "margin": plan.margin}))
+    paths.atomic_write_text(out_dir / "sweep.yaml", dump_sweep_yaml(spec.raw))
+    write_settings(out_dir, RefineSettings(plan.levels, plan.margin, spec.name))
     name_of = lattice_names(spec)
-    known = {point: verdict for point, name in name_of.items()
-             if (verdict := existing_verdict(out_dir, name, console)) is not None}
-    start = current_level(plan, known)
-    for level in range(start if start is not None else plan.levels + 1, plan.levels + 1):
-        points = points_for_level(plan, level, known)
-        pending = [({**spec.fixed, x_name: xs[ix], y_name: ys[iy]}, name_of[(iy, ix)]) for iy, ix in points]
-        done = [v for v in known.values() if v != "error"]
-        if _run_pending(spec, pending, count_verdicts(done), len(done) + len(pending), len(done), out_dir,
-                        workers, wandb_mode, mlp_chunk, console, label=f"{spec.name} level {level}/{plan.levels}"):
-            return 130
-        for point in points:
-            verdict = existing_verdict(out_dir, name_of[point], console)
-            if verdict is not None:
-                known[point] = verdict
+    known = lattice_known(out_dir, plan, name_of, console)
+    ran, level = 0, 0
+    while (step := next_level(plan, known, start=level)) is not None:
+        label = f"{spec.name} level {step.level}/{plan.levels}"
+        points = step.points
+        while points:
+            pending = [({**spec.fixed, x_name: xs[ix], y_name: ys[iy]}, name_of[(iy, ix)]) for iy, ix in points]
+            done = [v for v in known.values() if v != "error"]
+            result = _run_pending(spec, pending, count_verdicts(done), len(done) + len(pending), len(done), out_dir,
+                                  workers, wandb_mode, mlp_chunk, console, label=label)
+            ran += result.ran
+            if result.stopped:
+                console.print(f"ran {ran} of {len(name_of)} points", highlight=False)
+                return 130
+            busy = [p for p in points if name_of[p] in result.busy]
+            try:
+                _wait_for_claims(out_dir, [name_of[p] for p in busy], label, console)
+            except KeyboardInterrupt:
+                console.print(f"\n[yellow]stopped.[/yellow] run the same command again to resume.\n"
+                              f"ran {ran} of {len(name_of)} points", highlight=False)
+                return 130
+            # a point whose runner let go of it with no record (it died): run here
+            points = [p for p in busy if existing_verdict(out_dir, name_of[p], console) is None]
+        known = lattice_known(out_dir, plan, name_of, console)
+        level = step.level + 1
     refined = fill(plan, known)
     runs = sum(1 for v in known.values() if v != "error")
     console.print(f"adaptive: {runs} of {plan.shape[0] * plan.shape[1]} lattice points run "
                   f"({runs / (plan.shape[0] * plan.shape[1]):.0%}), {int(refined.inferred.sum())} inferred, "
                   f"{int(refined.undecided.sum())} undecided", highlight=False)
-    return _finish(console, out_dir, [name_of[p] for p in known])
+    return _finish(console, out_dir, [name_of[p] for p in known], ran, of=len(name_of))
+
+
+def _wait_for_claims(out_dir: Path, names: list[str], label: str, console: Console) -> None:
+    """Block until no live claim of another runner holds any of these points (released, or its process died)."""
+    last_line = 0.0
+    while True:
+        held = {name: claim for name in names
+                if (claim := claims.read_claim(claims.claim_path(out_dir, name))) is not None
+                and not claims.is_stale(claim)}
+        if not held:
+            return
+        if time.monotonic() - last_line >= PLAIN_PROGRESS_S:
+            last_line = time.monotonic()
+            console.print(f"{label}: waiting for {len(held)} point(s) another runner holds "
+                          f"({_holders(out_dir, list(held))})", highlight=False, soft_wrap=True)
+        time.sleep(CLAIM_POLL_S)
 
 
 def _run_pending(spec: SweepSpec, pending: list[tuple[dict, str]], counts: dict, total: int, done_before: int,
                  out_dir: Path, workers: int | None, wandb_mode: str, mlp_chunk: int, console: Console,
-                 label: str) -> bool:
-    """Run (point, name) pairs with the workers, a progress bar over `total`; True when Ctrl-C stopped it."""
+                 label: str) -> Ran:
+    """Run (point, name) pairs with the workers, a progress bar over `total` (plain lines when the console is
+    not a terminal). Points another runner holds are skipped: Ran.busy."""
     family = model_family([p for p, _ in pending])
     tasks = make_tasks([p for p, _ in pending], [n for _, n in pending], mlp_chunk)
     # More workers than tasks would idle; one worker runs in this process. (The default imports torch.)
@@ -334,23 +426,69 @@ def _run_pending(spec: SweepSpec, pending: list[tuple[dict, str]], counts: dict,
             n_workers, threads = cpu_workers(n_workers, usable_cores())
     console.print(f"{label}: {total} points, {done_before} already done, running {len(pending)} with "
                   f"{n_workers} worker(s); records in {out_dir}", highlight=False, soft_wrap=True)
-    last_line = time.monotonic()
+    result = Ran()
+    progress = RunProgress(console, label, total, done_before, counts)
     try:
-        with _progress(console) as progress:
-            bar = progress.add_task(label, total=total, completed=done_before, counts=_counts_text(counts))
-            for _name, verdict in _execute(tasks, n_workers, devices, threads, out_dir, wandb_mode):
-                counts[verdict] += 1
-                progress.update(bar, advance=1, counts=_counts_text(counts))
-                if not console.is_terminal and time.monotonic() - last_line >= PLAIN_PROGRESS_S:
-                    # nohup and tmux logs get no live bar: a plain line every few seconds instead
-                    last_line = time.monotonic()
-                    console.print(f"{label}: {sum(counts.values())}/{total}  {_counts_text(counts)}",
-                                  highlight=False, soft_wrap=True)
+        with progress:
+            for outcome in _execute(tasks, n_workers, devices, threads, out_dir, wandb_mode):
+                result.ran += outcome.ran
+                if outcome.verdict is None:
+                    result.busy.append(outcome.name)
+                progress.advance(outcome.verdict)
     except KeyboardInterrupt:
         console.print(f"\n[yellow]stopped.[/yellow] {sum(counts.values())} of {total} points have records "
                       f"in {out_dir}; run the same command again to resume.", highlight=False, soft_wrap=True)
-        return True
-    return False
+        result.stopped = True
+    if result.busy:
+        console.print(f"{label}: {len(result.busy)} point(s) left to the runner(s) that hold them "
+                      f"({_holders(out_dir, result.busy)}); claims in {out_dir}", highlight=False, soft_wrap=True)
+    return result
+
+
+def _holders(out_dir: Path, names: list[str]) -> str:
+    """Who holds these points' claims: 'pid P on HOST, AGE ago' each (a claim of a dead process on another
+    host is only freed by deleting its file)."""
+    held = [claims.read_claim(claims.claim_path(out_dir, name)) for name in names]
+    return "; ".join(sorted({claim.describe() for claim in held if claim is not None})) or "released since"
+
+
+class RunProgress:
+    """The progress of _run_pending: rich's live bar on a terminal; elsewhere (nohup, a tmux log, CI) a plain
+    line every PLAIN_PROGRESS_S seconds and one at the end. rich's bar on a console that is not a terminal
+    is drawn once, at the end, squeezed into the default 80 columns: `16/… 0:0… ETA 0:00…`."""
+
+    def __init__(self, console: Console, label: str, total: int, done_before: int, counts: dict):
+        self.console, self.label, self.total, self.counts = console, label, total, counts
+        self.done, self.shown = done_before, None
+        self.live = _progress(console) if console.is_terminal else None
+        self.last_line = time.monotonic()
+
+    def __enter__(self) -> "RunProgress":
+        if self.live is not None:
+            self.live.start()
+            self.bar = self.live.add_task(self.label, total=self.total, completed=self.done,
+                                          counts=_counts_text(self.counts))
+        return self
+
+    def advance(self, verdict: str | None) -> None:
+        self.done += 1
+        if verdict is not None:
+            self.counts[verdict] += 1
+        if self.live is not None:
+            self.live.update(self.bar, advance=1, counts=_counts_text(self.counts))
+        elif time.monotonic() - self.last_line >= PLAIN_PROGRESS_S:
+            self._line()
+
+    def _line(self) -> None:
+        self.last_line, self.shown = time.monotonic(), self.done
+        self.console.print(f"{self.label}: {self.done}/{self.total}  {_counts_text(self.counts)}", highlight=False,
+                           soft_wrap=True)
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+        elif exc_type is None and self.shown != self.done:
+            self._line()  # the last count, whole
 
 
 def _execute(tasks: list[Task], n_workers: int, devices: list[str], threads: int | None, out_dir: Path,
@@ -367,11 +505,14 @@ def _execute(tasks: list[Task], n_workers: int, devices: list[str], threads: int
             for _index, finished in pool.map_unordered(tasks):
                 yield from finished
     finally:
-        for tmp in out_dir.glob(".tmp-*"):  # a worker stopped mid-write: its record never existed
-            tmp.unlink(missing_ok=True)
+        # A worker stopped mid-write: its record never existed. Another runner's temp files are its own.
+        if not claims.live_claims(out_dir):
+            for tmp in out_dir.glob(".tmp-*"):
+                tmp.unlink(missing_ok=True)
 
 
-def _finish(console: Console, out_dir: Path, names: list[str]) -> int:
+def _finish(console: Console, out_dir: Path, names: list[str], ran: int, of: int | None = None) -> int:
+    """The records line, what is left to do, and last `ran N of M points` (M: the sweep's points)."""
     verdicts = [existing_verdict(out_dir, n, console) for n in names]
     counts = count_verdicts([v for v in verdicts if v is not None])
     errors, pending = counts["error"], verdicts.count(None)
@@ -380,15 +521,15 @@ def _finish(console: Console, out_dir: Path, names: list[str]) -> int:
     if errors:
         console.print(f"[magenta]{errors} point(s) ended in error[/magenta] (see their records' summary.error); "
                       "run the same command again to retry them.", soft_wrap=True)
-        return 1
-    if pending:
-        console.print(f"{pending} point(s) not run yet (--limit); run the same command again to continue.",
-                      soft_wrap=True)
+    elif pending:
+        console.print(f"{pending} point(s) not run yet (--limit, or another runner holds them); run the same "
+                      "command again to continue.", soft_wrap=True)
     else:
-        console.print(f"report: python reports/generate_report.py --local {out_dir}", highlight=False,
-                      soft_wrap=True)
-    return 0
+        console.print(f"report: fractal-llm report --local {out_dir}", highlight=False, soft_wrap=True)
+    console.print(f"ran {ran} of {len(names) if of is None else of} points", highlight=False)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from fractal_llm.cli import run_as_script
+    sys.exit(run_as_script("local"))

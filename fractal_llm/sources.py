@@ -10,6 +10,7 @@ other failure stops with the sweep path named.
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -19,9 +20,10 @@ from typing import Callable
 import yaml
 
 from fractal_llm.config import ConfigError
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.grid import GridError, sweep_axes
 from fractal_llm.records import RunRecord, read_record, read_records, record_name
-from fractal_llm.refine import ADAPTIVE_FILE
+from fractal_llm.refine import RefineSettings, read_settings
 from fractal_llm.sweep import SweepError, parse_sweep_path, unpack_point
 
 LOSS_KEY = "train/loss"
@@ -42,7 +44,22 @@ class ApiSettings:
     backoff_s: float = 2.0  # wait before retry k: backoff_s * 2**k (2, 4, 8, 16, 32 s: a minute in all)
 
 
-class SourceError(ValueError):
+def add_api_arguments(parser: argparse.ArgumentParser) -> None:
+    """The W&B listing settings (ApiSettings) as arguments: `fractal-llm report` and `fractal-llm refill`."""
+    defaults = ApiSettings()
+    parser.add_argument("--api-timeout", type=int, default=defaults.timeout_s, metavar="SECONDS",
+                        help=f"HTTP timeout of one W&B API request (default {defaults.timeout_s})")
+    parser.add_argument("--page-size", type=int, default=defaults.page_size, metavar="N",
+                        help=f"runs per page of the W&B run listing (default {defaults.page_size})")
+
+
+def api_settings(args, parser: argparse.ArgumentParser) -> ApiSettings:
+    if args.api_timeout < 1 or args.page_size < 1:
+        parser.error(f"--api-timeout={args.api_timeout} and --page-size={args.page_size} must be >= 1")
+    return ApiSettings(timeout_s=args.api_timeout, page_size=args.page_size)
+
+
+class SourceError(FractalLLMError):
     """A source that cannot be read: names the path and what is expected."""
 
 
@@ -239,13 +256,7 @@ class Loaded:
     sources: list[str] = field(default_factory=list)
     changed: int = 0  # W&B runs this pull returned (all of them, or those updated since the last pull)
     full_pull: bool = True
-    refinement: dict | None = None  # {"levels", "margin"} of an adaptive run (grid.apply_refinement)
-
-
-def local_refinement(directory: str | Path) -> dict | None:
-    """The levels and margin a `fractal-llm local --adaptive` run wrote beside its records, or None."""
-    path = Path(directory) / ADAPTIVE_FILE
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    refinement: RefineSettings | None = None  # of an adaptive run (grid.apply_refinement)
 
 
 FULL_PULL_EVERY = 10  # --watch: every 10th pull lists every run (a run changed in the skew window, a deletion)
@@ -312,7 +323,7 @@ class SourcePoller:
         refinement = None
         for directory in self.local_dirs:
             config, recs = local_source(directory)
-            refinement = refinement or local_refinement(directory)
+            refinement = refinement or read_settings(directory)
             configs.append((config, Path(directory).resolve().name, f"--local {directory}"))
             records += recs
             sources.append(f"local:{directory} ({len(recs)} records)")

@@ -13,6 +13,7 @@ train-config fields; the two axes are the dict keys, their values the distinct v
 
 import argparse
 import ast
+import copy
 import itertools
 import json
 import math
@@ -27,6 +28,7 @@ from rich.console import Console
 from fractal_llm.config import (DERIVED_WHEN_NONPOSITIVE, ConfigError, TrainConfig, check_field_value,
                                 coerce_cli_value, field_types, format_float, parse_cli_overrides,
                                 unknown_field_message)
+from fractal_llm.errors import FractalLLMError
 
 TRAIN_MODULE = "fractal_llm.train"
 PROGRAM = "fractal_llm/train.py"  # what `wandb agent` reads as the sweep's program (the command runs it with -m)
@@ -39,7 +41,7 @@ N_AXES = 2
 POINT_KEY = "grid_point"  # the one swept parameter of a point-list sweep (not a train-config field)
 
 
-class SweepError(ValueError):
+class SweepError(FractalLLMError):
     """A sweep config that cannot run; the message names the key, the value and what is allowed."""
 
 
@@ -81,8 +83,17 @@ def load_sweep(path: str | Path) -> SweepSpec:
         try:
             cfg = yaml.safe_load(f)
         except yaml.YAMLError as e:
-            raise SweepError(f"{path}: not valid YAML: {e}") from None
+            raise SweepError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     return check_sweep(cfg, default_name=path.stem)
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, and what (PyYAML's own text spans several lines)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(e).split())
+    context = f" ({e.context})" if getattr(e, "context", None) else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}{context}"
 
 
 def check_sweep(cfg: dict, default_name: str = "sweep") -> SweepSpec:
@@ -246,6 +257,19 @@ def unpack_point(values: dict) -> dict:
     return {**rest, **point}
 
 
+def refill_config(sweep_config: dict, points: list[dict], name: str) -> dict:
+    """The sweep over exactly `points`: the parent's config, axes replaced by one grid_point list (checked)."""
+    _axes, fixed = parse_parameters(sweep_config.get("parameters"), numeric_strings=True)
+    cfg = copy.deepcopy(sweep_config)
+    cfg.pop("run_cap", None)  # the parent's cap says nothing about the refill
+    cfg["name"] = name
+    cfg["description"] = f"refill of {len(points)} points without a usable run"
+    # Fixed values as parsed: a server-side config may hold '1e-4' strings that `sweep check` refuses.
+    cfg["parameters"] = {**{key: {"value": fixed[key]} for key in sorted(fixed)}, POINT_KEY: {"values": points}}
+    check_sweep(cfg, default_name=name)
+    return cfg
+
+
 def _parse_point_text(text: str) -> dict:
     try:
         return json.loads(text)
@@ -323,7 +347,7 @@ def _check_points(spec: SweepSpec) -> None:
     Checking all points costs ~0.1 ms each (0.5 s for 64x64) and is exact, so no sampling."""
     for point in expand_grid(spec):
         try:
-            TrainConfig(**point)
+            TrainConfig.from_dict(point)
         except ConfigError as e:
             where = ", ".join(f"{name}={point[name]!r}" for name in spec.axis_names)
             raise SweepError(f"grid point {where}: {e}") from None
@@ -487,13 +511,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _build_parser().parse_args(argv)
     console = Console()
-    try:
-        if args.action == "new":
-            return _main_new(args, argv, console)
-        return _main_check(args, console)
-    except SweepError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", markup=True, highlight=False)
-        return 2  # bad input, as for `local`, `agents`, `paper` and `report`
+    if args.action == "new":  # bad input raises SweepError: fractal_llm.cli prints it, exit 2
+        return _main_new(args, argv, console)
+    return _main_check(args, console)
 
 
 def _main_new(args, argv: list[str], console: Console) -> int:
@@ -541,4 +561,5 @@ def _describe(spec: SweepSpec) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from fractal_llm.cli import run_as_script
+    sys.exit(run_as_script("sweep"))

@@ -30,6 +30,7 @@ from rich.console import Console
 
 from fractal_llm import point, train
 from fractal_llm.config import ConfigError, TrainConfig
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.records import RunRecord, error_summary, record_name
 from fractal_llm.sweep import SweepError, SweepSpec, check_sweep, expand_grid, parse_sweep_path
 
@@ -40,7 +41,7 @@ ACCELERATOR_POISON = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDN
                       "illegal memory access", "CUDA driver error")
 
 
-class SweepRefused(ValueError):
+class SweepRefused(FractalLLMError):
     """A sweep this worker will not run, or a host that cannot run one: the message says which and why."""
 
 

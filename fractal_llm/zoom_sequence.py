@@ -22,6 +22,7 @@ import yaml
 from rich.console import Console
 
 from fractal_llm.config import field_types
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.grid import axis_is_log
 from fractal_llm.paths import atomic_write_text
 from fractal_llm.sweep import POINT_KEY, SweepError, SweepSpec, axis_values, check_sweep, dump_sweep_yaml, load_sweep
@@ -30,7 +31,7 @@ SEQUENCE_FILE = "sequence.yaml"
 MIN_PIXEL_ULPS = 2  # neighbouring axis values must differ by at least this many float64 steps
 
 
-class ZoomError(ValueError):
+class ZoomError(FractalLLMError):
     """A bad `fractal-llm zoom` argument; raised before any run."""
 
 

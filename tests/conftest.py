@@ -43,3 +43,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture
+def grid_engine():
+    """W&B's grid engine, the `sweeps` package of the dev extra. The tests that use it fail without it, not
+    skip: in CI they must run."""
+    try:
+        # grid_search, not the package: the repo's own sweeps/ folder imports as an empty namespace package.
+        import sweeps.grid_search  # noqa: F401
+    except ImportError as e:
+        pytest.fail(f"W&B's grid engine (the `sweeps` package) is missing ({e}): pip install -e .[dev]",
+                    pytrace=False)
+    import sweeps
+    return sweeps

@@ -1,12 +1,16 @@
 """The one worker pool (local runner and paper mode): results, a worker that dies, a task that raises."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
+from fractal_llm import claims
 from fractal_llm.pool import WorkerError, WorkerPool
 from fractal_llm.records import read_record
-from fractal_llm.runner import Task, TaskRunner
+from fractal_llm.runner import Outcome, Task, TaskRunner
 
 
 def square_or_die(x: int) -> int:
@@ -43,7 +47,21 @@ def test_a_dead_worker_without_on_lost_is_an_error():
 def test_lost_points_become_error_records_with_their_parameters(tmp_path):
     params = {"matrix_lr": 0.01, "unembedding_lr": 0.001, "num_tokens": 100}
     task = Task("gpt", ["matrix_lr=0.01,unembedding_lr=0.001"], [params])
-    assert TaskRunner(str(tmp_path), "disabled").lost(task, -9) == [(task.names[0], "error")]
+    dead_worker = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_worker.wait()
+    claim = claims.claim_path(tmp_path, task.names[0])
+    claim.write_text(json.dumps({"pid": dead_worker.pid, "host": claims.this_host(), "created": 0.0}))
+    assert TaskRunner(str(tmp_path), "disabled").lost(task, -9) == [Outcome(task.names[0], "error", True)]
     record = read_record(next(tmp_path.glob("*.json")))
     assert record.config == params and record.verdict == "error"
     assert "exit code -9" in record.summary["error"]
+    assert not claim.exists()  # the dead worker's claim goes with it
+
+
+def test_a_lost_task_leaves_the_points_another_runner_holds_alone(tmp_path):
+    task = Task("gpt", ["a", "b"], [{"matrix_lr": 0.01}, {"matrix_lr": 0.02}])
+    claims.claim_path(tmp_path, "b").write_text(json.dumps({"pid": os.getppid(), "host": claims.this_host(),
+                                                            "created": 0.0}))
+    assert TaskRunner(str(tmp_path), "disabled").lost(task, -9) == [Outcome("a", "error", True),
+                                                                    Outcome("b", None, False)]
+    assert [p.name for p in tmp_path.glob("*.json")] == ["a.json"]

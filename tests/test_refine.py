@@ -6,14 +6,17 @@ import pytest
 from fractal_llm.refine import (
     RefineError,
     RefinePlan,
+    RefineSettings,
     LEVEL0_POINTS,
     axis_indices,
-    current_level,
     default_levels,
     fill,
+    known_verdicts,
     missed_islands,
-    points_for_level,
+    next_level,
+    read_settings,
     refine,
+    write_settings,
 )
 
 SHAPE = (101, 123)  # neither side is 2^k + 1: the last index is an extra coarse point on both axes
@@ -117,25 +120,26 @@ def test_resume_after_interruption_runs_no_point_twice():
     plan = RefinePlan(SHAPE, levels=3, margin=1)
     full = FakeTrain(truth)
     expected = refine(plan, full)
-    level_sizes = [len(points_for_level(plan, k, {p: v for p, v in expected.items()})) for k in range(4)]
-    assert level_sizes == [0, 0, 0, 0]  # all done: nothing left at any level
+    assert next_level(plan, expected) is None  # all done: nothing left at any level
     first = FakeTrain(truth, stop_after=len(full.runs) // 2)  # stops mid-level
     with pytest.raises(KeyboardInterrupt):
         refine(plan, first)
-    stopped_at = current_level(plan, first.store)
-    assert 0 < stopped_at <= 3
-    level0 = points_for_level(plan, 0, {})
-    assert len(level0) == 14 * 17 and full.runs[:len(level0)] == level0  # 0, 8, .., 96, 100 x 0, 8, .., 120, 122
-    assert current_level(plan, {p: expected[p] for p in level0[:-1]}) == 0
-    assert current_level(plan, {p: expected[p] for p in level0}) == 1
+    stopped = next_level(plan, first.store)
+    assert 0 < stopped.level <= 3
+    assert not set(stopped.points) & set(first.runs)  # the step is exactly what the interruption left
+    level0 = next_level(plan, {})
+    assert level0.level == 0 and len(level0.points) == 14 * 17
+    assert full.runs[:len(level0.points)] == level0.points  # 0, 8, .., 96, 100 x 0, 8, .., 120, 122
+    assert next_level(plan, {p: expected[p] for p in level0.points[:-1]}) == (0, level0.points[-1:])
+    assert next_level(plan, {p: expected[p] for p in level0.points}).level == 1
     second = FakeTrain(truth)
     levels_run = []
     known = refine(plan, second, known=first.store, on_level=lambda k, n: levels_run.append(k))
-    assert levels_run[0] == stopped_at
+    assert levels_run[0] == stopped.level and second.runs[:len(stopped.points)] == stopped.points
     assert not set(first.runs) & set(second.runs)
     assert sorted(first.runs + second.runs) == sorted(full.runs)
     assert known == expected
-    assert current_level(plan, known) is None
+    assert next_level(plan, known) is None
 
 
 def test_error_points_are_retried_by_the_next_call():
@@ -146,7 +150,8 @@ def test_error_points_are_retried_by_the_next_call():
     first = FakeTrain(truth, errors=broken)
     known = refine(plan, first)
     assert all(known[p] == "error" for p in broken)
-    assert current_level(plan, known) == 0  # (0, 0) is a level-0 point
+    assert next_level(plan, known) == (0, [(0, 0), (48, 40)])  # the level-0 errors are the step again
+    assert sorted(next_level(plan, known, start=1).points) == sorted(set(broken) - {(0, 0), (48, 40)})
     partial = fill(plan, known)
     assert not partial.labels[0, 0] and partial.undecided[0, 0]  # no class, not guessed
     second = FakeTrain(truth)
@@ -165,16 +170,39 @@ def test_bad_input_is_named():
         RefinePlan((1, 65), levels=3)
     plan = RefinePlan((65, 65), levels=3)
     with pytest.raises(RefineError, match="'nan'.*allowed verdicts are trainable"):
-        points_for_level(plan, 1, {(0, 0): "nan"})
+        next_level(plan, {(0, 0): "nan"})
     with pytest.raises(RefineError, match=r"\(65, 0\)"):
         fill(plan, {(65, 0): "trainable"})
     with pytest.raises(RefineError, match=r"\(0.5, 1\).*integer"):
-        current_level(plan, {(0.5, 1): "trainable"})
-    with pytest.raises(RefineError, match="level=4"):
-        points_for_level(plan, 4, {})
+        next_level(plan, {(0.5, 1): "trainable"})
+    with pytest.raises(RefineError, match="start=5"):
+        next_level(plan, {}, start=5)
 
     def bad_run(points):
         return {p: "missing" for p in points}
 
     with pytest.raises(RefineError, match="'missing'"):
         refine(plan, bad_run)
+
+
+def test_known_verdicts_is_what_refinement_knows_of_a_verdict_map():
+    verdicts = np.array([["trainable", "missing", "error"], ["pending", "diverged", None]], dtype=object)
+    assert known_verdicts(verdicts) == {(0, 0): "trainable", (0, 2): "error", (1, 1): "diverged"}
+
+
+def test_settings_have_one_stored_form_for_wandb_descriptions_and_local_directories(tmp_path):
+    level_sweep = RefineSettings(levels=3, margin=1, lattice="my map", level=2)
+    description = f"level 2 of 3 (40 points) of my map\n{level_sweep.to_text()}"
+    assert RefineSettings.from_text(description) == level_sweep
+    # the line level sweeps created before this form still reads
+    old = "level 0 of 2 (25 points) of disk\nfractal-llm refine: level=0 levels=2 margin=1 lattice=disk"
+    assert RefineSettings.from_text(old) == RefineSettings(2, 1, "disk", 0)
+    assert RefineSettings.from_text("a sweep someone wrote") is None
+    local = RefineSettings(levels=4, margin=2, lattice="disk")
+    write_settings(tmp_path, local)
+    assert read_settings(tmp_path) == local and "level=" not in local.to_text()
+    assert read_settings(tmp_path / "nowhere") is None
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "refinement.yaml").write_text("levels: 3\nmargin: 1\n")  # what adaptive runs wrote before
+    assert read_settings(legacy) == RefineSettings(3, 1, "legacy")

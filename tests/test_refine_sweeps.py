@@ -9,7 +9,7 @@ import pytest
 import yaml
 from test_sources import Calls, FakeApi, FakeRun
 
-from fractal_llm import refine_sweeps, report
+from fractal_llm import refine_sweeps, report_command
 from fractal_llm.fractal import estimate_dimension
 from fractal_llm.sweep import AxisArg, check_sweep, dump_sweep_yaml, expand_grid, new_sweep
 
@@ -70,12 +70,13 @@ def test_levels_are_created_from_the_runs_so_far_until_nothing_is_left(tmp_path,
         if len(created) == before:
             break
         paths.append(f"e/p/lv{len(created) - 1}")
-    assert "refinement done" in capsys.readouterr().out
+    done = capsys.readouterr().out
+    assert "refinement done" in done and f"report: fractal-llm report --lattice {full} {' '.join(paths)}" in done
     ran = [tuple(p.values()) for cfg in created for p in cfg["parameters"]["grid_point"]["values"]]
     assert len(ran) == len(set(ran)) < N * N  # no point twice, fewer than the full lattice
     assert len(created) == 3  # levels 0, 1, 2
 
-    result = report.run(["--lattice", str(full), *paths, "--out", str(tmp_path / "report"), "--zoom", "0"], api=api)
+    result = report_command.run(["--lattice", str(full), *paths, "--out", str(tmp_path / "report"), "--zoom", "0"], api=api)
     assert result["points"] == N * N and result["runs_used"] == len(ran)
     assert result["counts"]["inferred"] == N * N - len(ran) and result["counts"]["missing"] == 0
     truth = np.array([[disk(x, y) for x in result["axes"]["values"][0]] for y in result["axes"]["values"][1]])
@@ -83,17 +84,15 @@ def test_levels_are_created_from_the_runs_so_far_until_nothing_is_left(tmp_path,
     assert result["fractal"]["counts"] == estimate_dimension(truth.astype(float)).to_dict()["counts"]
 
 
-def test_a_level_yaml_passes_sweep_check_and_wandbs_engine_hands_out_exactly_its_points(tmp_path, created):
-    pytest.importorskip("sweeps.grid_search", reason="W&B's grid engine is the `sweeps` package: "
-                                                     "pip install -e '.[dev]' to run this check")
-    import sweeps
+def test_a_level_yaml_passes_sweep_check_and_wandbs_engine_hands_out_exactly_its_points(tmp_path, created,
+                                                                                        grid_engine):
     assert refine_sweeps.main([str(full_yaml(tmp_path)), "--levels", "3", "--entity", "e", "--project", "p",
                                "-o", str(tmp_path / "levels")]) == 0
     path = next((tmp_path / "levels").glob("*.yaml"))
     cfg = yaml.safe_load(path.read_text())
     spec = check_sweep(cfg)
     handed, runs = [], []
-    while (run := sweeps.next_run(cfg, runs, validate=True)) is not None:
+    while (run := grid_engine.next_run(cfg, runs, validate=True)) is not None:
         runs.append(run)
         handed.append({**spec.fixed, **run.config["grid_point"]["value"]})
     assert handed == expand_grid(spec) and len(handed) == 9  # every 8th of 17 values: 3 x 3
@@ -105,4 +104,5 @@ def test_continuing_with_other_levels_or_margin_is_refused(tmp_path, created):
     assert refine_sweeps.main([str(full), "--levels", "2", *common]) == 0
     calls = Calls()
     api = FakeApi({"lv0": created[0]}, {"lv0": runs_of(created[0], calls)}, calls)
-    assert refine_sweeps.main([str(full), "e/p/lv0", "--levels", "3", *common], api=api) == 2
+    with pytest.raises(refine_sweeps.RefineSweepError, match="made with --levels 2 --margin 1"):
+        refine_sweeps.main([str(full), "e/p/lv0", "--levels", "3", *common], api=api)

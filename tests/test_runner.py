@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fractal_llm import runner
+from fractal_llm import cli, runner
 from fractal_llm.records import file_name, point_name, read_record, read_records
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
 
@@ -46,7 +46,7 @@ def test_mlp_grid_writes_one_record_per_point_and_resumes(tmp_path, capsys):
     assert verdicts <= {"trainable", "not_trainable", "diverged"} and len(verdicts) >= 2
     assert all(r.config["num_iterations"] == 50 and r.config["model_family"] == "mlp" for r in records)
     first = capsys.readouterr().out
-    assert "running 9" in first
+    assert "running 9" in first and f"report: fractal-llm report --local {out}" in first
     before = mtimes(out)
     assert runner.main([str(sweep), "--out", str(out)]) == 0
     assert "running 0" in capsys.readouterr().out
@@ -89,7 +89,7 @@ def test_bad_yaml_fails_before_any_work(tmp_path, capsys):
     bad.write_text(dump_sweep_yaml(new_sweep([AxisArg("lr_input", 1, 10, 2), AxisArg("lr_output", 1, 10, 2)],
                                              {"model_family": "mlp"})).replace("lr_output", "lr_outptu"))
     out = tmp_path / "runs"
-    assert runner.main([str(bad), "--out", str(out)]) == 2
+    assert cli.main(["local", str(bad), "--out", str(out)]) == 2
     assert "lr_outptu: not a train-config field; did you mean 'lr_output'?" in capsys.readouterr().err
     assert not out.exists()
 
@@ -98,7 +98,7 @@ def test_out_dir_of_another_sweep_is_refused(tmp_path, capsys):
     out = tmp_path / "runs"
     assert runner.main([str(mlp_sweep(tmp_path, n=2, steps=5)), "--out", str(out)]) == 0
     other = mlp_sweep(tmp_path, n=2, steps=6, name="other")
-    assert runner.main([str(other), "--out", str(out)]) == 2
+    assert cli.main(["local", str(other), "--out", str(out)]) == 2
     assert "num_iterations: 5 -> 6" in capsys.readouterr().err
 
 
@@ -151,7 +151,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_records(tmp_path, workers):
 
 
 def test_invalid_worker_count(tmp_path, capsys):
-    assert runner.main([str(mlp_sweep(tmp_path)), "--workers", "0"]) == 2
+    assert cli.main(["local", str(mlp_sweep(tmp_path)), "--workers", "0"]) == 2
     assert "--workers=0" in capsys.readouterr().err
 
 
@@ -160,7 +160,7 @@ def test_a_missing_model_is_refused_before_any_point(tmp_path, capsys):
     cfg["parameters"]["model_id"] = {"value": "/no/such/dir"}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert runner.main([str(path), "--out", str(tmp_path / "out"), "--wandb", "disabled"]) == 2
+    assert cli.main(["local", str(path), "--out", str(tmp_path / "out"), "--wandb", "disabled"]) == 2
     assert "model_id='/no/such/dir': no such directory" in capsys.readouterr().err
     assert not list(tmp_path.glob("out/*.json"))
 
@@ -203,3 +203,86 @@ def test_a_log_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, monkey
                             console=Console(file=log, force_terminal=False, width=200)) == 0
     lines = [line for line in log.getvalue().splitlines() if line.startswith("mlp: ") and "/4" in line]
     assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+
+
+# A runner process whose batched trainer logs each point it trains (to the file in argv[1]): the log, not the
+# runner's own account, says who ran what. Its first point waits until both runners have reached theirs, and
+# each point takes its time, so that the two overlap however late one of them starts.
+LOGGED_RUNNER = """
+import pathlib, sys, time
+from fractal_llm import cli, mlp
+train_many = mlp.train_many
+log = pathlib.Path(sys.argv[1])
+def logged(configs, *args, **kwargs):
+    log.with_suffix(".started").touch()
+    deadline = time.time() + 120
+    while len(list(log.parent.glob("*.started"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    with open(log, "a") as f:
+        f.writelines(f"{c.lr_input!r},{c.lr_output!r}\\n" for c in configs)
+    time.sleep(0.3 * len(configs))
+    return train_many(configs, *args, **kwargs)
+mlp.train_many = logged
+sys.exit(cli.main(["local", *sys.argv[2:]]))
+"""
+
+
+def run_two_runners(tmp_path: Path, sweep: Path, out: Path, *args: str) -> list[tuple[list[str], str]]:
+    """Start two runner processes on one --out together; (points each trained, its output) when both ended."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = []
+    for k in range(2):
+        log = tmp_path / f"trained{k}.log"
+        procs.append((log, subprocess.Popen([sys.executable, "-c", LOGGED_RUNNER, str(log), str(sweep), "--out",
+                                             str(out), "--workers", "1", "--mlp-chunk", "1", "--wandb", "disabled",
+                                             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                            env=env)))
+    results = []
+    for log, proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+        results.append((log.read_text().splitlines() if log.exists() else [], output))
+    return results
+
+
+def test_two_runners_on_one_directory_split_its_points(tmp_path):
+    sweep = write_sweep(tmp_path / "two.yaml", [AxisArg("lr_input", 1.0, 1e4, 4), AxisArg("lr_output", 1.0, 1e3, 4)],
+                        {"model_family": "mlp", "num_iterations": 20})
+    out = tmp_path / "runs"
+    (a, out_a), (b, out_b) = run_two_runners(tmp_path, sweep, out)
+    assert len(a + b) == len(set(a + b)) == 16  # every point trained, none twice
+    assert a and b, (out_a, out_b)  # both took a share
+    assert out_a.strip().splitlines()[-1] == f"ran {len(a)} of 16 points"
+    assert out_b.strip().splitlines()[-1] == f"ran {len(b)} of 16 points"
+    assert len(read_records(out)) == 16 and not list(out.glob("*.claim"))  # every claim released
+
+
+def test_two_adaptive_runners_split_each_level_and_run_what_one_would(tmp_path):
+    sweep = write_sweep(tmp_path / "adapt.yaml", [AxisArg("lr_input", 1.0, 1e4, 9), AxisArg("lr_output", 1.0, 1e3, 9)],
+                        {"model_family": "mlp", "num_iterations": 20})
+    alone = tmp_path / "alone"
+    assert runner.run_adaptive(runner.load_sweep(sweep), alone, levels=2, margin=1, workers=1,
+                               wandb_mode="disabled") == 0
+    expected = {(r.config["lr_input"], r.config["lr_output"]) for r in read_records(alone)}
+    (a, out_a), (b, out_b) = run_two_runners(tmp_path, sweep, tmp_path / "shared", "--adaptive", "--levels", "2")
+    trained = [tuple(float(v) for v in line.split(",")) for line in a + b]
+    assert len(trained) == len(set(trained)) and set(trained) == expected, (out_a, out_b)
+    assert a and b
+    assert out_a.strip().splitlines()[-1] == f"ran {len(a)} of 81 points"
+
+
+def test_a_log_that_is_not_a_terminal_ends_with_the_whole_last_progress_line(tmp_path):
+    """Under nohup rich drew its bar once, at the end, squeezed into 80 columns: `16/… 0:0… ETA 0:00…`."""
+    import io
+
+    from rich.console import Console
+    path = write_sweep(tmp_path / "a_long_sweep_name_as_users_write_them.yaml",
+                       [AxisArg("lr_input", 0.5, 2.0, 4), AxisArg("lr_output", 0.5, 2.0, 4)],
+                       {"model_family": "mlp", "num_iterations": 5})
+    log = io.StringIO()
+    assert runner.run_sweep(runner.load_sweep(path), tmp_path / "out", workers=1, wandb_mode="disabled",
+                            console=Console(file=log, force_terminal=False, width=80)) == 0
+    text = log.getvalue()
+    assert "…" not in text
+    assert "a_long_sweep_name_as_users_write_them: 16/16  trainable" in text
+    assert text.strip().splitlines()[-1] == "ran 16 of 16 points"

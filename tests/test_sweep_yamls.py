@@ -21,12 +21,8 @@ LOCAL_STAND_INS = {"model_id": "tiny", "dataset_id": "docqa"}  # for values hold
 # (a 2026 sweep's model gets a tiny 2026-architecture stand-in: the tiny base is a Dec-2025 model)
 
 
-def first_run_config(cfg: dict) -> dict:
-    # grid_search, not the package: the repo's own sweeps/ folder imports as an empty namespace package.
-    pytest.importorskip("sweeps.grid_search", reason="W&B's grid engine is the `sweeps` package: "
-                                                     "pip install -e '.[dev]' to run this check")
-    import sweeps
-    run = sweeps.next_run(cfg, [], validate=True)
+def first_run_config(cfg: dict, grid_engine) -> dict:
+    run = grid_engine.next_run(cfg, [], validate=True)
     assert run is not None
     return run.config
 
@@ -78,9 +74,10 @@ def shrunk(cfg: dict, model_2026: str) -> dict:
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
-def test_first_point_of_every_sweep_runs_under_the_cli_agents_command(path, tiny_base, tiny_2026, tmp_path):
+def test_first_point_of_every_sweep_runs_under_the_cli_agents_command(path, tiny_base, tiny_2026, tmp_path,
+                                                                      grid_engine):
     cfg = shrunk(yaml.safe_load(path.read_text()), tiny_2026)
-    argv = cli_agent_command(cfg, first_run_config(cfg))
+    argv = cli_agent_command(cfg, first_run_config(cfg, grid_engine))
     assert argv[:4] == ["/usr/bin/env", "python", "-m", "fractal_llm.train"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "WANDB_MODE": "disabled",
            "FRACTAL_LLM_RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
