@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
+from fractal_llm.errors import FractalLLMError
+
 
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, which a batch scheduler or taskset narrows):
@@ -35,8 +37,8 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-class GpuDetectionError(RuntimeError):
-    """nvidia-smi is there but failed: the message has its exit code and output."""
+class GpuDetectionError(FractalLLMError):
+    """nvidia-smi is there but failed (a host that cannot be used): the message has its exit code and output."""
 
 
 def count_gpus_in(nvidia_smi_output: str) -> list[str]:

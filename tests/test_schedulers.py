@@ -31,6 +31,7 @@ SWEEP_CONFIG = {"name": "fg", "method": "grid", "program": "fractal_llm/train.py
                 "parameters": {"model_family": {"value": "mlp"}, "num_iterations": {"value": 5},
                                "lr_input": {"values": [0.1, 1.0]}, "lr_output": {"values": [0.1, 1.0]}}}
 POINTS = [{"lr_input": x, "lr_output": y} for x in (0.1, 1.0) for y in (0.1, 1.0)]
+FIXED = {"model_family": "mlp", "num_iterations": 5}  # W&B hands out every parameter of a run, fixed ones too
 
 
 def sbatch_argv(tmp_path: Path, **env: str) -> list[str]:
@@ -67,7 +68,8 @@ def run_foreground_agent(tmp_path: Path, argv: list[str], sweep_config: dict) ->
 import sys
 _init = wandb.init
 wandb.init = lambda *args, **kwargs: _init(*args, **{{**kwargs, "mode": "offline"}})
-serve({[(f"r{i}", p) for i, p in enumerate(POINTS)]!r}, sweep_config={sweep_config!r}, exit_when_done=True)
+serve({[(f"r{i}", {**FIXED, **p}) for i, p in enumerate(POINTS)]!r}, sweep_config={sweep_config!r},
+      exit_when_done=True)
 from fractal_llm.cli import main
 sys.exit(main({argv!r}))
 '''
@@ -87,6 +89,7 @@ def test_the_foreground_agent_runs_the_sweep_to_its_end_and_exits_0(tmp_path):
     assert set(records) == {"r0", "r1", "r2", "r3"}
     names = {f"r{i}": record_name(p) for i, p in enumerate(POINTS)}
     assert {rid: r.name for rid, r in records.items()} == names  # named by the point, as a local run is
+    assert all(r.config["model_family"] == "mlp" and r.verdict != "error" for r in records.values())
     runs = offline_runs(tmp_path / "wandb")
     assert set(runs) == set(names)
     for rid, run in runs.items():
