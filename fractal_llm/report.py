@@ -30,6 +30,7 @@ from fractal_llm.grid import Grid, GridError, apply_refinement, build_grid
 from fractal_llm.verdict import OUTCOMES, VERDICTS
 from fractal_llm.plots import CurveFn, write_plots
 from fractal_llm.records import json_safe
+from fractal_llm.robustness import robustness_markdown, robustness_of
 from fractal_llm import paths
 from fractal_llm.sweep import load_sweep
 from fractal_llm.sources import ApiSettings, HistoryFn, Loaded, SourceError, SourcePoller, load_sources, local_history
@@ -97,6 +98,7 @@ def write_report(grid: Grid, out_dir, *, title: str, sweep_config: dict | None =
                                       "without a finished record",
         "point_table": _point_table(grid) if grid.labels.size <= POINTS_IN_JSON else None,
         "timing_s": timing,
+        "robustness": robustness_of(grid),  # dynamics or noise: thresholds and noise floor (robustness.py)
         **(extra or {}),
     }
     report = json_safe(report)
@@ -174,6 +176,7 @@ def render_markdown(report: dict, estimate: DimensionEstimate, out_dir: Path) ->
     for s, n, slope in zip(fractal["box_sizes"], fractal["counts"], slopes):
         lines.append(f"| {s} | {n} | {_num(slope)} |")
     lines += ["", "![box counting](box_counting.png)", ""]
+    lines += robustness_markdown(report.get("robustness"))
     lines += ["## Maps", "", "Trainability (blue = trainable, red = not trainable or diverged; pale = near the "
               "boundary, i.e. slow to converge or slow to fail; grey = missing, pale yellow = pending (in flight), "
               "dark grey = error):", "",

@@ -1,0 +1,83 @@
+"""Dynamics or noise: thresholds re-labelled from records, the noise floor, and the report's section."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fractal_llm import robustness
+from fractal_llm.grid import build_grid
+from fractal_llm.records import RunRecord
+from fractal_llm.sweep import AxisArg, new_sweep
+
+N = 32
+FIXED = {"model_family": "mlp", "num_iterations": 10}
+
+
+def ratio_grid(n=N):
+    """A map whose loss ratio grows left to right, 0.8 .. 1.2: each threshold puts the boundary elsewhere."""
+    cfg = new_sweep([AxisArg("lr_input", 0.1, 10.0, n), AxisArg("lr_output", 0.1, 10.0, n)], FIXED, name="ratio")
+    xs, ys = cfg["parameters"]["lr_input"]["values"], cfg["parameters"]["lr_output"]["values"]
+    records = []
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            ratio = 0.8 + 0.4 * j / (n - 1) + 0.01 * math.sin(i)
+            verdict = "trainable" if ratio < 1.0 else "not_trainable"
+            records.append(RunRecord(name=f"p{i}-{j}", config={**FIXED, "lr_input": x, "lr_output": y},
+                                     summary={"verdict": verdict, "stable": True, "loss_ratio": ratio,
+                                              "score": -1.0 if verdict == "trainable" else 1.0},
+                                     history=None, created_at=0.0))
+    return build_grid(cfg, records)
+
+
+def test_threshold_rows_change_with_the_threshold_and_1_0_is_the_map():
+    rob = robustness.robustness_of(ratio_grid())
+    rows = {row["threshold"]: row for row in rob["thresholds"]}
+    assert sorted(rows) == [0.9, 1.0, 1.1]
+    assert rows[0.9]["trainable"] < rows[1.0]["trainable"] < rows[1.1]["trainable"]
+    assert rows[1.0]["changed"] == 0.0 and rows[0.9]["changed"] > 0.1 and rows[1.1]["changed"] > 0.1
+    assert all(row["edge_pixels"] > 0 for row in rows.values())
+
+
+def test_a_diverged_or_unstable_run_is_never_trainable_at_any_threshold():
+    assert robustness.trainable_at({"verdict": "diverged", "stable": False, "loss_ratio": None}, 1.1) is False
+    assert robustness.trainable_at({"verdict": "not_trainable", "stable": True, "loss_ratio": 1.05}, 1.1) is True
+    assert robustness.trainable_at({"verdict": "error", "stable": False}, 1.1) is None
+
+
+def test_noise_floor_shuffled_labels_give_d_near_2_and_a_smooth_level_set_near_1_at_64():
+    rng = np.random.default_rng(1)
+    labels = np.zeros((64, 64))
+    labels[:, 32:] = 1.0  # a straight boundary: shuffling it must make noise
+    shuffled = robustness.shuffled_labels(labels)
+    assert shuffled.sum() == labels.sum()  # the same labels, elsewhere
+    assert robustness.dimensions(shuffled)["dimension"] == pytest.approx(2.0, abs=0.1)
+    smooth = robustness.dimensions(robustness.smooth_labels((64, 64)))
+    assert smooth["dimension"] == pytest.approx(1.0, abs=0.15)
+    np.testing.assert_array_equal(robustness.shuffled_labels(labels), shuffled)  # fixed seed
+    del rng
+
+
+def test_every_report_carries_robustness_in_json_and_markdown(tmp_path):
+    from fractal_llm.report import write_report
+    report = write_report(ratio_grid(), tmp_path, title="t", zoom_k=0)
+    rob = report["robustness"]
+    assert [row["threshold"] for row in rob["thresholds"]] == [0.9, 1.0, 1.1]
+    assert rob["noise_floor"]["shuffled"]["seed"] == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "## Dynamics or noise" in text and "smooth level set" in text
+
+
+def test_window_k_is_recomputed_from_the_stored_curves():
+    # the loss climbs, then falls late: the mean of the last 5 is below the first loss, of the last 10 not
+    curve = [1.0, 3.0, 3.0, 3.0, 3.0, 3.0, 0.3, 0.3, 0.3, 0.3, 0.3]
+    record = RunRecord(name="p", config={**FIXED, "num_iterations": len(curve), "trainable_loss_ratio_threshold": 1.0},
+                       summary={"verdict": "trainable"}, history={"train/loss": curve}, created_at=0.0)
+    assert robustness.relabel_window([record], 5) == {"p": "trainable"}
+    assert robustness.relabel_window([record], 10) == {"p": "not_trainable"}
+
+
+def test_flip_share_counts_pixels_decided_in_both():
+    a = np.array([[1.0, 0.0], [np.nan, 1.0]])
+    b = np.array([[0.0, 0.0], [1.0, 1.0]])
+    assert robustness.flip_share(a, b) == pytest.approx(1 / 3)
