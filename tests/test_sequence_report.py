@@ -82,7 +82,7 @@ def test_a_straight_boundary_through_the_centre_is_d_1_at_every_scale(tmp_path):
     # at threshold 1.1 every record (ratio 0.5 or 1.5) keeps its class: the same pooled D
     rows = {r["threshold"]: r["pooled_dimension"] for r in result["robustness"]["thresholds"]}
     assert rows[0.9] == rows[1.0] == rows[1.1] == pytest.approx(result["pooled_dimension"])
-    # the paper method's floors at 32² (box sizes 10 .. 31) are poor: a disc 0.58; the report
+    # the paper method's floors at 32² (box sizes 10 .. 31) are poor: a disc far from 1; the report
     # shows them so that a map's pooled D is read against them
     assert result["robustness"]["shuffled"] > result["robustness"]["map"]
 
@@ -96,7 +96,7 @@ def test_the_pooled_value_is_paper_modes_statistic_over_the_frames(tmp_path):
         noise.setdefault(key, rng.random() < 0.5)
         return noise[key]
 
-    seq_dir = write_known_frames(tmp_path, noisy, frames="0:1")
+    seq_dir = write_known_frames(tmp_path, noisy, frames="0:1", res=24)
     result = sequence_report.write_sequence_report(seq_dir, tmp_path / "out")["sequence"]
     grids = [f.grid for f in sequence_report.load_frames(seq_dir, zoom_sequence.read_sequence(seq_dir))]
     expected = pooled_paper_dimension([paper_dimension(g.labels) for g in grids]).dimension
