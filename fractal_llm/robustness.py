@@ -125,7 +125,8 @@ def relabel_window(records, window: int) -> dict[str, str]:
         if record.verdict not in VERDICTS[:3] or not curve:
             continue
         config = record.config
-        out[record.name] = summarize_losses(curve, int(config["num_iterations"]), window,
+        planned = int(config.get("num_iterations", -1))  # -1 (gpt, derived from num_tokens): a full curve's length
+        out[record.name] = summarize_losses(curve, planned if planned > 0 else len(curve), window,
                                             float(config.get("trainable_loss_ratio_threshold", 1.0)))["verdict"]
     return out
 

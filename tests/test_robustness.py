@@ -1,5 +1,6 @@
 """Dynamics or noise: thresholds re-labelled from records, the noise floor, and the report's section."""
 
+import json
 import math
 
 import numpy as np
@@ -81,3 +82,32 @@ def test_flip_share_counts_pixels_decided_in_both():
     a = np.array([[1.0, 0.0], [np.nan, 1.0]])
     b = np.array([[0.0, 0.0], [1.0, 1.0]])
     assert robustness.flip_share(a, b) == pytest.approx(1 / 3)
+
+
+def test_the_study_script_runs_each_variant_once_and_a_rerun_trains_nothing(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from fractal_llm.sweep import dump_sweep_yaml
+    path = Path(__file__).resolve().parents[1] / "scripts" / "study_robustness.py"
+    spec = importlib.util.spec_from_file_location("study_robustness", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    frame = tmp_path / "frame.yaml"
+    fixed = {"model_family": "mlp", "num_iterations": 8, "trainable_window_steps": 4, "dataset_size": 4, "width": 4}
+    frame.write_text(dump_sweep_yaml(new_sweep([AxisArg("lr_input", 0.1, 1e3, 12), AxisArg("lr_output", 0.1, 1e3, 12)],
+                                               fixed, name="f")))
+    out = tmp_path / "study"
+    args = [str(frame), "--out", str(out), "--res", "6", "--workers", "1", "--seeds", "0,1", "--steps", "4,8",
+            "--windows", "2"]
+    assert study.main(args) == 0
+    result = json.loads((out / "study.json").read_text())
+    assert [r["variant"] for r in result["seeds"]] == ["seed 0", "seed 1"]
+    assert [r["variant"] for r in result["budget"]] == ["4 steps", "8 steps"] and result["window"][0]["variant"] == "K = 2"
+    assert result["seeds"][0]["flip_vs_reference"] == 0.0 and result["budget"][1]["flip_vs_reference"] == 0.0
+    # seed 0 at its own 8 steps is one variant, shared by the seed and budget checks: 3 record directories
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["seed0-steps4", "seed0-steps8", "seed1-steps8"]
+    assert all(r["trainable"] + r["not_trainable"] == 36 for r in result["seeds"])
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")}
+    assert study.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")} == before
