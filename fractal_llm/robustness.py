@@ -7,7 +7,8 @@ Every report carries two checks that need no new runs (report.json `robustness`,
   that is the level set of a smooth loss ratio moves smoothly with t; a fractal one keeps its D.
 - noise floor: D of the same map with its labels shuffled (SHUFFLE_SEED; pure noise: D near 2 at 64^2) and of
   a smooth level set at the same resolution (a disc: D near 1). A map's D near the shuffled one says noise.
-Adaptive maps: inferred pixels have no record; they keep their class at every threshold (the count is listed).
+Adaptive maps: inferred pixels have no record; at each threshold they are filled again from the re-labelled
+runs (threshold_labels), so a flipped corner never draws a boundary around itself.
 
 The data-order seed, budget and window checks need new runs: scripts/study_robustness.py (flip_share and
 labels_from_records below are its measures).
@@ -20,6 +21,7 @@ import math
 import numpy as np
 
 from fractal_llm.fractal import estimate_dimension, paper_dimension, pooled_paper_dimension
+from fractal_llm.refine import RefinePlan, fill
 from fractal_llm.verdict import VERDICTS, summarize_losses
 
 THRESHOLDS = (0.9, 1.0, 1.1)
@@ -39,12 +41,22 @@ def trainable_at(summary: dict, threshold: float) -> bool | None:
 
 
 def threshold_labels(grid, threshold: float) -> np.ndarray:
-    """The map's labels with every run's class taken at `threshold`; cells without a run keep theirs."""
+    """The map's labels with every run's class taken at `threshold`. An adaptive map's inferred pixels are
+    filled again from the re-labelled runs (refine.fill with the map's levels and margin): a cell whose
+    corners no longer agree leaves its never-run pixels undecided, never the old class."""
     labels = np.array(grid.labels, dtype=float)
+    known = {}
     for i, j in zip(*np.nonzero(grid.record_index >= 0)):
-        trainable = trainable_at(grid.records[grid.record_index[i, j]].summary, threshold)
+        summary = grid.records[grid.record_index[i, j]].summary
+        trainable = trainable_at(summary, threshold)
         if trainable is not None:
             labels[i, j] = float(trainable)
+            known[(int(i), int(j))] = "trainable" if trainable else "not_trainable"
+        elif summary.get("verdict") == "error":
+            known[(int(i), int(j))] = "error"
+    if grid.inferred is not None and grid.refinement:
+        refilled = fill(RefinePlan(grid.shape, grid.refinement["levels"], grid.refinement["margin"]), known)
+        labels = np.where(grid.inferred, refilled.float_labels(), labels)
     return labels
 
 
@@ -85,7 +97,7 @@ def class_counts(labels: np.ndarray) -> dict:
 
 def robustness_of(grid) -> dict:
     """report.json `robustness` of one map (see the module docstring)."""
-    out = {"thresholds": None, "thresholds_note": "", "inferred_kept": 0}
+    out = {"thresholds": None, "thresholds_note": "", "inferred": 0}
     if grid.records:
         rows = []
         for t in THRESHOLDS:
@@ -93,7 +105,7 @@ def robustness_of(grid) -> dict:
             rows.append({"threshold": t, **class_counts(labels), "changed": flip_share(labels, grid.labels),
                          **dimensions(labels)})
         out["thresholds"] = rows
-        out["inferred_kept"] = int(grid.inferred.sum()) if grid.inferred is not None else 0
+        out["inferred"] = int(grid.inferred.sum()) if grid.inferred is not None else 0
     else:
         out["thresholds_note"] = "no run records (paper mode): no per-point loss ratio to re-threshold"
     out["noise_floor"] = {"map": dimensions(grid.labels),
@@ -151,13 +163,14 @@ def robustness_markdown(rob: dict | None) -> list[str]:
     if rob["thresholds"]:
         lines += ["The map re-labelled from its records at other loss-ratio thresholds (trainable: stable and "
                   "loss ratio < t; no new runs):", "",
-                  "| threshold | trainable | not trainable | pixels changed | boundary pixels | D (ours) | D (paper method) |",
-                  "|---:|---:|---:|---:|---:|---|---:|"]
+                  "| threshold | trainable | not trainable | undecided | pixels changed | boundary pixels | D (ours) "
+                  "| D (paper method) |", "|---:|---:|---:|---:|---:|---:|---|---:|"]
         for row in rob["thresholds"]:
-            lines.append(f"| {row['threshold']:g} | {row['trainable']} | {row['not_trainable']} | "
+            lines.append(f"| {row['threshold']:g} | {row['trainable']} | {row['not_trainable']} | {row['undecided']} | "
                          f"{row['changed']:.1%} | {row['edge_pixels']} | {_d(row)} | {_num(row['paper_dimension'])} |")
-        if rob["inferred_kept"]:
-            lines.append(f"\n{rob['inferred_kept']} inferred pixels (adaptive map) keep their class at every threshold.")
+        if rob["inferred"]:
+            lines.append(f"\nAn adaptive map: its {rob['inferred']} inferred pixels are filled again from the "
+                         "re-labelled runs at each threshold (undecided where a cell's corners no longer agree).")
     else:
         lines.append(f"Thresholds: {rob['thresholds_note']}.")
     floor = rob["noise_floor"]

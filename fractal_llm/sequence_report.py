@@ -136,7 +136,7 @@ def write_sequence_report(seq_dir: Path, out: Path, title: str | None = None, co
         e = paper.get(f.index)
         curves.append((f"frame {f.index}", mids, ours.local_slopes, [s * width for s in e.box_sizes] if e else [],
                        e.local_slopes if e else []))
-    if curves:
+    if any(np.isfinite(np.asarray([*c[2], *c[4]], dtype=float)).any() for c in curves):  # a boundary somewhere
         unit = "decades" if seq.x.log else "axis units"
         images["scale_slopes"] = write_scale_slopes(curves, pooled.dimension, f"box size along {seq.x.name} ({unit})",
                                                     out / "scale_slopes.png").name

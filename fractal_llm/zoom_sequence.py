@@ -99,8 +99,17 @@ def parent_axes(spec: SweepSpec) -> tuple[Axis, Axis]:
     axes = []
     for name, values in ((x_name, xs), (y_name, ys)):
         values = sorted(float(v) for v in values)
-        axes.append(Axis(name, values[0], values[-1], axis_is_log(values)))
+        axes.append(Axis(name, values[0], values[-1], is_log_spaced(values)))
     return axes[0], axes[1]
+
+
+def is_log_spaced(values: list[float]) -> bool:
+    """A linearly spaced axis (`sweep new --axis NAME=A:B:N:lin`) is linear even when every value is > 0;
+    otherwise the report's rule (grid.axis_is_log: positive values are drawn on a log scale)."""
+    steps = np.diff(values)
+    if len(values) > 2 and np.allclose(steps, steps.mean(), rtol=1e-6, atol=0.0):
+        return False
+    return axis_is_log(values)
 
 
 def parse_centre(text: str, x: Axis, y: Axis) -> tuple[float, float]:
@@ -116,8 +125,8 @@ def parse_centre(text: str, x: Axis, y: Axis) -> tuple[float, float]:
     return cx, cy
 
 
-def centre_from_report(report_dir: Path) -> tuple[float, float]:
-    """The centre of the top-ranked zoom box of a report (its report.json's `zoom`)."""
+def centre_from_report(report_dir: Path, x: Axis, y: Axis) -> tuple[float, float]:
+    """The centre of the top-ranked zoom box of a report (its report.json's `zoom`), on each axis's scale."""
     path = report_dir / "report.json"
     if not path.exists():
         raise ZoomError(f"--centre-from {report_dir}: no report.json there (write one with `fractal-llm report`)")
@@ -125,10 +134,11 @@ def centre_from_report(report_dir: Path) -> tuple[float, float]:
     if not boxes:
         raise ZoomError(f"--centre-from {report_dir}: its report found no zoom box (a map with no boundary?)")
     box = min(boxes, key=lambda b: b["rank"])
-    (x0, x1), (y0, y1) = box["x_range"], box["y_range"]
-    mid = (lambda a, b: math.sqrt(a * b)) if x0 > 0 and x1 > 0 else (lambda a, b: (a + b) / 2)
-    mid_y = (lambda a, b: math.sqrt(a * b)) if y0 > 0 and y1 > 0 else (lambda a, b: (a + b) / 2)
-    return mid(x0, x1), mid_y(y0, y1)
+
+    def middle(axis: Axis, lo: float, hi: float) -> float:
+        return math.sqrt(lo * hi) if axis.log else (lo + hi) / 2
+
+    return middle(x, *box["x_range"]), middle(y, *box["y_range"])
 
 
 def parse_frames(text: str) -> tuple[int, ...]:
@@ -215,7 +225,7 @@ def plan_sequence(parent_file: str, centre: str | None, centre_from: str | None,
         raise ZoomError("give one of --centre X,Y and --centre-from REPORT_DIR")
     spec = load_sweep(parent_file)
     x, y = parent_axes(spec)
-    c = parse_centre(centre, x, y) if centre is not None else centre_from_report(Path(centre_from))
+    c = parse_centre(centre, x, y) if centre is not None else centre_from_report(Path(centre_from), x, y)
     seq = Sequence(parent=spec.name, x=x, y=y, centre=c, frames=parse_frames(frames), res=res)
     return spec.raw, seq, {k: frame_config(spec.raw, seq, k) for k in seq.frames}
 

@@ -111,3 +111,23 @@ def test_the_study_script_runs_each_variant_once_and_a_rerun_trains_nothing(tmp_
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")}
     assert study.main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")} == before
+
+
+def test_an_adaptive_maps_inferred_pixels_are_filled_again_at_each_threshold():
+    from fractal_llm.grid import apply_refinement
+    from fractal_llm.refine import RefinePlan, refine
+
+    full = ratio_grid()
+    records = {(i, j): full.records[full.record_index[i, j]] for i in range(N) for j in range(N)}
+    ran = refine(RefinePlan((N, N), 3, 1), lambda points: {p: records[p].summary["verdict"] for p in points})
+    adaptive = build_grid({"name": "ratio", "parameters": {
+        "lr_input": {"values": full.x_values}, "lr_output": {"values": full.y_values},
+        **{k: {"value": v} for k, v in FIXED.items()}}}, [records[p] for p in ran])
+    apply_refinement(adaptive, 3, 1)
+    assert adaptive.counts["inferred"] > 0
+    np.testing.assert_array_equal(robustness.threshold_labels(adaptive, 1.0), adaptive.labels)
+    at_09 = robustness.threshold_labels(adaptive, 0.9)
+    truth = robustness.threshold_labels(full, 0.9)
+    decided = ~np.isnan(at_09)
+    np.testing.assert_array_equal(at_09[decided], truth[decided])  # never the old class where it is wrong
+    assert np.isnan(at_09).sum() > 0  # the moved boundary left the refined band: undecided there, not guessed

@@ -93,7 +93,12 @@ def test_centre_from_a_report_is_the_centre_of_its_top_ranked_zoom_box(tmp_path)
              {"rank": 1, "x_range": [1e-2, 1.0], "y_range": [0.1, 10.0]}]
     (report_dir / "report.json").write_text(json.dumps({"zoom": boxes}))
     _raw, seq, _configs = plan_sequence(str(mlp_parent(tmp_path)), None, str(report_dir), "0:0", 8)
-    assert seq.centre == pytest.approx((0.1, 1.0))
+    assert seq.centre == pytest.approx((0.1, 1.0))  # log axes: the geometric middle
+    linear = write_parent(tmp_path, [AxisArg("lr_input", 1e-3, 1e1, 8), AxisArg("lr_output", 0.1, 100.0, 8, "lin")],
+                          MLP_FIXED, name="linear")
+    axes = zoom_sequence.parent_axes(load_sweep(linear))
+    assert not axes[1].log  # linearly spaced, all > 0: still a linear axis
+    assert zoom_sequence.centre_from_report(report_dir, *axes) == pytest.approx((0.1, 5.05))
     (report_dir / "report.json").write_text(json.dumps({"zoom": []}))
     with pytest.raises(ZoomError, match="no zoom box"):
         plan_sequence(str(mlp_parent(tmp_path)), None, str(report_dir), "0:0", 8)
