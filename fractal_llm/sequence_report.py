@@ -36,7 +36,7 @@ from fractal_llm.sources import SourceError, local_refinement, local_source
 from fractal_llm.verdict import VERDICTS
 from fractal_llm.zoom_sequence import Sequence, ZoomError, frame_name, read_sequence
 
-RESAMPLES = 2000  # bootstrap draws: the 2.5% and 97.5% percentiles move by < 0.01 between seeds at this count
+RESAMPLES = 2000  # bootstrap draws; on 6 synthetic 64² frames the ends moved by <= 0.03 between seeds (500: 0.05)
 BOOTSTRAP_SEED = 0
 INTERVAL_LEVEL = 0.95
 
