@@ -3,9 +3,10 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import yaml
+
+from test_refine_sweeps import created  # noqa: F401  (fixture: wandb.sweep recorded, no server)
 
 from fractal_llm import paper, zoom_sequence
 from fractal_llm.records import read_records
@@ -128,19 +129,6 @@ def test_another_sequence_in_the_same_directory_is_refused(tmp_path):
                                "--write-only"]) == 0
     assert zoom_sequence.main([parent, "--centre", "0.2,1", "--frames", "0:0", "--res", "8", "--out", str(out),
                                "--write-only"]) == 2
-
-
-@pytest.fixture
-def created(monkeypatch):
-    import wandb
-    sweeps: list[dict] = []
-
-    def sweep(cfg, entity=None, project=None):
-        sweeps.append(cfg)
-        return f"lv{len(sweeps) - 1}"
-
-    monkeypatch.setattr(wandb, "sweep", sweep)
-    return sweeps
 
 
 def test_wandb_creates_each_frames_level_0_and_prints_the_agents_line_once(tmp_path, created, capsys):
