@@ -71,7 +71,7 @@ def write_known_frames(tmp_path, labels_of, frames="0:2", res=32):
     return seq_dir
 
 
-def test_a_straight_boundary_through_the_centre_is_d_1_at_every_scale(tmp_path):
+def test_a_straight_boundary_is_d_1_pooled_with_paper_modes_function(tmp_path):
     seq_dir = write_known_frames(tmp_path, lambda x, y: math.log10(y) - 1 < 0.3 * (math.log10(x) - 1))
     result = sequence_report.write_sequence_report(seq_dir, tmp_path / "out")["sequence"]
     # at 32² the paper's box sizes (10 .. 31) hold 2-5 partly-edge boxes: single slopes swing from 0 to 5, the
@@ -79,29 +79,15 @@ def test_a_straight_boundary_through_the_centre_is_d_1_at_every_scale(tmp_path):
     assert result["pooled_dimension"] == pytest.approx(1.0, abs=0.15)
     low, high = result["interval"]
     assert low <= result["pooled_dimension"] <= high
+    grids = [f.grid for f in sequence_report.load_frames(seq_dir, zoom_sequence.read_sequence(seq_dir))]
+    assert result["pooled_dimension"] == pooled_paper_dimension([paper_dimension(g.labels) for g in grids]).dimension
+    assert [f["paper_dimension"] for f in result["frames"]] == [paper_dimension(g.labels).dimension for g in grids]
     # at threshold 1.1 every record (ratio 0.5 or 1.5) keeps its class: the same pooled D
     rows = {r["threshold"]: r["pooled_dimension"] for r in result["robustness"]["thresholds"]}
     assert rows[0.9] == rows[1.0] == rows[1.1] == pytest.approx(result["pooled_dimension"])
     # the paper method's floors at 32² (box sizes 10 .. 31) are poor: a disc far from 1; the report
     # shows them so that a map's pooled D is read against them
     assert result["robustness"]["shuffled"] > result["robustness"]["map"]
-
-
-def test_the_pooled_value_is_paper_modes_statistic_over_the_frames(tmp_path):
-    rng = np.random.default_rng(3)
-    noise = {}
-
-    def noisy(x, y):  # a rough boundary: the same random field in every frame's pixels
-        key = (round(math.log10(x), 9), round(math.log10(y), 9))
-        noise.setdefault(key, rng.random() < 0.5)
-        return noise[key]
-
-    seq_dir = write_known_frames(tmp_path, noisy, frames="0:1", res=24)
-    result = sequence_report.write_sequence_report(seq_dir, tmp_path / "out")["sequence"]
-    grids = [f.grid for f in sequence_report.load_frames(seq_dir, zoom_sequence.read_sequence(seq_dir))]
-    expected = pooled_paper_dimension([paper_dimension(g.labels) for g in grids]).dimension
-    assert result["pooled_dimension"] == pytest.approx(expected)
-    assert [f["paper_dimension"] for f in result["frames"]] == [paper_dimension(g.labels).dimension for g in grids]
 
 
 def test_the_bootstrap_is_fixed_by_its_seed_and_narrows_with_agreeing_frames():
