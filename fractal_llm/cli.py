@@ -10,7 +10,7 @@ COMMANDS = {
     "zoom": ("fractal_llm.zoom_sequence", "a zoom sequence on any sweep: frames on one centre, each half as wide"),
     "refine": ("fractal_llm.refine_sweeps", "adaptive refinement on W&B: create the next level's point-list sweep"),
     "sweep": ("fractal_llm.sweep", "write (`new`) or check (`check`) a grid sweep YAML"),
-    "report": ("fractal_llm.report", "boundary images and fractal dimension of a sweep (W&B or local records)"),
+    "report": ("fractal_llm.report_command", "boundary images and fractal dimension of a sweep (W&B or local records)"),
     "refill": ("fractal_llm.refill", "write a point-list sweep over the points of a map that have no usable run"),
     "make-base": ("fractal_llm.tiny_base", "build the tiny base model of the embedded default"),
     "paper": ("fractal_llm.paper", "reproduce Sohl-Dickstein 2024's fractal boundaries (batched MLP)"),

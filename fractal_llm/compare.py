@@ -10,11 +10,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fractal_llm.fractal import estimate_dimension
-from fractal_llm.grid import Grid, GridError
+from fractal_llm.fractal import dimension_sentence, estimate_dimension
+from fractal_llm.grid import Grid, GridError, axis_index
 from fractal_llm.plots import plot_difference
 from fractal_llm.records import json_safe
-from fractal_llm.report import dimension_sentence
 from fractal_llm.verdict import OUTCOMES
 
 console = Console()
@@ -28,7 +27,8 @@ def same_axes(grid_a: Grid, grid_b: Grid, rtol: float = 1e-6) -> None:
         if name_a != name_b:
             raise GridError(f"compare: {axis} axis is {name_a!r} in one sweep and {name_b!r} in the other; "
                             "only sweeps over the same axes compare")
-        if len(va) != len(vb) or not np.allclose(va, vb, rtol=rtol, atol=0):
+        # The placement rule of the map (grid.axis_index): on a deep zoom frame, values 1e-9 apart differ.
+        if len(va) != len(vb) or any(axis_index(np.asarray(va), v, rtol) != k for k, v in enumerate(vb)):
             raise GridError(f"compare: {axis} axis {name_a!r} has {len(va)} values {va[0]:.3g}…{va[-1]:.3g} in one "
                             f"sweep and {len(vb)} values {vb[0]:.3g}…{vb[-1]:.3g} in the other; the values must match")
 

@@ -63,6 +63,16 @@ class DimensionEstimate:
         return json_safe(asdict(self))
 
 
+def dimension_sentence(fractal: dict) -> str:
+    """One line for a person: `D = 1.234 ± 0.05`, or why there is none (from DimensionEstimate.to_dict())."""
+    d, u = fractal.get("dimension"), fractal.get("uncertainty")
+    if fractal.get("too_coarse"):
+        hint = f" (rough hint: {d:.2f})" if d is not None else ""
+        return f"too coarse to estimate a dimension{hint}: {fractal.get('reason', '')}"
+    unc = f" ± {u:.3f}" if u is not None else ""
+    return f"D = {d:.3f}{unc}"
+
+
 # ----------------------------------------------------------------------------------------------
 # Input checking and edges
 

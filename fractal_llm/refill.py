@@ -3,12 +3,11 @@
 A W&B grid sweep never hands out a point twice, so its holes (no run, a run that crashed, failed, was killed
 or preempted, an error) stay holes. The refill sweep is the first sweep's config with its two axes replaced
 by one `grid_point` list of those points (sweep.py, point-list sweeps); start it with `wandb sweep FILE`
-and report every sweep as one map: `python reports/generate_report.py SWEEP_PATH... NEW_SWEEP_PATH`.
+and report every sweep as one map: `fractal-llm report SWEEP_PATH... NEW_SWEEP_PATH`.
 Points still in flight (pending) are left out unless --include-pending.
 """
 
 import argparse
-import copy
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,10 +15,9 @@ from pathlib import Path
 from rich.console import Console
 
 from fractal_llm.config import check_field_value
-from fractal_llm.grid import Grid, GridError, build_grid, sweep_axes
-from fractal_llm.report import add_api_arguments, api_settings, hole_list
-from fractal_llm.sources import SourceError, load_sources
-from fractal_llm.sweep import POINT_KEY, SweepError, check_sweep, dump_sweep_yaml, load_sweep
+from fractal_llm.grid import Grid, GridError, build_grid, hole_list
+from fractal_llm.sources import SourceError, add_api_arguments, api_settings, load_sources
+from fractal_llm.sweep import SweepError, dump_sweep_yaml, load_sweep, refill_config
 
 
 def hole_points(grid: Grid, include_pending: bool = False) -> list[dict]:
@@ -31,19 +29,6 @@ def hole_points(grid: Grid, include_pending: bool = False) -> list[dict]:
     # check_field_value: an integer axis (num_tokens) gets integers back, not the grid's floats.
     return [{grid.x_name: check_field_value(grid.x_name, x), grid.y_name: check_field_value(grid.y_name, y)}
             for x, y in sorted(holes, key=lambda p: (p[1], p[0]))]
-
-
-def refill_config(sweep_config: dict, points: list[dict], name: str) -> dict:
-    """The sweep over exactly `points`: the parent's config, axes replaced by one grid_point list (checked)."""
-    axes, fixed = sweep_axes(sweep_config)
-    cfg = copy.deepcopy(sweep_config)
-    cfg.pop("run_cap", None)  # the parent's cap says nothing about the refill
-    cfg["name"] = name
-    cfg["description"] = f"refill of {len(points)} points without a usable run"
-    # Fixed values as parsed: a server-side config may hold '1e-4' strings that `sweep check` refuses.
-    cfg["parameters"] = {**{key: {"value": fixed[key]} for key in sorted(fixed)}, POINT_KEY: {"values": points}}
-    check_sweep(cfg, default_name=name)
-    return cfg
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 
 from fractal_llm.grid import GridError, build_grid
-from fractal_llm.refill import refill_config
+from fractal_llm.sweep import refill_config
 from fractal_llm.refine import (DEFAULT_MARGIN, LEVEL0_POINTS, RefineError, RefinePlan, current_level, fill,
                                 points_for_level)
 from fractal_llm.sources import SourceError, wandb_source

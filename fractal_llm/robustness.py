@@ -155,8 +155,9 @@ def _d(row: dict) -> str:
     return f"{_num(row['dimension'])}{unc}{' (too coarse)' if row['too_coarse'] else ''}"
 
 
-def robustness_markdown(rob: dict | None) -> list[str]:
-    """The report.md section of robustness_of's dict."""
+def robustness_markdown(report: dict, shown_dir=None) -> list[str]:
+    """The report.md section of the report's `robustness` (robustness_of); a report.MARKDOWN_SECTIONS entry."""
+    rob = report.get("robustness")
     if not rob:
         return []
     lines = ["## Dynamics or noise", ""]

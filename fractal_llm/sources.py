@@ -10,6 +10,7 @@ other failure stops with the sweep path named.
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -40,6 +41,21 @@ class ApiSettings:
     page_size: int = 500
     retries: int = 5  # attempts after the first, per query
     backoff_s: float = 2.0  # wait before retry k: backoff_s * 2**k (2, 4, 8, 16, 32 s: a minute in all)
+
+
+def add_api_arguments(parser: argparse.ArgumentParser) -> None:
+    """The W&B listing settings (ApiSettings) as arguments: `fractal-llm report` and `fractal-llm refill`."""
+    defaults = ApiSettings()
+    parser.add_argument("--api-timeout", type=int, default=defaults.timeout_s, metavar="SECONDS",
+                        help=f"HTTP timeout of one W&B API request (default {defaults.timeout_s})")
+    parser.add_argument("--page-size", type=int, default=defaults.page_size, metavar="N",
+                        help=f"runs per page of the W&B run listing (default {defaults.page_size})")
+
+
+def api_settings(args, parser: argparse.ArgumentParser) -> ApiSettings:
+    if args.api_timeout < 1 or args.page_size < 1:
+        parser.error(f"--api-timeout={args.api_timeout} and --page-size={args.page_size} must be >= 1")
+    return ApiSettings(timeout_s=args.api_timeout, page_size=args.page_size)
 
 
 class SourceError(ValueError):

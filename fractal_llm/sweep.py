@@ -13,6 +13,7 @@ train-config fields; the two axes are the dict keys, their values the distinct v
 
 import argparse
 import ast
+import copy
 import itertools
 import json
 import math
@@ -244,6 +245,19 @@ def unpack_point(values: dict) -> dict:
                           f"{', '.join(f'{k}={rest[k]!r}' for k in clash)} is given on its own; a parameter is "
                           "either in the point or fixed")
     return {**rest, **point}
+
+
+def refill_config(sweep_config: dict, points: list[dict], name: str) -> dict:
+    """The sweep over exactly `points`: the parent's config, axes replaced by one grid_point list (checked)."""
+    _axes, fixed = parse_parameters(sweep_config.get("parameters"), numeric_strings=True)
+    cfg = copy.deepcopy(sweep_config)
+    cfg.pop("run_cap", None)  # the parent's cap says nothing about the refill
+    cfg["name"] = name
+    cfg["description"] = f"refill of {len(points)} points without a usable run"
+    # Fixed values as parsed: a server-side config may hold '1e-4' strings that `sweep check` refuses.
+    cfg["parameters"] = {**{key: {"value": fixed[key]} for key in sorted(fixed)}, POINT_KEY: {"values": points}}
+    check_sweep(cfg, default_name=name)
+    return cfg
 
 
 def _parse_point_text(text: str) -> dict:

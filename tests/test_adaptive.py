@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from fractal_llm import mlp, report, runner
+from fractal_llm import mlp, report_command, runner
 from fractal_llm.records import RunResult, SUMMARY_KEYS
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, load_sweep, new_sweep
 
@@ -61,8 +61,8 @@ def test_adaptive_run_resumes_and_its_report_equals_the_full_map(tmp_path, disk_
     assert runner.run_adaptive(spec, adaptive, levels=3, margin=1, workers=1, wandb_mode="disabled") == 0
     assert len(disk_trainer) == 5
 
-    a = report.run(["--local", str(full), "--out", str(tmp_path / "r_full"), "--zoom", "0"])
-    b = report.run(["--local", str(adaptive), "--out", str(tmp_path / "r_adaptive"), "--zoom", "0"])
+    a = report_command.run(["--local", str(full), "--out", str(tmp_path / "r_full"), "--zoom", "0"])
+    b = report_command.run(["--local", str(adaptive), "--out", str(tmp_path / "r_adaptive"), "--zoom", "0"])
     assert b["counts"]["inferred"] == N * N - len(ran) and b["runs_used"] == len(ran) and b["points"] == N * N
     assert b["counts"]["missing"] == 0
     assert b["fractal"]["counts"] == a["fractal"]["counts"]  # box counts: the same full-resolution boundary

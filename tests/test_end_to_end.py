@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from fractal_llm import report, runner
+from fractal_llm import report_command, runner
 from fractal_llm.records import SUMMARY_KEYS, read_records
 from fractal_llm.sweep import load_sweep
 
@@ -40,7 +40,7 @@ def test_local_smoke_run_then_report_writes_every_file(tmp_path, tiny_base):
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")} == before
 
     out = tmp_path / "report"
-    result = report.run(["--local", str(runs), "--out", str(out), "--zoom", "1"])
+    result = report_command.run(["--local", str(runs), "--out", str(out), "--zoom", "1"])
     on_disk = json.loads((out / "report.json").read_text())
     assert sum(on_disk["counts"].values()) == 4 and on_disk["counts"]["missing"] == 0
     assert on_disk["counts"] == result["counts"]

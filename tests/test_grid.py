@@ -201,3 +201,39 @@ def test_a_run_records_the_base_model_it_loaded(tiny_base):
     from fractal_llm.train import train
     result = train(TrainConfig(matrix_lr=0.01, max_seq_len=192, device_batch_size=2, num_iterations=2))
     assert base_model_of(record_from_result(result, "x")) == f"tiny:{tiny_base.name}"
+
+
+def test_a_deep_frame_places_every_run_in_its_own_cell():
+    """Neighbouring axis values 1e-9 apart (relative), far closer than the 1e-6 tolerance: each run still
+    lands at its nearest value, and a run halfway between two values is not placed."""
+    xs = [0.3 * (1 + k * 1e-9) for k in range(8)]
+    ys = [2e-3 * (1 + k * 1e-9) for k in range(6)]
+    truth = np.array([[i + j < 7 for j in range(8)] for i in range(6)])
+    records = [record(x, y, "trainable" if truth[i, j] else "not_trainable", score=float(10 * i + j))
+               for i, y in enumerate(ys) for j, x in enumerate(xs)]
+    random.Random(1).shuffle(records)
+    grid = build_grid(sweep_config(xs=xs, ys=ys), records)
+    assert grid.counts["missing"] == 0 and grid.skipped == []
+    assert np.array_equal(grid.labels, truth.astype(float))
+    assert all(grid.scores[i, j] == 10 * i + j for i in range(6) for j in range(8))
+    between = build_grid(sweep_config(xs=xs, ys=ys), [record(0.5 * (xs[2] + xs[3]), ys[0])])
+    assert len(between.skipped) == 1 and between.counts["missing"] == 48
+
+
+def test_an_adaptive_maps_trainable_fraction_counts_its_inferred_pixels():
+    """The runs of an adaptive map crowd the boundary; the map's fraction counts every pixel by its class."""
+    from fractal_llm.grid import apply_refinement
+    from fractal_llm.refine import RefinePlan, refine
+    n = 33
+    xs, ys = [10.0 ** (k / 8) for k in range(n)], [10.0 ** (-k / 8) for k in range(n)]
+    u, v = np.meshgrid(np.arange(n), np.arange(n))
+    truth = (u - 16) ** 2 + (v - 16) ** 2 < 12 ** 2  # a disk: trainable inside
+    known = refine(RefinePlan((n, n), levels=2, margin=1),
+                   lambda points: {p: "trainable" if truth[p] else "not_trainable" for p in points})
+    records = [record(xs[j], ys[i], verdict) for (i, j), verdict in known.items()]
+    grid = build_grid(sweep_config(xs=xs, ys=ys), records)
+    apply_refinement(grid, levels=2, margin=1)
+    assert grid.counts["inferred"] > 0 and np.array_equal(grid.labels, truth.astype(float))
+    assert grid.trainable_fraction() == pytest.approx(truth.mean())
+    ran = np.array([truth[p] for p in known])
+    assert grid.run_trainable_fraction() == pytest.approx(ran.mean()) != pytest.approx(truth.mean())

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from test_sources import Calls, FakeApi, FakeRun
 
-from fractal_llm import refine_sweeps, report
+from fractal_llm import refine_sweeps, report_command
 from fractal_llm.fractal import estimate_dimension
 from fractal_llm.sweep import AxisArg, check_sweep, dump_sweep_yaml, expand_grid, new_sweep
 
@@ -75,7 +75,7 @@ def test_levels_are_created_from_the_runs_so_far_until_nothing_is_left(tmp_path,
     assert len(ran) == len(set(ran)) < N * N  # no point twice, fewer than the full lattice
     assert len(created) == 3  # levels 0, 1, 2
 
-    result = report.run(["--lattice", str(full), *paths, "--out", str(tmp_path / "report"), "--zoom", "0"], api=api)
+    result = report_command.run(["--lattice", str(full), *paths, "--out", str(tmp_path / "report"), "--zoom", "0"], api=api)
     assert result["points"] == N * N and result["runs_used"] == len(ran)
     assert result["counts"]["inferred"] == N * N - len(ran) and result["counts"]["missing"] == 0
     truth = np.array([[disk(x, y) for x in result["axes"]["values"][0]] for y in result["axes"]["values"][1]])

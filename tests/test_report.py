@@ -10,7 +10,8 @@ from fractal_llm.grid import GridError, build_grid, grid_from_arrays
 from fractal_llm.verdict import from_trainable
 from fractal_llm.records import RunRecord, error_summary, point_name, write_record
 from fractal_llm.compare import compare_reports
-from fractal_llm.report import main, run, write_report
+from fractal_llm.report import write_report
+from fractal_llm.report_command import main, run
 from fractal_llm.sources import local_source
 from fractal_llm.sweep import MODULE_COMMAND, axis_values, dump_sweep_yaml, load_sweep
 from fractal_llm.verdict import summarize_losses
@@ -89,6 +90,27 @@ def test_report_numbers_match_the_grid(tmp_path):
     assert report["zoom"] == [] and not (tmp_path / "out" / "zoom").exists()
 
 
+def test_an_adaptive_report_gives_the_maps_trainable_fraction_and_the_runs_apart(tmp_path):
+    from fractal_llm.grid import apply_refinement
+    from fractal_llm.refine import RefinePlan, refine
+    n = 17
+    sweep_dir = write_local_sweep(tmp_path / "full", n=n)
+    cfg, records = local_source(sweep_dir)
+    full = build_grid(cfg, records)
+    truth = full.verdicts
+    known = refine(RefinePlan((n, n), levels=1, margin=0), lambda points: {p: truth[p] for p in points})
+    ran = [records[full.record_index[p]] for p in known]
+    grid = build_grid(cfg, ran)
+    apply_refinement(grid, levels=1, margin=0)
+    assert grid.counts["inferred"] > 0 and np.array_equal(grid.labels, full.labels)
+    report = write_report(grid, tmp_path / "out", title="adaptive", sweep_config=cfg, zoom_k=0)
+    assert report["trainable_fraction"] == pytest.approx(full.trainable_fraction())
+    runs = report["trainable_fraction_of_runs"]
+    assert runs == pytest.approx(grid.counts["trainable"] / len(ran)) != pytest.approx(report["trainable_fraction"])
+    assert f"among the points that ran: {runs:.1%}" in (tmp_path / "out" / "report.md").read_text()
+    assert "trainable_fraction_of_runs" not in write_report(full, tmp_path / "full_out", title="full", zoom_k=0)
+
+
 def test_large_array_grid_reports_a_dimension(tmp_path):
     """Paper mode: arrays, no records, no sweep config; above the pcolormesh size (imshow path)."""
     n = 300
@@ -138,6 +160,19 @@ def test_compare_two_local_sweeps(tmp_path):
         compare_reports(a, other_axes, tmp_path / "bad")
 
 
+def test_compare_tells_two_deep_frames_apart(tmp_path):
+    """Axis values 1e-9 apart (relative): a frame shifted by one value is not the same axes."""
+    values = [0.3 * (1 + k * 1e-9) for k in range(9)]
+    trainable = np.tri(8, dtype=bool)
+    a = grid_from_arrays("matrix_lr", "unembedding_lr", values[:8], values[:8], from_trainable(trainable),
+                         np.where(trainable, -1.0, 1.0))
+    shifted = grid_from_arrays("matrix_lr", "unembedding_lr", values[1:], values[:8], from_trainable(trainable),
+                               np.where(trainable, -1.0, 1.0))
+    assert compare_reports(a, a, tmp_path / "same")["delta_trainable_fraction"] == 0
+    with pytest.raises(GridError, match="the values must match"):
+        compare_reports(a, shifted, tmp_path / "shifted")
+
+
 def test_cli_compare_local(tmp_path):
     a = write_local_sweep(tmp_path / "a", n=8, name="a")
     b = write_local_sweep(tmp_path / "b", n=8, shift=0.2, name="b")
@@ -146,9 +181,7 @@ def test_cli_compare_local(tmp_path):
     assert (tmp_path / "out" / "compare" / "compare.md").is_file()
 
 
-def test_wandb_summary_run_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+def test_wandb_summary_run_offline(tmp_path, offline_wandb):
     sweep_dir = write_local_sweep(tmp_path / "sweep", n=8)
     run(["--local", str(sweep_dir), "--out", str(tmp_path / "out"), "--zoom", "0", "--wandb"])
     offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))
@@ -161,6 +194,13 @@ def test_no_source_is_a_usage_error(capsys):
     assert "at least one source" in capsys.readouterr().err
 
 
+def test_the_command_names_itself_fractal_llm_report(capsys):
+    from fractal_llm.cli import main as cli_main
+    with pytest.raises(SystemExit):
+        cli_main(["report", "--help"])
+    assert capsys.readouterr().out.startswith("usage: fractal-llm report")
+
+
 def test_default_out_dir_is_reports_out_name(tmp_path, monkeypatch):
     sweep_dir = write_local_sweep(tmp_path / "sweep", n=6, name="tiny-sweep")
     monkeypatch.chdir(tmp_path)
@@ -168,36 +208,77 @@ def test_default_out_dir_is_reports_out_name(tmp_path, monkeypatch):
     assert (tmp_path / "reports" / "out" / "tiny-sweep" / "report.json").is_file()
 
 
-def test_wandb_summary_run_content(tmp_path, monkeypatch):
-    """What the summary run logs: every image, a table of all points, D and counts in the summary."""
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """The real wandb client, offline, writing only under tmp_path; yields the artifacts runs log."""
     import wandb
 
-    logged, inits = {}, {}
+    for key, sub in (("WANDB_DIR", ""), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"),
+                     ("WANDB_ARTIFACT_DIR", "artifacts"), ("WANDB_CONFIG_DIR", "config")):
+        monkeypatch.setenv(key, str(tmp_path / sub))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logged = []
+    real = wandb.sdk.wandb_run.Run.log_artifact
 
-    class RecordingRun:
-        path, dir = "ent/proj/abc", str(tmp_path)
-        summary: dict = {}
+    def log_artifact(self, artifact, *args, **kwargs):
+        logged.append(artifact)
+        return real(self, artifact, *args, **kwargs)
 
-        def log(self, data):
-            logged.update(data)
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log_artifact", log_artifact)
+    wandb.teardown()  # wandb reads its directories once per process setup: start one for this test's
+    yield logged
+    wandb.teardown()
 
-        def finish(self):
-            logged["finished"] = True
 
-    def fake_init(**kwargs):
-        inits.update(kwargs)
-        return RecordingRun()
+def table_rows(artifact) -> dict:
+    """The points table as it lies in the artifact (columns and rows of its JSON file)."""
+    return json.loads(Path(artifact.manifest.entries["points.table.json"].local_path).read_text())
 
-    monkeypatch.setattr(wandb, "init", fake_init)
-    sweep_dir = write_local_sweep(tmp_path / "sweep", n=6, name="tagged")
+
+def offline_run_files(tmp_path) -> list[Path]:
+    return list((tmp_path / "wandb").glob("offline-run-*/*.wandb"))
+
+
+def test_wandb_report_is_an_artifact_with_the_directory_and_every_point(tmp_path, offline_wandb):
+    sweep_dir = write_local_sweep(tmp_path / "sweep", n=6, name="tagged", missing={(0, 0)})
     report = run(["--local", str(sweep_dir), "--out", str(tmp_path / "out"), "--zoom", "0", "--wandb",
                   "--wandb-project", "proj"])
-    assert inits["job_type"] == "report" and inits["project"] == "proj" and inits["tags"] == ["tagged"]
-    assert {f"report/{name}" for name in report["images"]} <= set(logged)
-    assert isinstance(logged["report/overview"], wandb.Image)
-    assert len(logged["report/points"].data) == 36 and logged["finished"]
-    assert RecordingRun.summary["counts/trainable"] == report["counts"]["trainable"]
-    assert "fractal/dimension" in RecordingRun.summary
+    (artifact,) = offline_wandb
+    assert artifact.type == "report" and artifact.name.startswith("report-tagged")
+    entries = set(artifact.manifest.entries)
+    assert {"report.md", "report.json", *(f"{name}.png" for name in report["images"])} <= entries
+    table = table_rows(artifact)
+    assert table["columns"] == ["matrix_lr", "unembedding_lr", "verdict", "score", "final_loss", "run_id", "run"]
+    assert len(table["data"]) == 36 and sum(row[2] == "missing" for row in table["data"]) == 1
+    assert len(offline_run_files(tmp_path)) == 1  # one report run
+
+
+def test_a_table_of_16384_points_goes_into_the_artifact_whole(tmp_path, offline_wandb):
+    """run.log cut a wandb.Table at 10,000 rows: a 128x128 map came out with 10,000 of its 16,384."""
+    from fractal_llm.report_command import WandbReport
+    from fractal_llm.sources import Loaded
+    n = 128
+    u, v = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
+    trainable = v < 0.5 + 0.2 * np.sin(7 * u)
+    grid = grid_from_arrays("lr_input", "lr_output", np.logspace(-2, 2, n), np.logspace(-2, 2, n),
+                            from_trainable(trainable), np.where(trainable, -1.0, 1.0), name="big")
+    report = write_report(grid, tmp_path / "out", title="big", zoom_k=0)
+    wandb_report = WandbReport(Loaded({}, [], lambda record: {}, "big"), project="proj")
+    artifact = wandb_report.log(report, tmp_path / "out", grid)
+    wandb_report.finish()
+    rows = table_rows(artifact)["data"]
+    assert len(rows) == n * n and sum(row[2] == "trainable" for row in rows) == int(trainable.sum())
+
+
+def test_a_map_above_the_artifact_table_limit_goes_in_as_a_whole_csv(tmp_path, offline_wandb, monkeypatch):
+    import wandb
+    monkeypatch.setattr(wandb.Table, "MAX_ARTIFACT_ROWS", 20)  # the real one is 200,000 (wandb 0.31)
+    sweep_dir = write_local_sweep(tmp_path / "sweep", n=6, name="csv")
+    run(["--local", str(sweep_dir), "--out", str(tmp_path / "out"), "--zoom", "0", "--wandb"])
+    (artifact,) = offline_wandb
+    assert "points.table.json" not in artifact.manifest.entries
+    lines = Path(artifact.manifest.entries["points.csv"].local_path).read_text().splitlines()
+    assert lines[0] == "matrix_lr,unembedding_lr,verdict,score,final_loss,run_id,run" and len(lines) == 1 + 36
 
 
 def test_bad_local_dir_is_a_clean_error(tmp_path, capsys):

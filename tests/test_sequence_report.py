@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fractal_llm import report, sequence_report, zoom_sequence
+from fractal_llm import report_command, sequence_report, zoom_sequence
 from fractal_llm.fractal import paper_dimension, pooled_paper_dimension
 from fractal_llm.records import RunRecord, record_name, write_record
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, load_sweep, new_sweep
@@ -26,7 +26,7 @@ def test_a_small_mlp_sequence_reports_every_frame_the_pooled_d_its_interval_and_
     common = [str(parent(tmp_path)), "--centre", "1,22", "--res", "24", "--out", str(seq_dir), "--workers", "1"]
     assert zoom_sequence.main([*common, "--frames", "0:3", "--write-only"]) == 0
     assert zoom_sequence.main([*common, "--frames", "0:2"]) == 0  # frame 3 stays without records
-    assert report.main(["--sequence", str(seq_dir), "--out", str(out)]) == 0
+    assert report_command.main(["--sequence", str(seq_dir), "--out", str(out)]) == 0
     result = json.loads((out / "report.json").read_text())["sequence"]
     frames = {f["index"]: f for f in result["frames"]}
     assert sorted(frames) == [0, 1, 2, 3] and result["pending"] == [3]

@@ -11,11 +11,12 @@ import yaml
 from fractal_llm.grid import build_grid
 from fractal_llm.plots import boundary_pairs
 from fractal_llm.records import RunRecord, file_name, record_name, write_record
-from fractal_llm.report import main as run_main
-from fractal_llm.report import run as run_report
+from fractal_llm.report_command import main as run_main
+from fractal_llm.report_command import run as run_report
 from fractal_llm.report import write_report
 from fractal_llm.sources import ApiSettings, SourceError, local_source, parse_timestamp, wandb_source
 from fractal_llm.sweep import MODULE_COMMAND, axis_values
+from test_report import offline_wandb, table_rows  # noqa: F401  (a fixture, used by name)
 
 N = 64
 STEPS = 30
@@ -132,10 +133,12 @@ def test_64x64_sweep_costs_a_handful_of_calls_and_no_history():
     api = FakeApi(cfg, {"sw123": fake_runs(calls, cfg)}, calls)
     sweep_config, records, history_of = wandb_source("ent/proj/sw123", api=api)
     assert len(records) == N * N
-    assert calls.sweep == 1 and calls.pages == 9 and calls.history == 0  # 4096 runs / 500 per page
+    # One sweep query and one listing (non-lazy: config and summary come with each page) at the settings'
+    # page size, read through once; no history.
+    assert calls.sweep == 1 and len(calls.runs_kwargs) == 1 and calls.history == 0
     kwargs = calls.runs_kwargs[0]
     assert kwargs["path"] == "ent/proj" and kwargs["filters"] == {"sweep": "sw123"}
-    assert kwargs["lazy"] is False and kwargs["per_page"] == 500
+    assert kwargs["lazy"] is False and kwargs["per_page"] == ApiSettings().page_size
     first = records[0]
     assert first.source == "wandb" and first.history is None and first.path == "ent/proj/r0000"
     assert first.name == "matrix_lr=0.0001,unembedding_lr=1e-05"
@@ -183,6 +186,7 @@ def test_run_states_pending_and_holes_named_in_the_report(tmp_path):
         assert f"| missing | {state} | `e/p/{run.id}` |" in text
     # A W&B grid never hands a point out again: the report says how to refill, not "a re-run retries them".
     assert "fractal-llm refill e/p/s -o refill.yaml" in text and "re-run" not in text
+    assert "`fractal-llm report e/p/s NEW_SWEEP_PATH`" in text and "generate_report" not in text
 
 
 def test_bad_sweep_path():
@@ -298,7 +302,9 @@ def test_api_timeout_and_page_size_are_settings_passed_to_wandb(tmp_path, monkey
     run_report(["e/p/s", "--out", str(tmp_path / "b"), "--zoom", "0"])
     defaults = ApiSettings()
     assert made[-1] == {"timeout": defaults.timeout_s} and calls.runs_kwargs[-1]["per_page"] == defaults.page_size
-    assert 4096 / defaults.page_size <= 10  # a 4096-run sweep stays a handful of pages
+    with pytest.raises(SystemExit):
+        run_report(["e/p/s", "--out", str(tmp_path / "c"), "--page-size", "0"])
+    assert len(made) == 2  # a bad setting stops before any query
 
 
 # ---------------------------------------------------------------- a bad record file
@@ -337,7 +343,7 @@ def iso(moment) -> str:
 
 def test_watch_pulls_only_changed_runs_and_ctrl_c_keeps_the_last_report(tmp_path, monkeypatch, capsys):
     from datetime import datetime, timedelta, timezone
-    from fractal_llm import report as report_module
+    from fractal_llm import report_command as report_module
     calls = Calls()
     cfg = fake_sweep_config(4)
     runs = fake_runs(calls, cfg)
@@ -377,7 +383,7 @@ def test_watch_pulls_only_changed_runs_and_ctrl_c_keeps_the_last_report(tmp_path
 
 
 def test_watch_ctrl_c_while_writing_leaves_the_previous_report_whole(tmp_path, monkeypatch):
-    from fractal_llm import report as report_module
+    from fractal_llm import report_command as report_module
     calls = Calls()
     cfg = fake_sweep_config(4)
     api = FakeApi(cfg, {"s": fake_runs(calls, cfg)}, calls)
@@ -402,6 +408,36 @@ def test_watch_ctrl_c_while_writing_leaves_the_previous_report_whole(tmp_path, m
     # The report names the files where they ended up, never the staging directory.
     assert first["zoom"] and all(Path(box["yaml_path"]).parent == out / "zoom" for box in first["zoom"])
     assert str(writes[0]) not in (out / "report.md").read_text()
+
+
+def test_watch_with_wandb_logs_one_run_and_a_report_version_when_points_finished(tmp_path, monkeypatch,
+                                                                                offline_wandb):
+    from datetime import datetime, timedelta, timezone
+    from fractal_llm import report_command
+    calls = Calls()
+    cfg = fake_sweep_config(4)
+    runs = fake_runs(calls, cfg)
+    for run in runs[12:]:
+        run.state, run.summary_metrics = "running", {}
+    done = dict(runs[0].summary_metrics)
+    ticks = []
+
+    def tick(seconds):  # between the first and the second refresh two runs finish; then nothing changes
+        ticks.append(seconds)
+        if len(ticks) == 1:
+            for run in runs[12:14]:
+                run.state, run.summary_metrics = "finished", done
+                run._updated_at = iso(datetime.now(timezone.utc) + timedelta(seconds=1))
+
+    monkeypatch.setattr(report_command.time, "sleep", tick)
+    report = run_report(["e/p/s", "--out", str(tmp_path / "live"), "--zoom", "0", "--watch", "5", "--wandb"],
+                        api=FakeApi(cfg, {"s": runs}, calls), refreshes=3)
+    assert report["counts"]["pending"] == 2 and len(ticks) == 2
+    assert [a.type for a in offline_wandb] == ["report", "report"]  # refreshes 1 and 2; 3 changed nothing
+    rows = table_rows(offline_wandb[-1])["data"]
+    assert sorted(row[5] for row in rows) == sorted(run.id for run in runs)  # the run id of every point
+    assert sum(row[2] == "pending" for row in rows) == 2
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1  # one run for the whole session
 
 
 def test_watch_refuses_a_directory_that_is_not_a_report(tmp_path, capsys):

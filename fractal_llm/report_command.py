@@ -1,0 +1,308 @@
+"""`fractal-llm report`: read the sources, write the report (report.py), compare, log it to W&B, --watch.
+
+    fractal-llm report ENTITY/PROJECT/SWEEP_ID [...] [--local DIR ...] [--out DIR] [--zoom K] [--zoom-res N]
+        [--compare E/P/ID | --compare-local DIR] [--wandb] [--watch [SECONDS]]
+
+Several sources merge into one map: the first one's sweep defines it, the others' runs are placed on it by
+value (a refill sweep's points are points of its parent). reports/generate_report.py runs the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from fractal_llm import paths
+from fractal_llm.compare import compare_reports
+from fractal_llm.grid import Grid, GridError, apply_refinement, build_grid
+from fractal_llm.refine_sweeps import STATE
+from fractal_llm.report import point_table, print_summary, write_report
+from fractal_llm.sources import (Loaded, SourceError, SourcePoller, add_api_arguments, api_settings,
+                                 load_sources)
+from fractal_llm.sweep import load_sweep
+from fractal_llm.verdict import OUTCOMES
+
+DEFAULT_WATCH_S = 60.0  # --watch without SECONDS: a 4096-run sweep of minute-long runs changes every few s
+console = Console()
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fractal-llm report",
+                                     description="Boundary images and fractal dimension of a sweep's map "
+                                                 "(W&B sweeps and/or local runner directories).")
+    parser.add_argument("sweeps", nargs="*", metavar="ENTITY/PROJECT/SWEEP_ID",
+                        help="W&B sweeps, merged into one map: the first one's sweep defines it (give the "
+                             "original sweep first, then its refill sweeps)")
+    parser.add_argument("--local", action="append", default=[], metavar="DIR",
+                        help="local runner directory (sweep.yaml + records); repeatable, merged")
+    parser.add_argument("--out", help="output directory (default reports/out/<sweep name>)")
+    parser.add_argument("--title", help="report title (default: the sweep name)")
+    parser.add_argument("--zoom", type=int, default=3, metavar="K", help="zoom boxes to propose (0: none)")
+    parser.add_argument("--zoom-res", type=int, default=16, metavar="N", help="points per axis of a zoom sweep")
+    parser.add_argument("--compare", action="append", default=[], metavar="ENTITY/PROJECT/SWEEP_ID",
+                        help="second sweep over the same axes to compare with")
+    parser.add_argument("--compare-local", action="append", default=[], metavar="DIR",
+                        help="second sweep as a local directory")
+    parser.add_argument("--labels", nargs=2, metavar=("A", "B"), help="names of the two sweeps in a comparison")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log the report to W&B: a run (job_type report) with the report directory and "
+                             "the table of points as an artifact of type `report`")
+    parser.add_argument("--lattice", metavar="FILE",
+                        help="the full-resolution sweep YAML whose axes define the map (for `fractal-llm refine` "
+                             "level sweeps, which list only their own points)")
+    parser.add_argument("--allow-mixed-base", action="store_true",
+                        help="draw runs of different base models (e.g. two versions of a `latest` artifact) as one map")
+    parser.add_argument("--wandb-project", help="project of the report run (default: the sweep's)")
+    parser.add_argument("--watch", type=float, nargs="?", const=DEFAULT_WATCH_S, metavar="SECONDS",
+                        help=f"re-pull every SECONDS (default {DEFAULT_WATCH_S:g}) and rewrite the report until "
+                             "Ctrl-C; W&B sweeps: only runs updated since the last pull; with --wandb, a new "
+                             "version of the report artifact whenever a point finished")
+    parser.add_argument("--sequence", metavar="DIR", help="one report over a `fractal-llm zoom` directory "
+                                                          "(fractal_llm/sequence_report.py; with --out only)")
+    add_api_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `fractal-llm report` and reports/generate_report.py: 0 on success, 2 on bad input
+    (a bad source, a run that does not fit the grid, sweeps that do not compare), with the message only."""
+    if argv and "--sequence" in argv:  # one report over a `fractal-llm zoom` sequence
+        from fractal_llm.sequence_report import main as sequence_main
+        return sequence_main(argv)
+    try:
+        run(argv)
+    except (SourceError, GridError, FileNotFoundError) as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        return 2
+    return 0
+
+
+def run(argv: list[str] | None = None, api=None, refreshes: int | None = None) -> dict:
+    """Parse argv, read the sources, write the report (and comparison, W&B run); return the report dict.
+    `api` replaces wandb.Api() (tests pass a fake); `refreshes` ends --watch after that many (tests)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.sweeps and not args.local:
+        parser.error("give at least one source: ENTITY/PROJECT/SWEEP_ID or --local DIR")
+    if args.zoom < 0 or args.zoom_res < 2:
+        parser.error(f"--zoom={args.zoom} must be >= 0 and --zoom-res={args.zoom_res} >= 2")
+    if args.watch is not None and (args.watch <= 0 or args.compare or args.compare_local):
+        parser.error(f"--watch={args.watch:g}: must be > 0 seconds, and draws one map: use --compare and "
+                     "--compare-local without it")
+    poller = SourcePoller(args.sweeps, args.local, api=api, settings=api_settings(args, parser), console=console)
+    if args.watch is not None:
+        return watch(args, poller, refreshes)
+    loaded = poller.pull()
+    out_dir = Path(args.out) if args.out else Path("reports") / "out" / loaded.name
+    grid, report = report_of(args, loaded, out_dir)
+    print_summary(report, out_dir)
+    if args.compare or args.compare_local:
+        other = load_sources(args.compare, args.compare_local, api=poller.api, settings=poller.settings)
+        grid_b = build_grid(other.sweep_config, other.records)
+        grid_b.name = other.name
+        labels = tuple(args.labels) if args.labels else (loaded.name, other.name)
+        if labels[0] == labels[1]:
+            labels = (f"{labels[0]} (a)", f"{labels[1]} (b)")
+        report["compare"] = compare_reports(grid, grid_b, out_dir / "compare", labels)
+    if args.wandb:
+        wandb_report = WandbReport(loaded, project=args.wandb_project)
+        wandb_report.log(report, out_dir, grid)
+        console.print(f"W&B report run: {wandb_report.finish()}", soft_wrap=True)
+    return report
+
+
+def report_of(args, loaded: Loaded, write_dir: Path, shown_dir: Path | None = None) -> tuple[Grid, dict]:
+    sweep_config = load_sweep(args.lattice).raw if args.lattice else loaded.sweep_config
+    grid = build_grid(sweep_config, loaded.records, allow_mixed_base=args.allow_mixed_base)
+    grid.name = loaded.name
+    refinement = loaded.refinement or wandb_refinement(loaded.sweep_config)
+    if refinement:
+        apply_refinement(grid, refinement["levels"], refinement["margin"])
+    report = write_report(grid, write_dir, title=args.title or f"Trainability report: {loaded.name}",
+                          sweep_config=sweep_config, history_of=loaded.history_of, zoom_k=args.zoom,
+                          zoom_resolution=args.zoom_res, extra={"sources": loaded.sources}, shown_dir=shown_dir,
+                          refill_hint=refill_hint(args.sweeps))
+    return grid, report
+
+
+def wandb_refinement(sweep_config: dict) -> dict | None:
+    """The levels and margin of a `fractal-llm refine` level sweep (from its description), or None."""
+    match = STATE.search(str(sweep_config.get("description") or ""))
+    return {"levels": int(match.group(2)), "margin": int(match.group(3))} if match else None
+
+
+def refill_hint(sweep_paths: list[str]) -> str:
+    """How the holes get runs. A W&B grid never hands out a point twice, so a re-run does nothing there."""
+    if not sweep_paths:
+        return ""
+    joined = " ".join(sweep_paths)
+    return (f"`fractal-llm refill {joined} -o refill.yaml` writes a sweep of exactly these points; start it "
+            f"(`wandb sweep refill.yaml`, then `fractal-llm agents NEW_SWEEP_PATH`) and report all of them "
+            f"as one map with `fractal-llm report {joined} NEW_SWEEP_PATH`")
+
+
+# ---------------------------------------------------------------- the report in W&B
+
+
+class WandbReport:
+    """The report's W&B run (job_type "report"), one per command: a --watch session is one run, whose
+    artifact gets a new version at each refresh where a point finished.
+
+    Each log puts the report directory and the table of points (with the run id that decided each point) in
+    an artifact of type `report`, the images in the run's media, D and the counts in its summary. The table
+    goes in the artifact, not through run.log: run.log cuts a wandb.Table at 10,000 rows (a 128x128 map came
+    out with 10,000 of its 16,384), an artifact at wandb.Table.MAX_ARTIFACT_ROWS = 200,000 (measured with
+    wandb 0.31 offline: a 250,000-row table came back with 200,000 and a warning). A bigger map's points go
+    in as points.csv instead, whole."""
+
+    def __init__(self, loaded: Loaded, project: str | None = None, mode: str | None = None):
+        import wandb
+
+        self.name = loaded.name or loaded.sweep_id or "local"
+        self.mode = mode
+        self.run = wandb.init(project=project or loaded.project or "fractal-llm", entity=loaded.entity or None,
+                              job_type="report", tags=[loaded.sweep_id or self.name], name=f"report-{self.name}",
+                              mode=mode, config={"sources": loaded.sources, "sweep_id": loaded.sweep_id})
+        self.logged_finished: int | None = None
+
+    def log(self, report: dict, out_dir: Path, grid: Grid):
+        """Log this refresh's report; returns the artifact."""
+        import wandb
+
+        self.run.config.update({"axes": report["axes"]["names"], "fixed": report["fixed"]}, allow_val_change=True)
+        fractal = report["fractal"]
+        artifact = wandb.Artifact(artifact_name(self.name), type="report", description=report["title"],
+                                  metadata={"counts": report["counts"], "dimension": fractal["dimension"],
+                                            "trainable_fraction": report["trainable_fraction"]})
+        artifact.add_dir(str(out_dir))
+        table = points_table(grid)
+        if len(table.data) <= wandb.Table.MAX_ARTIFACT_ROWS:
+            artifact.add(table, "points")
+        else:
+            with artifact.new_file("points.csv") as f:
+                f.write(",".join(table.columns) + "\n")
+                f.writelines(",".join("" if v is None else str(v) for v in row) + "\n" for row in table.data)
+        self.run.log_artifact(artifact)
+        self.run.log({f"report/{name}": wandb.Image(str(out_dir / file)) for name, file in report["images"].items()})
+        self.run.summary.update({"fractal/dimension": fractal["dimension"],
+                                 "fractal/uncertainty": fractal["uncertainty"],
+                                 "fractal/too_coarse": fractal["too_coarse"],
+                                 "trainable_fraction": report["trainable_fraction"],
+                                 **{f"counts/{k}": v for k, v in report["counts"].items()}})
+        self.logged_finished = finished_points(grid)
+        return artifact
+
+    def finish(self) -> str:
+        """End the run; returns where it is (with the `wandb sync` hint when offline)."""
+        where = str(self.run.path)
+        if (self.mode or os.environ.get("WANDB_MODE")) == "offline":
+            where += f" (offline in {Path(self.run.dir).parent}; upload with `wandb sync`)"
+        self.run.finish()
+        return where
+
+
+def artifact_name(name: str) -> str:
+    """W&B artifact names take letters, digits, '-', '_' and '.'."""
+    return "report-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def points_table(grid: Grid):
+    """Every point of the map as a wandb.Table (report.point_table's columns; NaN written as None)."""
+    import wandb
+
+    table = point_table(grid)
+    columns = [grid.x_name, grid.y_name, "verdict", "score", "final_loss", "run_id", "run"]
+    rows = zip(table["x"], table["y"], table["verdict"], map(_float, table["score"]),
+               map(_float, table["final_loss"]), table["run_id"], table["run"])
+    return wandb.Table(columns=columns, data=[list(row) for row in rows])
+
+
+def _float(x) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+# ---------------------------------------------------------------- --watch
+
+
+def watch(args, poller: SourcePoller, refreshes: int | None = None) -> dict:
+    """Re-pull, rewrite the report directory whole (staging dir + paths.replace_dir), print one line; again
+    every args.watch seconds until Ctrl-C, which leaves the last complete report in place. With --wandb, one
+    report run for the whole session, logged at the first refresh and whenever a point finished since."""
+    report, out_dir, staging, seen, wandb_report = {}, None, None, [], None
+    try:
+        while True:
+            loaded = poller.pull()
+            if out_dir is None:
+                out_dir = Path(args.out) if args.out else Path("reports") / "out" / loaded.name
+                check_watch_dir(out_dir)
+                staging = out_dir.with_name(f".{out_dir.name}.staging-{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            grid, report = report_of(args, loaded, staging, shown_dir=out_dir)
+            paths.replace_dir(staging, out_dir)
+            seen.append((time.monotonic(), finished_points(grid)))
+            console.print(progress_line(grid, seen, loaded), highlight=False, soft_wrap=True)
+            if args.wandb:
+                wandb_report = wandb_report or WandbReport(loaded, project=args.wandb_project)
+                if wandb_report.logged_finished != seen[-1][1]:
+                    wandb_report.log(report, out_dir, grid)
+            if refreshes is not None and len(seen) >= refreshes:
+                return report
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        where = f" in {out_dir}" if out_dir is not None else ""
+        console.print(f"\nstopped; the last complete report is{where}", highlight=False, soft_wrap=True)
+        return report
+    finally:
+        if wandb_report is not None:
+            console.print(f"W&B report run: {wandb_report.finish()}", highlight=False, soft_wrap=True)
+
+
+def check_watch_dir(out_dir: Path) -> None:
+    """--watch replaces the whole directory each refresh: never one that holds anything but a report."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
+        raise SourceError(f"--out {out_dir}: holds files but no report.json; --watch replaces the whole "
+                          "directory at each refresh, so give it a new or a report directory")
+
+
+def finished_points(grid: Grid) -> int:
+    """Points whose run is over (a result, an error, a run that ended without a verdict)."""
+    has_run = grid.record_index >= 0
+    return int(np.count_nonzero(has_run & (grid.verdicts != "pending")))
+
+
+def progress_line(grid: Grid, seen: list[tuple[float, int]], loaded: Loaded) -> str:
+    """One refresh: counts per outcome, the runs pulled, and the ETA from the finish rate since the first
+    refresh (points still to go: pending ones and those with no run yet)."""
+    counts = "  ".join(f"{outcome} {grid.counts[outcome]}" for outcome in OUTCOMES)
+    finished = seen[-1][1]
+    to_go = int(grid.labels.size) - finished
+    elapsed = seen[-1][0] - seen[0][0]
+    rate = (finished - seen[0][1]) / elapsed if elapsed > 0 else 0.0
+    if to_go == 0:
+        eta = "done"
+    elif rate > 0:
+        eta = f"ETA {_duration(to_go / rate)} ({rate * 60:.1f} points/min)"
+    else:
+        eta = "ETA n/a (no point finished since the first refresh)"
+    pulled = f"{loaded.changed} runs pulled ({'all' if loaded.full_pull else 'updated since the last pull'})"
+    return (f"{datetime.now().strftime('%H:%M:%S')}  {counts}  |  {finished}/{grid.labels.size} finished, "
+            f"{eta}  |  {pulled}")
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{max(minutes, 1)} min"
