@@ -5,6 +5,8 @@ span of a log axis, the linear span of a linear one), as Sohl-Dickstein's zoom s
 Each frame is written as a sweep YAML (DIR/frame_KK.yaml: the parent's fixed values, two axes of N values)
 and run locally into DIR/frame_KK/, by default with adaptive refinement; a re-run resumes. DIR/sequence.yaml
 records the sequence (parent, centre, frames, resolution), which `fractal-llm report --sequence DIR` reads.
+With --wandb each frame's level 0 is created as a W&B point-list sweep instead (as `fractal-llm refine`), and
+the `fractal-llm agents` line of each is printed. Frames float64 cannot place are refused (float64_problem).
 """
 
 from __future__ import annotations
