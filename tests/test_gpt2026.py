@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.sweep import check_sweep, expand_grid
-from fractal_llm.finetune import get_base_model
+from fractal_llm.base_model import get_base_model
 from fractal_llm.train import train
 from fractal_llm.verdict import VERDICTS
 from nanochat.checkpoint import load_model, save_checkpoint, save_model
