@@ -1,8 +1,8 @@
 """The gpt family's trainer: fine-tune a nanochat GPT on chat data for one grid point.
 
-train_gpt(config) -> RunResult. The base model and the tokenized data are cached per process (a W&B agent or a
-runner worker serves many points): the second call only copies the base weights back into the working model,
-and every run starts from fresh optimizer state and no gradients.
+train_gpt(config) -> RunResult. The base model (base_model.py) and the tokenized data are cached per process (a
+W&B agent or a runner worker serves many points): the second call only copies the base weights back into the
+working model, and every run starts from fresh optimizer state and no gradients.
 """
 
 import math

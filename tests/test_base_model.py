@@ -193,3 +193,14 @@ def test_trainer_tiny_base_data_and_base_model_import_no_cycle():
     for module in ("tiny_base", "data", "docqa"):
         assert "base_model" not in imported(module), module
     assert "training_step" in imported("tiny_base") and "training_step" in imported("finetune")
+
+
+@pytest.mark.parametrize("mode", ["offline", "disabled"])
+def test_offline_and_disabled_runs_of_the_real_client_are_not_asked_for_lineage(mode, tmp_path):
+    """wandb refuses use_artifact offline (TypeError) and returns None when disabled: such runs get the files
+    through the public API instead."""
+    run = wandb.init(mode=mode, dir=str(tmp_path), project="lineage-test")
+    try:
+        assert wandb.run is run and base_model.lineage_run() is None
+    finally:
+        run.finish()
