@@ -204,3 +204,4 @@ def test_offline_and_disabled_runs_of_the_real_client_are_not_asked_for_lineage(
         assert wandb.run is run and base_model.lineage_run() is None
     finally:
         run.finish()
+        wandb.teardown()  # wandb's process-wide settings (dir, mode) must not leak into later tests
