@@ -4,11 +4,15 @@ Sources (`dataset_id`):
 - "docqa": the shipped document-QA dataset (fractal_llm/datasets/docqa/{train,validation}.jsonl);
 - a local .json / .jsonl file (its only split: `split` is not used, and evaluation is refused), or a local
   directory `datasets` can read, split by its file names (train.jsonl, validation.jsonl);
-- anything else: a Hugging Face hub dataset id, loaded with `revision` and `split`.
-All go through `datasets.load_dataset`. Records need a "messages" list of {"role", "content"};
+- anything else: a Hugging Face hub dataset id, loaded with `split` at the commit its `revision` (empty: the
+  default branch) names when this process first asks (`resolve_revision`, huggingface_hub's dataset_info;
+  a full commit hash needs no lookup, so it also works offline). The commit is what the caches are keyed on
+  and what the run records (repro.dataset, `dataset_identity`): two hosts never train on different data
+  under one key, and a moved branch does not change the data within one process.
+All go through `datasets.load_dataset`, whose own cache holds the downloaded data. Records need a "messages" list of {"role", "content"};
 ShareGPT-style "conversations" ({"from", "value"}) and prompt/response columns are mapped to it.
 
-Tokenized data are cached under paths.data_cache_dir() in one .npz per (dataset, revision, split,
+Tokenized data are cached under paths.data_cache_dir() in one .npz per (dataset, commit, split,
 tokenizer, max_seq_len, source file contents, format version), written atomically under a file lock
 so processes filling the same cache at once do the work once and read identical data.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +40,8 @@ DOCQA_SPLITS = ("train", "validation")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 CACHE_FORMAT_VERSION = 1  # bump when the cache layout or the rendering rules change
 IGNORE_INDEX = -1
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")  # a full git commit hash: a revision that never moves
+_COMMITS: dict[tuple[str, str], str] = {}  # (hub dataset id, revision) -> commit, resolved once per process
 
 # ShareGPT speaker names -> chat roles.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -110,6 +117,33 @@ def check_has_validation(dataset_id: str, wanted_by: str) -> None:
                            "or turn those off.")
 
 
+def is_hub_id(dataset_id: str) -> bool:
+    return dataset_id != DOCQA_ID and not _is_local_id(dataset_id)
+
+
+def resolve_revision(dataset_id: str, revision: str) -> str:
+    """The commit a hub dataset's revision names (resolved once per process), else revision unchanged
+    (the shipped and local data are keyed on their contents)."""
+    if not is_hub_id(dataset_id) or COMMIT_RE.match(revision):
+        return revision
+    if (dataset_id, revision) not in _COMMITS:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import OfflineModeIsEnabled
+        try:
+            info = HfApi().dataset_info(dataset_id, revision=revision or None)
+        except OfflineModeIsEnabled as err:
+            raise DatasetError(f"dataset_id={dataset_id!r} dataset_revision={revision!r}: the hub is offline "
+                               "(HF_HUB_OFFLINE), so the revision cannot be resolved to a commit; set "
+                               "dataset_revision to the full commit hash") from err
+        _COMMITS[(dataset_id, revision)] = info.sha
+    return _COMMITS[(dataset_id, revision)]
+
+
+def dataset_identity(dataset_id: str, revision: str) -> str:
+    """What a run trained on, for its record: a hub dataset at its commit (owner/name@<commit>), else the id."""
+    return f"{dataset_id}@{resolve_revision(dataset_id, revision)}" if is_hub_id(dataset_id) else dataset_id
+
+
 def _local_source(dataset_id: str, split: str) -> Path | None:
     """The file (or directory) a local or shipped dataset id reads, or None for a hub id."""
     if dataset_id == DOCQA_ID:
@@ -129,7 +163,7 @@ def load_conversations(dataset_id: str, revision: str = "", split: str = "train"
     check_dataset_id(dataset_id)
     source = _local_source(dataset_id, split)
     if source is None:  # a hub download: its progress bars are worth seeing
-        table = datasets.load_dataset(dataset_id, revision=revision or None, split=split)
+        table = datasets.load_dataset(dataset_id, revision=resolve_revision(dataset_id, revision), split=split)
     else:
         with _without_progress_bars(datasets):
             table = _load_local(datasets, source, split)
@@ -215,7 +249,7 @@ def cache_key(dataset_id: str, revision: str, split: str, tokenizer, max_seq_len
     parts = {
         "format": CACHE_FORMAT_VERSION,
         "dataset_id": dataset_id,
-        "revision": revision,
+        "revision": resolve_revision(dataset_id, revision),  # a hub dataset's commit, never a branch name
         # A local file holds one split whatever `split` says, so it does not enter the key.
         "split": split if source is None or dataset_id == DOCQA_ID else "",
         "source": _file_digest(source) if source is not None else "",

@@ -1,23 +1,24 @@
 """The gpt family's trainer: fine-tune a nanochat GPT on chat data for one grid point.
 
-train_gpt(config) -> RunResult. The base model and the tokenized data are cached per process (a W&B agent or a
-runner worker serves many points): the second call only copies the base weights back into the working model,
-and every run starts from fresh optimizer state and no gradients.
+train_gpt(config) -> RunResult. The base model (base_model.py) and the tokenized data are cached per process (a
+W&B agent or a runner worker serves many points): the second call only copies the base weights back into the
+working model, and every run starts from fresh optimizer state and no gradients.
 """
 
 import math
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from fractal_llm import paths
+from fractal_llm import base_model
+from fractal_llm.base_model import BaseModel, get_base_model
 from fractal_llm.config import ConfigError, TrainConfig
+from fractal_llm.data import dataset_identity, resolve_revision
 from fractal_llm.records import RunResult
 from fractal_llm.repro import repro_metadata
+from fractal_llm.training_step import optimizer_step, set_lr
 from fractal_llm.verdict import summarize_losses
 
 OnStep = Callable[[int, dict], None]
@@ -27,16 +28,6 @@ OnStep = Callable[[int, dict], None]
 # Per-process caches: base model and tokenized data
 
 
-@dataclass
-class BaseModel:
-    model: "torch.nn.Module"  # the working model; its weights are reset from `state` at every run
-    state: dict  # the base weights (a private copy, never trained)
-    tokenizer: object
-    meta: dict
-    load_s: float
-
-
-_BASE_MODELS: dict[tuple[str, str], BaseModel] = {}
 _DATASETS: dict[tuple, object] = {}
 
 
@@ -48,38 +39,10 @@ def resolve_device(config: TrainConfig) -> torch.device:
     return torch.device("cuda")
 
 
-def model_source(model_id: str) -> str:
-    """The tiny preset is built on first use; every other id goes straight to the checkpoint loader."""
-    if model_id == "tiny":
-        from fractal_llm.tiny_base import ensure_tiny_base
-        return str(ensure_tiny_base())
-    return model_id
-
-
-def get_base_model(model_id: str, device: torch.device) -> BaseModel:
-    key = (model_id, str(device))
-    if key not in _BASE_MODELS:
-        from nanochat.checkpoint import load_model
-        t0 = time.perf_counter()
-        model, tokenizer, meta = load_model(model_source(model_id), device=str(device),
-                                            cache_dir=paths.models_dir())
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _BASE_MODELS[key] = BaseModel(model, state, tokenizer, meta, time.perf_counter() - t0)
-    return _BASE_MODELS[key]
-
-
-def base_model_identity(model_id: str, meta: dict) -> str:
-    """What the run fine-tuned, the same on every host: a W&B alias resolved to the version this process
-    loaded (agents started before and after a new `latest` load different models), the tiny base by its
-    recipe-keyed build, else the model id as given."""
-    if model_id == "tiny":
-        return f"tiny:{Path(meta['loaded_from']['checkpoint_dir']).parent.name}"
-    return meta["loaded_from"].get("source", model_id)
-
-
 def get_dataset(config: TrainConfig, split: str, tokenizer):
     from fractal_llm.data import load_tokenized
-    key = (config.dataset_id, config.dataset_revision, split, tokenizer.fingerprint(), config.max_seq_len)
+    key = (config.dataset_id, resolve_revision(config.dataset_id, config.dataset_revision), split,
+           tokenizer.fingerprint(), config.max_seq_len)
     if key not in _DATASETS:
         _DATASETS[key] = load_tokenized(config.dataset_id, config.dataset_revision, split, tokenizer,
                                         config.max_seq_len)
@@ -87,7 +50,7 @@ def get_dataset(config: TrainConfig, split: str, tokenizer):
 
 
 def clear_caches() -> None:
-    _BASE_MODELS.clear()
+    base_model.clear_caches()
     _DATASETS.clear()
 
 
@@ -170,7 +133,8 @@ def train_gpt(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
     resolved = config.resolved().to_dict()
     resolved["repro"] = repro_metadata(device, {"load_s": loaded - t_start, "data_s": data_ready - loaded,
                                                 "train_s": trained - data_ready, "base_load_s": base.load_s},
-                                       base_model=base_model_identity(config.model_id, base.meta))
+                                       base_model=base.identity,
+                                       dataset=dataset_identity(config.dataset_id, config.dataset_revision))
     return RunResult(config=resolved, summary=summary, history=history, samples=samples or None)
 
 
@@ -183,19 +147,6 @@ def fresh_model(base: BaseModel):
     for p in model.parameters():
         p.requires_grad_(True)
     return model
-
-
-def set_lr(groups: list[dict], multiplier: float) -> None:
-    for group in groups:
-        group["lr"] = group["initial_lr"] * multiplier
-
-
-def optimizer_step(model, loss: torch.Tensor, optimizers: list) -> None:
-    """backward, every optimizer's step, then drop the gradients (set_to_none: no stale sums next step)."""
-    loss.backward()
-    for opt in optimizers:
-        opt.step()
-    model.zero_grad(set_to_none=True)
 
 
 def run_steps(config, model, optimizers, dataset, base, total_steps, device, on_step):
@@ -280,9 +231,6 @@ def preflight(config: TrainConfig) -> None:
                                        ("sample_before_after", config.sample_before_after)) if on]
     if wanted_by:
         check_has_validation(config.dataset_id, " and ".join(f"{name}={getattr(config, name)!r}" for name in wanted_by))
-    source = config.model_id
-    if source != "tiny" and not source.startswith(("wandb:", "hf:")) and not Path(source).is_dir():
-        raise ConfigError(f"model_id={source!r}: no such directory (expected \"tiny\", a local checkpoint "
-                          "directory, wandb:entity/project/name:version or hf:owner/repo)")
+    base_model.check_model_id(config.model_id)
 
 

@@ -44,6 +44,7 @@ class Grid:
     skipped: list[str] = field(default_factory=list)  # runs not placed (off the grid's values), with the reason
     name: str = ""  # sweep name, for titles and default paths
     inferred: np.ndarray | None = None  # (ny, nx) bool: never run, class taken from refinement (apply_refinement)
+    refinement: dict | None = None  # {"levels", "margin"} apply_refinement filled with (robustness re-fills)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -275,6 +276,7 @@ def apply_refinement(grid: Grid, levels: int, margin: int) -> None:
     the map and its dimension are of the full-resolution labels; those pixels are marked `inferred` and
     counted apart (counts["inferred"], taken out of "missing")."""
     refined = fill(RefinePlan(grid.shape, levels, margin), known_verdicts(grid.verdicts))
+    grid.refinement = {"levels": levels, "margin": margin}
     grid.inferred = refined.inferred & (grid.verdicts == "missing")
     grid.labels = np.where(grid.inferred, refined.labels.astype(float), grid.labels)
     grid.counts["inferred"] = int(grid.inferred.sum())

@@ -42,19 +42,13 @@ from fractal_llm.fractal import edge_mask, estimate_dimension, paper_dimension, 
 from fractal_llm.pool import usable_cores
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
 from fractal_llm.verdict import count_verdicts
+from fractal_llm.zoom_sequence import float64_problem
 
 console = Console()
 PAPER_MIN_RES = 21  # fractal.paper_dimension needs an edge image >= 20 pixels on its short side
 # How deep a zoom sequence may go below its published tile: the tile labels pin the centre to about 1e-3 of
 # the tile's width, which 3 octaves deeper is 0.8% of the frame's width (one pixel at 128x128).
 DEEPER_THAN_TILE = 3
-# float64 and deep frames: pixel coordinates are log10 values near 0.1..2.3, where float64 spaces numbers
-# 2.8e-17..4.4e-16 apart. A frame needs its pixels at least MIN_PIXEL_ULPS of those spacings apart (else
-# neighbouring pixels share a coordinate), and no frame may be narrower than MIN_WINDOW_DECADES: there the
-# learning rates across the whole frame differ by 2.3e-12 of their value, a few float64 steps per pixel at
-# 4096x4096. The deepest published frame is 5.1e-12 decades wide (tanh-minibatch, frame 41).
-MIN_PIXEL_ULPS = 2
-MIN_WINDOW_DECADES = 1e-12
 
 
 class PaperError(FractalLLMError):
@@ -175,16 +169,12 @@ def parse_frames(text: str, sequence: ZoomSequence) -> list[int]:
 
 
 def check_resolvable(window, res: int, what: str) -> None:
-    """Refuse a frame that float64 cannot resolve (see MIN_WINDOW_DECADES, MIN_PIXEL_ULPS)."""
+    """Refuse a frame that float64 cannot resolve: zoom_sequence.float64_problem on each log10 axis."""
     x0, x1, y0, y1 = window
-    narrow = min(x1 - x0, y1 - y0)
-    spacing = MIN_PIXEL_ULPS * max(np.spacing(abs(v)) for v in window)
-    if narrow < MIN_WINDOW_DECADES:
-        raise PaperError(f"{what}: {narrow:.3g} decades wide, narrower than float64 can resolve "
-                         f"(frames must be >= {MIN_WINDOW_DECADES:g} decades wide)")
-    if narrow / (res - 1) < spacing:
-        raise PaperError(f"{what}: at --res={res} its pixels are {narrow / (res - 1):.3g} decades apart, less "
-                         f"than {MIN_PIXEL_ULPS} float64 steps of its coordinates ({spacing:.3g}); lower --res")
+    for lo, hi in ((x0, x1), (y0, y1)):
+        problem = float64_problem(lo, hi, res, log=True)
+        if problem is not None:
+            raise PaperError(f"{what}: {problem}; lower --res or choose a shallower frame")
 
 
 def check_args(args) -> tuple[PaperConfig, list[tuple[int | None, tuple[float, float, float, float]]]]:

@@ -69,8 +69,8 @@ def create_sweep(cfg: dict, entity: str | None, project: str | None) -> str:
 
 
 def create_next_level(full_path: Path, sweep_paths: list[str], levels: int | None, margin: int | None, out_dir: Path,
-               entity: str | None, project: str | None, api=None, console: Console | None = None
-               ) -> tuple[str | None, int, int]:
+                      entity: str | None, project: str | None, api=None, console: Console | None = None
+                      ) -> tuple[str | None, int, int]:
     """Create the next level sweep; returns (its path or None when refinement is done, level, pending)."""
     console = console or Console()
     spec = load_sweep(full_path)

@@ -23,6 +23,7 @@ from fractal_llm.grid import Grid, hole_list
 from fractal_llm.verdict import OUTCOMES, VERDICTS
 from fractal_llm.plots import CurveFn, write_plots
 from fractal_llm.records import json_safe
+from fractal_llm.robustness import robustness_markdown, robustness_of
 from fractal_llm.sources import HistoryFn, local_history
 from fractal_llm.zoom import find_zoom_boxes, write_zoom_sweeps
 
@@ -89,6 +90,7 @@ def write_report(grid: Grid, out_dir, *, title: str, sweep_config: dict | None =
                                       "without a finished record",
         "point_table": point_table(grid) if grid.labels.size <= POINTS_IN_JSON else None,
         "timing_s": timing,
+        "robustness": robustness_of(grid),  # dynamics or noise: thresholds and noise floor (robustness.py)
         **(extra or {}),
     }
     report = json_safe(report)
@@ -216,8 +218,8 @@ def skipped_section(report: dict, shown_dir: Path) -> list[str]:
 
 
 # report.md, in this order: each function takes (report dict, the directory the report will live in).
-MARKDOWN_SECTIONS = (title_section, outcomes_section, dimension_section, maps_section, zoom_section,
-                     fixed_section, holes_section, skipped_section)
+MARKDOWN_SECTIONS = (title_section, outcomes_section, dimension_section, robustness_markdown, maps_section,
+                     zoom_section, fixed_section, holes_section, skipped_section)
 
 
 def render_markdown(report: dict, shown_dir: Path) -> str:

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"re-pull every SECONDS (default {DEFAULT_WATCH_S:g}) and rewrite the report until "
                              "Ctrl-C; W&B sweeps: only runs updated since the last pull; with --wandb, a new "
                              "version of the report artifact whenever a point finished")
+    parser.add_argument("--sequence", metavar="DIR", help="one report over a `fractal-llm zoom` directory "
+                                                          "(fractal_llm/sequence_report.py; with --out only)")
     add_api_arguments(parser)
     return parser
 
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `fractal-llm report` and reports/generate_report.py: 0 on success, 2 on bad input
     (a bad source, a run that does not fit the grid, sweeps that do not compare), with the message only."""
+    if argv and "--sequence" in argv:  # one report over a `fractal-llm zoom` sequence
+        from fractal_llm.sequence_report import main as sequence_main
+        return sequence_main(argv)
     try:
         run(argv)
     except (SourceError, GridError, FileNotFoundError) as e:

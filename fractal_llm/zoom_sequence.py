@@ -5,6 +5,8 @@ span of a log axis, the linear span of a linear one), as Sohl-Dickstein's zoom s
 Each frame is written as a sweep YAML (DIR/frame_KK.yaml: the parent's fixed values, two axes of N values)
 and run locally into DIR/frame_KK/, by default with adaptive refinement; a re-run resumes. DIR/sequence.yaml
 records the sequence (parent, centre, frames, resolution), which `fractal-llm report --sequence DIR` reads.
+With --wandb each frame's level 0 is created as a W&B point-list sweep instead (as `fractal-llm refine`), and
+the `fractal-llm agents` line of each is printed. Frames float64 cannot place are refused (float64_problem).
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from fractal_llm.paths import atomic_write_text
 from fractal_llm.sweep import POINT_KEY, SweepError, SweepSpec, axis_values, check_sweep, dump_sweep_yaml, load_sweep
 
 SEQUENCE_FILE = "sequence.yaml"
-MIN_PIXEL_ULPS = 2  # neighbouring axis values must differ by at least this many float64 steps
+# float64 and deep frames (one rule for paper mode and zoom sequences: float64_problem). On a log axis a
+# frame's pixel coordinates are log10 values (near 0.1..2.3 in paper mode, where float64 spaces numbers
+# 2.8e-17..4.4e-16 apart). Neighbouring pixels must be at least MIN_PIXEL_ULPS float64 steps apart, both in
+# their coordinate and in the value a run is given (else neighbours share a value), and no frame may be
+# narrower than MIN_WINDOW_DECADES (a linear axis: the same relative width, 1e-12 * ln 10): there the values
+# across the whole frame differ by 2.3e-12 of their size, a few float64 steps per pixel at 4096x4096. The
+# deepest published frame is 5.1e-12 decades wide (tanh-minibatch, frame 41; docs/paper.md).
+MIN_PIXEL_ULPS = 2
+MIN_WINDOW_DECADES = 1e-12
 
 
 class ZoomError(FractalLLMError):
@@ -45,13 +55,16 @@ class Axis:
     def span(self) -> float:
         return math.log10(self.hi / self.lo) if self.log else self.hi - self.lo
 
+    def frame_coordinates(self, centre: float, k: int) -> tuple[float, float]:
+        """The ends of frame k where its pixels are evenly spaced (log10 of the value on a log axis)."""
+        half = self.span() / 2.0 ** (k + 1)
+        c = math.log10(centre) if self.log else centre
+        return c - half, c + half
+
     def frame_range(self, centre: float, k: int) -> tuple[float, float]:
         """The axis values at the ends of frame k: the parent's span / 2^k, centred on `centre`."""
-        half = self.span() / 2.0 ** (k + 1)
-        if self.log:
-            c = math.log10(centre)
-            return 10.0 ** (c - half), 10.0 ** (c + half)
-        return centre - half, centre + half
+        lo, hi = self.frame_coordinates(centre, k)
+        return (10.0 ** lo, 10.0 ** hi) if self.log else (lo, hi)
 
 
 @dataclass(frozen=True)
@@ -89,8 +102,17 @@ def parent_axes(spec: SweepSpec) -> tuple[Axis, Axis]:
     axes = []
     for name, values in ((x_name, xs), (y_name, ys)):
         values = sorted(float(v) for v in values)
-        axes.append(Axis(name, values[0], values[-1], axis_is_log(values)))
+        axes.append(Axis(name, values[0], values[-1], is_log_spaced(values)))
     return axes[0], axes[1]
+
+
+def is_log_spaced(values: list[float]) -> bool:
+    """A linearly spaced axis (`sweep new --axis NAME=A:B:N:lin`) is linear even when every value is > 0;
+    otherwise the report's rule (grid.axis_is_log: positive values are drawn on a log scale)."""
+    steps = np.diff(values)
+    if len(values) > 2 and np.allclose(steps, steps.mean(), rtol=1e-6, atol=0.0):
+        return False
+    return axis_is_log(values)
 
 
 def parse_centre(text: str, x: Axis, y: Axis) -> tuple[float, float]:
@@ -106,8 +128,8 @@ def parse_centre(text: str, x: Axis, y: Axis) -> tuple[float, float]:
     return cx, cy
 
 
-def centre_from_report(report_dir: Path) -> tuple[float, float]:
-    """The centre of the top-ranked zoom box of a report (its report.json's `zoom`)."""
+def centre_from_report(report_dir: Path, x: Axis, y: Axis) -> tuple[float, float]:
+    """The centre of the top-ranked zoom box of a report (its report.json's `zoom`), on each axis's scale."""
     path = report_dir / "report.json"
     if not path.exists():
         raise ZoomError(f"--centre-from {report_dir}: no report.json there (write one with `fractal-llm report`)")
@@ -115,10 +137,11 @@ def centre_from_report(report_dir: Path) -> tuple[float, float]:
     if not boxes:
         raise ZoomError(f"--centre-from {report_dir}: its report found no zoom box (a map with no boundary?)")
     box = min(boxes, key=lambda b: b["rank"])
-    (x0, x1), (y0, y1) = box["x_range"], box["y_range"]
-    mid = (lambda a, b: math.sqrt(a * b)) if x0 > 0 and x1 > 0 else (lambda a, b: (a + b) / 2)
-    mid_y = (lambda a, b: math.sqrt(a * b)) if y0 > 0 and y1 > 0 else (lambda a, b: (a + b) / 2)
-    return mid(x0, x1), mid_y(y0, y1)
+
+    def middle(axis: Axis, lo: float, hi: float) -> float:
+        return math.sqrt(lo * hi) if axis.log else (lo + hi) / 2
+
+    return middle(x, *box["x_range"]), middle(y, *box["y_range"])
 
 
 def parse_frames(text: str) -> tuple[int, ...]:
@@ -132,17 +155,43 @@ def parse_frames(text: str) -> tuple[int, ...]:
     return tuple(range(a, b + 1))
 
 
+def float64_problem(lo: float, hi: float, res: int, log: bool) -> str | None:
+    """Why float64 cannot place `res` evenly spaced pixels from lo to hi, or None when it can. lo, hi are
+    coordinates: log10 of the value on a log axis, the value on a linear one. The one rule of paper mode
+    (paper.check_resolvable) and zoom sequences (frame_values); see MIN_PIXEL_ULPS, MIN_WINDOW_DECADES."""
+    width = hi - lo
+    unit = "decades" if log else "(axis units)"
+    if log and width < MIN_WINDOW_DECADES:
+        return (f"{width:.3g} decades wide, narrower than float64 can resolve (frames must be >= "
+                f"{MIN_WINDOW_DECADES:g} decades wide)")
+    size = max(abs(lo), abs(hi))
+    if not log and width < MIN_WINDOW_DECADES * math.log(10) * size:
+        return (f"{width:.3g} wide at values near {size:.3g}, narrower than float64 can resolve (frames must be "
+                f">= {MIN_WINDOW_DECADES * math.log(10):.3g} of their values wide)")
+    step = width / (res - 1)
+    spacing = MIN_PIXEL_ULPS * max(np.spacing(abs(lo)), np.spacing(abs(hi)))
+    if step < spacing:
+        return (f"at --res={res} its pixels are {step:.3g} {unit} apart, less than {MIN_PIXEL_ULPS} float64 "
+                f"steps of its coordinates ({spacing:.3g})")
+    if log:
+        values = 10.0 ** np.linspace(lo, hi, res)
+        steps, ulps = np.diff(values), np.spacing(values[1:])
+        if np.any(steps < MIN_PIXEL_ULPS * ulps):
+            return (f"at --res={res} neighbouring values are {float(steps.min()):.3g} apart, less than "
+                    f"{MIN_PIXEL_ULPS} float64 steps of the values ({float(ulps.max()):.3g})")
+    return None
+
+
 def frame_values(axis: Axis, lo: float, hi: float, res: int, what: str) -> list:
     """res values from lo to hi on the axis's scale; refused when float64 cannot place them apart."""
     if axis.log and lo <= 0:
         raise ZoomError(f"{what}: {axis.name} would reach {lo:.3g}, not > 0 on a log axis")
+    coordinates = (math.log10(lo), math.log10(hi)) if axis.log else (lo, hi)
+    problem = float64_problem(*coordinates, res, axis.log)
+    if problem is not None:
+        raise ZoomError(f"{what}: {axis.name} {problem}; float64 cannot place this frame's pixels: stop at a "
+                        "shallower frame or lower --res")
     values = axis_values(lo, hi, res, "log" if axis.log else "lin")
-    steps = np.diff(values)
-    ulps = np.spacing(np.abs(values[1:]))
-    if np.any(steps < MIN_PIXEL_ULPS * ulps):
-        raise ZoomError(f"{what}: at --res={res}, neighbouring {axis.name} values are {float(steps.min()):.3g} "
-                        f"apart, less than {MIN_PIXEL_ULPS} float64 steps of the values ({float(ulps.max()):.3g}); "
-                        "float64 cannot place this frame's pixels: stop at a shallower frame or lower --res")
     if field_types()[axis.name] is int:
         values = sorted({int(round(v)) for v in values})
         if len(values) < res:
@@ -179,7 +228,7 @@ def plan_sequence(parent_file: str, centre: str | None, centre_from: str | None,
         raise ZoomError("give one of --centre X,Y and --centre-from REPORT_DIR")
     spec = load_sweep(parent_file)
     x, y = parent_axes(spec)
-    c = parse_centre(centre, x, y) if centre is not None else centre_from_report(Path(centre_from))
+    c = parse_centre(centre, x, y) if centre is not None else centre_from_report(Path(centre_from), x, y)
     seq = Sequence(parent=spec.name, x=x, y=y, centre=c, frames=parse_frames(frames), res=res)
     return spec.raw, seq, {k: frame_config(spec.raw, seq, k) for k in seq.frames}
 
@@ -222,7 +271,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=int, help="adaptive margin (default: as `fractal-llm local --adaptive`)")
     p.add_argument("--workers", type=int, help="worker processes (default: as `fractal-llm local`)")
     p.add_argument("--write-only", action="store_true", help="write the frames' YAMLs and stop")
+    p.add_argument("--wandb", action="store_true",
+                   help="create each frame as W&B level sweeps (as `fractal-llm refine`) instead of running here")
+    p.add_argument("--entity", help="--wandb: the W&B entity (default: yours)")
+    p.add_argument("--project", help="--wandb: the W&B project (default: the parent's)")
     return p
+
+
+WANDB_FILE = "wandb_sweeps.yaml"  # --wandb: {frame name: level-0 sweep path}, so a re-run creates nothing twice
+
+
+def create_wandb_frames(out: Path, files: dict[int, Path], levels: int | None, margin: int, entity: str | None,
+                        project: str | None, console: Console) -> int:
+    """Each frame's level 0 as a W&B point-list sweep (refine_sweeps.create_next_level, as `fractal-llm refine`),
+    and the `fractal-llm agents` line to run it; the next levels come from `fractal-llm refine`."""
+    from fractal_llm import refine_sweeps
+    record = out / WANDB_FILE
+    created = yaml.safe_load(record.read_text()) if record.exists() else {}
+    for k, path in files.items():
+        name = frame_name(k)
+        if name in created:
+            console.print(f"{name}: level 0 already created ({created[name]}); continue it with "
+                          f"fractal-llm refine {path} {created[name]} ...", highlight=False, soft_wrap=True)
+            continue
+        sweep, _level, _pending = refine_sweeps.create_next_level(path, [], levels, margin, out / "levels", entity,
+                                                                  project, console=console)
+        created[name] = sweep
+        atomic_write_text(record, yaml.safe_dump(created, sort_keys=True))
+    for k in files:
+        console.print(f"{frame_name(k)}: fractal-llm agents {created[frame_name(k)]}", highlight=False, soft_wrap=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
                   highlight=False, soft_wrap=True)
     if args.write_only:
         return 0
+    if args.wandb:
+        try:
+            return create_wandb_frames(out, files, args.levels, margin, args.entity, args.project, console)
+        except (RefineError, SweepError) as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            return 2
     runner.preflight_sweep(load_sweep(files[seq.frames[0]]))
     status = 0
     for k, path in files.items():

@@ -1,16 +1,13 @@
-"""nanochat checkpoint directories: model_<step>.pt + meta_<step>.json, and loading a model from a source.
+"""nanochat checkpoint directories: model_<step>.pt + meta_<step>.json, and loading a model from one.
 
 Two model eras, told apart by the meta's model_config (docs/nanochat.md):
   - Dec-2025 nanochat (nanochat/gpt.py): model_config holds exactly the six shape fields;
   - 2026 nanochat (nanochat/gpt2026.py, commit 92d63d4): the same plus window_pattern.
 
-Sources for `load_model`:
-  - a local directory: artifact layout (`checkpoints/` beside `tokenizer/`), or a directory of
-    model/meta files with tokenizer.pkl beside it, in `tokenizer/`, or up to two levels above
-    (nanochat's NANOCHAT_BASE_DIR layout: base_checkpoints/d20 with tokenizer/ at the base dir);
-  - "wandb:entity/project/name:version" (W&B model artifact, downloaded once per host into the caller's
-    cache_dir; an alias such as ":latest" is looked up on every load and cached under the version it points to);
-  - "hf:owner/repo" or "hf:owner/repo@revision" (Hugging Face snapshot, likewise cached).
+`load_model` reads a local directory: the artifact layout (`checkpoints/` beside `tokenizer/`), or a
+directory of model/meta files with tokenizer.pkl beside it, in `tokenizer/`, or up to two levels above
+(nanochat's NANOCHAT_BASE_DIR layout: base_checkpoints/d20 with tokenizer/ at the base dir). Fetching a
+W&B artifact or a Hugging Face snapshot into such a directory is the caller's (fractal_llm/base_model.py).
 """
 
 from __future__ import annotations
@@ -27,18 +24,11 @@ from nanochat.gpt import GPT, GPTConfig
 from nanochat.gpt2026 import GPT2026, GPT2026Config
 from nanochat.tokenizer import PICKLE_NAME, Tokenizer
 
-SOURCE_FORMS = "a local directory, 'wandb:entity/project/name:version', or 'hf:owner/repo[@revision]'"
 # era -> (config class, model class); the era is the one whose own keys the model_config has (else Dec-2025)
 ERAS = {"Dec-2025": (GPTConfig, GPT), "2026": (GPT2026Config, GPT2026)}
 ERA_FIELDS = {era: tuple(f.name for f in fields(config_cls)) for era, (config_cls, _) in ERAS.items()}
 CONFIG_FIELDS = ERA_FIELDS["Dec-2025"]
 COMPILE_PREFIX = "_orig_mod."
-_WANDB_RE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
-_WANDB_VERSION_RE = re.compile(r":v\d+$")  # a pinned version; anything else after ':' is a movable alias
-_HF_RE = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
-_COMPLETE_MARKER = ".download-complete"
-RESOLVED_FILE = ".resolved-source"  # in a W&B download: the pinned artifact it holds
-HF_SKIPPED_FILES = ["optim_*", "*/optim_*"]  # optimizer state: never read here
 
 
 # ---------------------------------------------------------------------------- directory format
@@ -167,106 +157,16 @@ def locate_tokenizer_dir(checkpoint_dir: Path) -> Path:
                             + ", ".join(str(c) for c in candidates))
 
 
-# ---------------------------------------------------------------------------- sources / downloads
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^\w.-]+", "__", text)
-
-
-def _download_once(target: Path, download) -> Path:
-    """Run download(target) unless a previous one completed; a file lock makes concurrent callers wait."""
-    from filelock import FileLock
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if not (target / _COMPLETE_MARKER).is_file():
-            download(target)
-            (target / _COMPLETE_MARKER).write_text("ok\n")
-    return target
-
-
-def _download_wandb(spec: str, cache_dir: Path) -> Path:
-    """A pinned version (':v3') never changes: cached under its name, with no API call once downloaded. An
-    alias (':latest', ':best') can move, so it is resolved through the API on every load and cached under the
-    version it points to now (a new 'latest' is downloaded; the old one stays in the cache)."""
-    if _WANDB_VERSION_RE.search(spec):
-        def fetch(target: Path) -> None:
-            import wandb
-
-            wandb.Api().artifact(spec).download(root=str(target))
-            (target / RESOLVED_FILE).write_text(f"wandb:{spec}\n")
-
-        return _download_once(cache_dir / "wandb" / _safe_name(spec), fetch)
-    import wandb
-
-    artifact = wandb.Api().artifact(spec)
-    pinned = f"{spec.rsplit(':', 1)[0]}:{artifact.version}"
-
-    def fetch(target: Path) -> None:
-        artifact.download(root=str(target))
-        (target / RESOLVED_FILE).write_text(f"wandb:{pinned}\n")  # what the alias pointed to
-
-    return _download_once(cache_dir / "wandb" / _safe_name(pinned), fetch)
-
-
-def _download_hf(spec: str, cache_dir: Path) -> Path:
-    repo_id, _, revision = spec.partition("@")
-
-    def fetch(target: Path) -> None:
-        from huggingface_hub import snapshot_download
-
-        # nanochat keeps optimizer state beside the weights (optim_<step>[_rank<r>].pt, larger than the model):
-        # fine-tuning from the weights never reads it.
-        snapshot_download(repo_id=repo_id, revision=revision or None, local_dir=str(target),
-                          ignore_patterns=HF_SKIPPED_FILES)
-
-    return _download_once(cache_dir / "hf" / _safe_name(spec), fetch)
-
-
-def _require_cache(source: str, cache_dir: str | Path | None) -> Path:
-    if cache_dir is None:
-        raise ValueError(f"model source {source!r}: a download needs a cache directory (cache_dir=...)")
-    return Path(cache_dir)
-
-
-def resolve_source(source: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """Local directory for a model source (downloading wandb:/hf: sources into cache_dir first)."""
-    if isinstance(source, Path):
-        return source
-    if not isinstance(source, str) or not source:
-        raise ValueError(f"model source {source!r}: expected {SOURCE_FORMS}")
-    if source.startswith("wandb:"):
-        spec = source.removeprefix("wandb:")
-        if not _WANDB_RE.match(spec):
-            raise ValueError(f"model source {source!r}: W&B form is 'wandb:entity/project/name:version'")
-        return _download_wandb(spec, _require_cache(source, cache_dir))
-    if source.startswith("hf:"):
-        spec = source.removeprefix("hf:")
-        if not _HF_RE.match(spec):
-            raise ValueError(f"model source {source!r}: Hugging Face form is 'hf:owner/repo[@revision]'")
-        return _download_hf(spec, _require_cache(source, cache_dir))
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model source {source!r}: no such directory; expected {SOURCE_FORMS}")
-    return path
-
-
 # ---------------------------------------------------------------------------- model IO
-def resolved_source(source: str | Path, root: Path) -> str:
-    """The model's identity for records: a W&B alias resolved to its version (wandb:e/p/name:v3), else the
-    source as given (a pinned version, hf:owner/repo[@revision], a local path)."""
-    marker = root / RESOLVED_FILE
-    return marker.read_text().strip() if marker.is_file() else str(source)
+def load_model(directory: str | Path, device="cpu", step: int | None = None) -> tuple[GPT | GPT2026, Tokenizer, dict]:
+    """(model in eval mode, tokenizer, meta) from a local directory; strict state-dict load.
 
-
-def load_model(source: str | Path, device="cpu", step: int | None = None,
-               cache_dir: str | Path | None = None) -> tuple[GPT | GPT2026, Tokenizer, dict]:
-    """(model in eval mode, tokenizer, meta) from any accepted source; strict state-dict load.
-
-    The model's era (Dec-2025 GPT or 2026 GPT2026) follows the meta's model_config. wandb:/hf: sources are
-    downloaded into cache_dir (required for them). meta gains a "loaded_from" entry: checkpoint_dir,
-    tokenizer_dir, step, era and source (resolved_source: a W&B alias resolved to its version).
+    The model's era (Dec-2025 GPT or 2026 GPT2026) follows the meta's model_config. meta gains a
+    "loaded_from" entry: checkpoint_dir, tokenizer_dir, step and era.
     """
-    root = resolve_source(source, cache_dir)
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"model directory {str(directory)!r}: no such directory")
     checkpoint_dir = locate_checkpoint_dir(root)
     tokenizer_dir = locate_tokenizer_dir(checkpoint_dir)
     step = find_last_step(checkpoint_dir) if step is None else step
@@ -283,7 +183,7 @@ def load_model(source: str | Path, device="cpu", step: int | None = None,
     model.eval()
     era = model_era(meta["model_config"])
     meta = dict(meta, loaded_from={"checkpoint_dir": str(checkpoint_dir), "tokenizer_dir": str(tokenizer_dir),
-                                   "step": step, "era": era, "source": resolved_source(source, root)})
+                                   "step": step, "era": era})
     return model, tokenizer, meta
 
 

@@ -117,17 +117,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x, cos, sin, kv_cache: KVCache | None) -> torch.Tensor:
-        B, T, C = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        B, T, C = x.shape  # (B, T, C), C = n_embd
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, H_kv, D)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, H_kv, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # cos, sin: (1, T, 1, D/2)
         q, k = rms_norm(q), rms_norm(k)  # QK-norm, after rotary
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, H_kv, T, D)
         prefix = 0
         if kv_cache is not None:
             prefix = kv_cache.pos
-            k, v = kv_cache.update(self.layer_idx, k, v)
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, H_kv, prefix + T, D)
         gqa = self.n_kv_head != self.n_head
         if prefix == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
@@ -136,8 +136,8 @@ class CausalSelfAttention(nn.Module):
         else:  # a chunk after a cached prefix: query i sees keys 0..prefix+i
             allowed = torch.ones(T, prefix + T, dtype=torch.bool, device=q.device).tril(diagonal=prefix)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=gqa)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, H, T, D) -> (B, T, H * D = C)
+        return self.c_proj(y)  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -147,7 +147,8 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        h = F.relu(self.c_fc(x)).square()  # (B, T, C) -> (B, T, 4C), ReLU^2
+        return self.c_proj(h)  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -157,8 +158,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, cos, sin, kv_cache):
-        x = x + self.attn(rms_norm(x), cos, sin, kv_cache)
-        return x + self.mlp(rms_norm(x))
+        x = x + self.attn(rms_norm(x), cos, sin, kv_cache)  # (B, T, C)
+        return x + self.mlp(rms_norm(x))  # (B, T, C)
 
 
 class KVGeneration:
@@ -282,15 +283,15 @@ class GPT(KVGeneration, nn.Module):
         loss_reduction "mean" averages over targets != -1; if every target is -1 it returns 0.0
         (sum / max(count, 1)) rather than NaN, with zero gradients. "sum" and "none" as in F.cross_entropy.
         """
-        B, T = idx.shape
+        B, T = idx.shape  # (B, T) token ids
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.rotary_len:
             raise ValueError(f"sequence position {start + T} exceeds the rotary table length {self.rotary_len} "
                              f"(10 x sequence_len={self.config.sequence_len})")
-        cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
-        x = rms_norm(self.transformer.wte(idx))
+        cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]  # (1, T, 1, D/2)
+        x = rms_norm(self.transformer.wte(idx))  # (B, T, n_embd)
         for block in self.transformer.h:
-            x = block(x, cos, sin, kv_cache)
+            x = block(x, cos, sin, kv_cache)  # (B, T, n_embd)
         if kv_cache is not None:
             kv_cache.advance(T)
         x = rms_norm(x)  # (B, T, n_embd)

@@ -107,20 +107,20 @@ class CausalSelfAttention(nn.Module):
                         if has_value_embedding(layer_idx, config.n_layer) else None)
 
     def forward(self, x, ve, cos, sin, window: int, kv_cache: KVCache | None) -> torch.Tensor:
-        B, T, C = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        if ve is not None:  # value residual: gate in (0, 3) per kv head
-            gate = 3 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        B, T, C = x.shape  # (B, T, C), C = n_embd
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, H_kv, D)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, H_kv, D)
+        if ve is not None:  # value residual: gate in (0, 3) per kv head; ve: (B, T, H_kv * D)
+            gate = 3 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))  # (B, T, H_kv)
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)  # (B, T, H_kv, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # cos, sin: (1, T, 1, D/2)
         q, k = rms_norm(q) * QK_SCALE, rms_norm(k) * QK_SCALE
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, H_kv, T, D)
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)
-        y = window_attention(q, k, v, window)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, H_kv, cached + T, D)
+        y = window_attention(q, k, v, window)  # (B, H, T, D)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -130,7 +130,8 @@ class MLP(nn.Module):
         self.c_proj = Linear(4 * config.n_embd, config.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        h = F.relu(self.c_fc(x)).square()  # (B, T, C) -> (B, T, 4C), ReLU^2
+        return self.c_proj(h)  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -140,8 +141,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, ve, cos, sin, window, kv_cache):
-        x = x + self.attn(rms_norm(x), ve, cos, sin, window, kv_cache)
-        return x + self.mlp(rms_norm(x))
+        x = x + self.attn(rms_norm(x), ve, cos, sin, window, kv_cache)  # (B, T, C)
+        return x + self.mlp(rms_norm(x))  # (B, T, C)
 
 
 class GPT2026(KVGeneration, nn.Module):
@@ -211,24 +212,24 @@ class GPT2026(KVGeneration, nn.Module):
         if before.size(1) == 0:
             return x
         gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(self.smear_gate(x[:, start:, :SMEAR_CHANNELS]))
-        return torch.cat([x[:, :start], x[:, start:] + gate * before], dim=1)
+        return torch.cat([x[:, :start], x[:, start:] + gate * before], dim=1)  # gate: (B, T - start, 1)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 loss_reduction: str = "mean") -> torch.Tensor:
         """Logits (B, T, vocab_size) in fp32, or the fp32 loss when targets are given (as GPT.forward)."""
-        B, T = idx.shape
+        B, T = idx.shape  # (B, T) token ids
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.rotary_len:
             raise ValueError(f"sequence position {start + T} exceeds the rotary table length {self.rotary_len} "
                              f"(10 x sequence_len={self.config.sequence_len})")
-        cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
-        x = self._smear(rms_norm(self.transformer.wte(idx)), kv_cache)
-        x0 = x
+        cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]  # (1, T, 1, D/2)
+        x = self._smear(rms_norm(self.transformer.wte(idx)), kv_cache)  # (B, T, n_embd)
+        x0 = x  # (B, T, n_embd)
         backout_layer, x_backout = self.config.n_layer // 2, None
         for i, block in enumerate(self.transformer.h):
-            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            ve = self.value_embeds[str(i)](idx).to(x.dtype) if str(i) in self.value_embeds else None
-            x = block(x, ve, cos, sin, self.windows[i], kv_cache)
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0  # (B, T, n_embd)
+            ve = self.value_embeds[str(i)](idx).to(x.dtype) if str(i) in self.value_embeds else None  # (B, T, H_kv * D)
+            x = block(x, ve, cos, sin, self.windows[i], kv_cache)  # (B, T, n_embd)
             if i == backout_layer:
                 x_backout = x
         if kv_cache is not None:

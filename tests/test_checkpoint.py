@@ -1,11 +1,7 @@
-"""Checkpoint directories: write -> read, nanochat's native layout, load_model sources and errors."""
+"""Checkpoint directories: write -> read, nanochat's native layout, load_model and its errors. (Fetching W&B and
+Hugging Face models into a directory: tests/test_base_model.py.)"""
 
-import fnmatch
 import json
-import sys
-import threading
-import time
-import types
 from dataclasses import asdict
 
 import pytest
@@ -167,114 +163,10 @@ def test_bad_meta_and_missing_files(model, tok, tmp_path):
         load_model(no_tok)
 
 
-@pytest.mark.parametrize("source, match", [
-    ("wandb:just-a-name", "wandb:entity/project/name:version"),
-    ("wandb:e/p/name", "wandb:entity/project/name:version"),
-    ("hf:no-slash", "hf:owner/repo"),
-    ("", "expected a local directory"),
-])
-def test_bad_sources_name_the_accepted_forms(source, match):
-    with pytest.raises(ValueError, match=match):
-        load_model(source)
-
-
 def test_meta_model_config_matches_gpt_config(model, tok, tmp_path):
     save_model(tmp_path, model, tok, step=0)
     meta = json.loads((tmp_path / "checkpoints/meta_000000.json").read_text())
     assert GPTConfig(**meta["model_config"]) == model.config and meta["model_config"] == asdict(model.config)
-
-
-def test_wandb_source_downloads_once_with_lock(model, tok, tmp_path, monkeypatch):
-    """Fake wandb module: the artifact download writes the artifact layout; 4 threads -> one download."""
-    cache = tmp_path / "home" / "models"
-    calls = []
-
-    class FakeArtifact:
-        def __init__(self, name):
-            self.name = name
-
-        def download(self, root):
-            calls.append((self.name, root))
-            time.sleep(0.2)  # widen the race window
-            save_model(root, model, tok, step=5)
-            return root
-
-    fake = types.SimpleNamespace(Api=lambda: types.SimpleNamespace(artifact=lambda name: FakeArtifact(name)))
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    results = []
-    load = lambda: results.append(load_model("wandb:ent/proj/base-d20:v3", cache_dir=cache))  # noqa: E731
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(calls) == 1 and calls[0][0] == "ent/proj/base-d20:v3"
-    assert str(tmp_path / "home" / "models") in calls[0][1]
-    assert len(results) == 4 and all(torch.equal(probe(m), probe(model)) for m, _, _ in results)
-
-
-def test_wandb_alias_is_resolved_on_every_load_and_cached_by_version(model, tok, tmp_path, monkeypatch):
-    """':latest' follows the alias (a new version is downloaded); a pinned ':vN' needs no API call once cached."""
-    cache = tmp_path / "home" / "models"
-    latest = {"version": "v4"}
-    lookups, downloads = [], []
-
-    class FakeArtifact:  # the attributes of wandb's Artifact that checkpoint.py reads
-        def __init__(self, name):
-            self.version = latest["version"] if name.endswith(":latest") else name.rsplit(":", 1)[1]
-
-        def download(self, root):
-            downloads.append(self.version)
-            save_model(root, model, tok, step=5)
-            return root
-
-    def artifact(name):
-        lookups.append(name)
-        return FakeArtifact(name)
-
-    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda: types.SimpleNamespace(artifact=artifact)))
-    load_model("wandb:ent/proj/base-d20:latest", cache_dir=cache)
-    load_model("wandb:ent/proj/base-d20:latest", cache_dir=cache)
-    assert lookups == ["ent/proj/base-d20:latest"] * 2 and downloads == ["v4"]
-    latest["version"] = "v5"  # someone logged a new version
-    _, _, meta = load_model("wandb:ent/proj/base-d20:latest", cache_dir=cache)
-    assert downloads == ["v4", "v5"]
-    assert meta["loaded_from"]["source"] == "wandb:ent/proj/base-d20:v5"  # the alias, resolved, for the records
-    _, _, meta = load_model("wandb:ent/proj/base-d20:v4", cache_dir=cache)  # cached under its version: no lookup
-    assert meta["loaded_from"]["source"] == "wandb:ent/proj/base-d20:v4"
-    assert len(lookups) == 3 and downloads == ["v4", "v5"]
-    cached = sorted(p.name for p in (tmp_path / "home" / "models" / "wandb").iterdir() if p.is_dir())
-    assert cached == ["ent__proj__base-d20__v4", "ent__proj__base-d20__v5"]
-
-
-def test_hf_source_uses_snapshot_download(model, tok, tmp_path, monkeypatch):
-    cache = tmp_path / "home" / "models"
-    calls = []
-
-    def snapshot_download(repo_id, revision, local_dir, ignore_patterns):
-        calls.append((repo_id, revision))
-        skipped = lambda name: any(fnmatch.fnmatch(name, p) for p in ignore_patterns)  # noqa: E731 (hub's matching)
-        assert skipped("optim_000650_rank0.pt") and skipped("checkpoints/optim_000650.pt")
-        assert not any(skipped(n) for n in ("model_000650.pt", "meta_000650.json", "tokenizer.pkl", "token_bytes.pt",
-                                            "checkpoints/model_000650.pt", "tokenizer/tokenizer.pkl"))
-        save_checkpoint(local_dir, 650, model.state_dict(), {"model_config": CFG})
-        tok.save(local_dir)  # karpathy/nanochat-d32 style: tokenizer.pkl at the repo root
-        return local_dir
-
-    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download))
-    first, _, _ = load_model("hf:karpathy/nanochat-d32", cache_dir=cache)
-    second, _, _ = load_model("hf:karpathy/nanochat-d32", cache_dir=cache)
-    assert calls == [("karpathy/nanochat-d32", None)]
-    assert torch.equal(probe(first), probe(model)) and torch.equal(probe(second), probe(model))
-    load_model("hf:karpathy/nanochat-d32@main", cache_dir=cache)
-    assert calls[-1] == ("karpathy/nanochat-d32", "main")
-    assert sorted(p.name for p in (cache / "hf").iterdir() if p.is_dir()) == ["karpathy__nanochat-d32",
-                                                                             "karpathy__nanochat-d32__main"]
-
-
-def test_remote_source_without_a_cache_directory_is_refused():
-    with pytest.raises(ValueError, match="needs a cache directory"):
-        load_model("hf:karpathy/nanochat-d32")
 
 
 def test_large_models_are_built_on_meta_and_still_load_exactly():

@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing as mp
+import types
 
 import numpy as np
 import pytest
@@ -106,6 +107,46 @@ def test_dataset_id_checks():
         data.check_dataset_id("")
     with pytest.raises(data.DatasetError, match="dataset_split='test'"):
         data.load_conversations("docqa", split="test")
+
+
+def test_a_hub_dataset_is_pinned_to_its_commit_and_cached_under_it(tokenizer, tmp_path, monkeypatch):
+    """The default branch ("") is resolved to a commit once per process; datasets loads that commit and the
+    tokenized cache is keyed on it, so a branch that moves gets a new cache entry, never the old data."""
+    import datasets
+    import huggingface_hub
+    monkeypatch.setenv("FRACTAL_LLM_HOME", str(tmp_path))
+    monkeypatch.setattr(data, "_COMMITS", {})
+    head, asked, loaded = {"sha": "a" * 40}, [], []
+
+    def dataset_info(self, repo_id, revision=None, **kwargs):
+        asked.append((repo_id, revision))
+        return types.SimpleNamespace(sha=head["sha"])
+
+    def load_dataset(path, revision=None, split=None, **kwargs):
+        loaded.append((path, revision, split))
+        return datasets.Dataset.from_list([KNOWN, SHORT])
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    first = data.load_tokenized("someone/chats", "", "train", tokenizer, 64)
+    head["sha"] = "b" * 40  # the branch moves on: this process keeps its commit
+    assert data.load_tokenized("someone/chats", "", "train", tokenizer, 64).key == first.key
+    assert asked == [("someone/chats", None)] and loaded == [("someone/chats", "a" * 40, "train")]
+    assert data.dataset_identity("someone/chats", "") == f"someone/chats@{'a' * 40}"
+    monkeypatch.setattr(data, "_COMMITS", {})  # a new process, or another host
+    moved = data.load_tokenized("someone/chats", "", "train", tokenizer, 64)
+    assert moved.key != first.key and loaded[-1] == ("someone/chats", "b" * 40, "train")
+    assert data.load_tokenized("someone/chats", "b" * 40, "train", tokenizer, 64).key == moved.key
+    assert len(asked) == 2  # a full commit hash needs no lookup (so it works offline)
+    assert data.dataset_identity("docqa", "") == "docqa" and data.resolve_revision("docqa", "") == ""
+
+
+def test_an_offline_hub_cannot_resolve_a_branch_and_says_what_to_set(monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(data, "_COMMITS", {})
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(data.DatasetError, match="dataset_revision='main'.*full commit hash"):
+        data.resolve_revision("someone/chats", "main")
 
 
 # ---------------------------------------------------------------------------- tokenization and targets

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.sweep import check_sweep, expand_grid
-from fractal_llm.finetune import get_base_model
+from fractal_llm.base_model import get_base_model
 from fractal_llm.train import train
 from fractal_llm.verdict import VERDICTS
 from nanochat.checkpoint import load_model, save_checkpoint, save_model
@@ -308,3 +308,25 @@ def test_2026_loss_runs_the_lm_head_only_on_supervised_rows_and_equals_the_full_
     keep = targets != -1
     manual = torch.nn.functional.cross_entropy(model(idx)[keep], targets[keep])
     assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_the_smoke_2026_sweep_runs_on_the_tiny_2026_base_to_verdicts(tmp_path):
+    """sweeps/smoke_2026.yaml as shipped, cut to its four corners: `fractal-llm local` builds the tiny-2026 base
+    on first use (the test recipe, conftest.py) and gives every point a verdict."""
+    import yaml
+    from pathlib import Path
+    from fractal_llm import runner
+    from fractal_llm.records import read_record
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "sweeps" / "smoke_2026.yaml").read_text())
+    assert cfg["parameters"]["model_id"] == {"value": "tiny-2026"}
+    for axis in ("matrix_lr", "scalar_lr"):
+        values = cfg["parameters"][axis]["values"]
+        cfg["parameters"][axis]["values"] = [values[0], values[-1]]
+    corners = tmp_path / "corners.yaml"
+    corners.write_text(yaml.safe_dump(cfg))
+    assert runner.main([str(corners), "--out", str(tmp_path / "runs"), "--workers", "1"]) == 0
+    records = [read_record(p) for p in sorted((tmp_path / "runs").glob("*.json"))]
+    assert len(records) == 4
+    assert {r.verdict for r in records} <= {"trainable", "not_trainable", "diverged"}
+    assert {r.config["repro"]["base_model"].split(":")[0] for r in records} == {"tiny-2026"}
+    assert {r.config["repro"]["dataset"] for r in records} == {"docqa"}

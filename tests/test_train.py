@@ -78,20 +78,6 @@ def test_second_call_does_not_reload_checkpoint_or_data(tiny_base, monkeypatch):
     assert a.history["train/loss"] == b.history["train/loss"]
 
 
-def test_remote_models_download_into_the_fractal_llm_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FRACTAL_LLM_HOME", str(tmp_path / "home"))
-    seen = {}
-
-    def fake_load_model(source, device, cache_dir):
-        seen.update(source=source, cache_dir=cache_dir)
-        raise RuntimeError("stop here")
-
-    monkeypatch.setattr(nanochat.checkpoint, "load_model", fake_load_model)
-    with pytest.raises(RuntimeError, match="stop here"):
-        finetune.get_base_model("hf:someone/nanochat-2026", finetune.torch.device("cpu"))
-    assert seen == {"source": "hf:someone/nanochat-2026", "cache_dir": tmp_path / "home" / "models"}
-
-
 def test_frozen_groups_and_lr_history(tiny_base):
     result = train(TrainConfig(matrix_lr=0.01, trainable_param_groups="lm_head", unembedding_lr=0.002,
                                warmup_frac=0.0, lr_schedule="constant", **SHORT))
