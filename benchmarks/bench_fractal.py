@@ -1,4 +1,4 @@
-"""Time fractal_llm.fractal.estimate_dimension on square label images (target: 4096^2 in <= 2 s).
+"""Time fractal_llm.report.fractal.estimate_dimension on square label images (target: 4096^2 in <= 2 s).
 
 Run (repo root; PYTHONPATH=. until the package is installed): python benchmarks/bench_fractal.py [--sizes 1024 2048 4096] [--repeats 3]
 The image is a disk with a noisy (random-walk) radius, so the boundary is long and irregular;
@@ -14,7 +14,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fractal_llm.fractal import estimate_dimension, paper_dimension
+from fractal_llm.report.fractal import estimate_dimension, paper_dimension
 
 
 def rough_disk(n: int, seed: int = 0) -> np.ndarray:

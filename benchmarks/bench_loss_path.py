@@ -55,8 +55,8 @@ def full_logits_loss(model, idx: torch.Tensor, targets: torch.Tensor) -> torch.T
 
 def tiny_case(device: torch.device):
     """The tiny base and a stream of the smoke sweep's batches, as finetune.run_steps draws them."""
-    from fractal_llm.base_model import get_base_model
-    from fractal_llm.data import iterate_batches, load_tokenized
+    from fractal_llm.gpt.base_model import get_base_model
+    from fractal_llm.gpt.data import iterate_batches, load_tokenized
     base = get_base_model("tiny", device)
     dataset = load_tokenized("docqa", "", "train", base.tokenizer, SMOKE["max_seq_len"])
     pad_id = base.tokenizer.encode_special("<|assistant_end|>")
@@ -86,7 +86,7 @@ def d20_case(device: torch.device, seq: int, layers: int):
 
 def child(case: str, path: str, args) -> dict:
     """One (case, path) in this process: time --steps training steps after --warmup, and the peak memory."""
-    from fractal_llm.training_step import optimizer_step
+    from fractal_llm.gpt.training_step import optimizer_step
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model, next_batch = tiny_case(device) if case == "tiny" else d20_case(device, args.d20_seq, args.d20_layers)
@@ -169,7 +169,7 @@ def smoke_sweep(args) -> None:
         if args.workers:
             argv += ["--workers", str(args.workers)]
         env = {**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "disabled"}
-        from fractal_llm.tiny_base import ensure_tiny_base
+        from fractal_llm.gpt.make_base import ensure_tiny_base
         ensure_tiny_base()  # a one-off build, not part of the sweep's cost (same recipe in both checkouts)
         t0 = time.perf_counter()
         proc = subprocess.run(argv, env=env, cwd=repo, capture_output=True, text=True)

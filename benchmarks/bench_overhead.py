@@ -64,7 +64,7 @@ def import_train_s() -> float:
 
 
 def run_in_process(points: list[dict], spec, out: Path, wandb_mode: str) -> list[dict]:
-    from fractal_llm import point as one_point
+    from fractal_llm.runners import point as one_point
     from fractal_llm import train
     from fractal_llm.config import TrainConfig
     from fractal_llm.records import point_name
@@ -125,7 +125,7 @@ def main() -> int:
     points, sweep_size, spec = pick_points(Path(args.sweep), args.points)
     if args.num_iterations:
         points = [{**p, "num_iterations": args.num_iterations} for p in points]
-    from fractal_llm.tiny_base import ensure_tiny_base
+    from fractal_llm.gpt.make_base import ensure_tiny_base
     if any(p.get("model_id", "tiny") == "tiny" for p in points):
         ensure_tiny_base()  # a one-off build, not part of any point's cost
     with tempfile.TemporaryDirectory() as tmp:

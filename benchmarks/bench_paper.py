@@ -36,7 +36,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fractal_llm import mlp
+from fractal_llm.paper import mlp
 from fractal_llm.config import TrainConfig
 
 console = Console()

@@ -1,4 +1,4 @@
-"""Benchmark: what adaptive refinement (fractal_llm.refine) costs in runs and loses in accuracy, on paper-mode
+"""Benchmark: what adaptive refinement (fractal_llm.refine.levels) costs in runs and loses in accuracy, on paper-mode
 maps whose full truth is known.
 
     python benchmarks/bench_refine.py [--configs tanh,relu,tanh-one-point] [--res 256] [--steps 500]
@@ -46,11 +46,17 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fractal_llm import mlp, paper, paths, runner
-from fractal_llm.fractal import estimate_dimension, paper_dimension
-from fractal_llm.pool import usable_cores
+from fractal_llm import paths
+
+from fractal_llm.paper import mlp
+
+from fractal_llm.paper import paper
+
+from fractal_llm.runners import local as runner
+from fractal_llm.report.fractal import estimate_dimension, paper_dimension
+from fractal_llm.runners.pool import usable_cores
 from fractal_llm.records import file_name, read_record
-from fractal_llm.refine import RefinePlan, fill, missed_islands, refine
+from fractal_llm.refine.levels import RefinePlan, fill, missed_islands, refine
 from fractal_llm.sweep import SweepSpec, load_sweep
 
 console = Console(width=170)  # the table is wider than a default 80-column pipe

@@ -23,11 +23,11 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from fractal_llm.config import TrainConfig
-from fractal_llm.grid import build_grid, grid_from_arrays
+from fractal_llm.report.grid import build_grid, grid_from_arrays
 from fractal_llm.verdict import from_trainable
 from fractal_llm.records import RunRecord, point_name, write_record
-from fractal_llm.report import write_report
-from fractal_llm.sources import local_source
+from fractal_llm.report.writer import write_report
+from fractal_llm.report.sources import local_source
 from fractal_llm.sweep import MODULE_COMMAND, axis_values, dump_sweep_yaml
 from fractal_llm.verdict import summarize_losses
 

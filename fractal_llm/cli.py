@@ -14,16 +14,16 @@ from fractal_llm.errors import FractalLLMError
 
 # subcommand -> (module with main(argv) -> int, one-line help)
 COMMANDS = {
-    "local": ("fractal_llm.runner", "run a sweep YAML's grid on this machine, no W&B server needed"),
-    "agents": ("fractal_llm.agents", "start/stop/list one W&B agent per GPU, on this host or over ssh"),
-    "agent": ("fractal_llm.worker", "one W&B sweep agent in the foreground (a SLURM task, a Kubernetes pod)"),
-    "zoom": ("fractal_llm.zoom_sequence", "a zoom sequence on any sweep: frames on one centre, each half as wide"),
-    "refine": ("fractal_llm.refine_sweeps", "adaptive refinement on W&B: create the next level's point-list sweep"),
+    "local": ("fractal_llm.runners.local", "run a sweep YAML's grid on this machine, no W&B server needed"),
+    "agents": ("fractal_llm.runners.agents", "start/stop/list one W&B agent per GPU, on this host or over ssh"),
+    "agent": ("fractal_llm.runners.agent", "one W&B sweep agent in the foreground (a SLURM task, a Kubernetes pod)"),
+    "zoom": ("fractal_llm.runners.zoom", "a zoom sequence on any sweep: frames on one centre, each half as wide"),
+    "refine": ("fractal_llm.refine.refine", "adaptive refinement on W&B: create the next level's point-list sweep"),
     "sweep": ("fractal_llm.sweep", "write (`new`) or check (`check`) a grid sweep YAML"),
-    "report": ("fractal_llm.report_command", "boundary images and fractal dimension of a sweep (W&B or local records)"),
-    "refill": ("fractal_llm.refill", "write a point-list sweep over the points of a map that have no usable run"),
-    "make-base": ("fractal_llm.tiny_base", "build the tiny base model of the embedded default"),
-    "paper": ("fractal_llm.paper", "reproduce Sohl-Dickstein 2024's fractal boundaries (batched MLP)"),
+    "report": ("fractal_llm.report.report", "boundary images and fractal dimension of a sweep (W&B or local records)"),
+    "refill": ("fractal_llm.report.refill", "write a point-list sweep over the points of a map that have no usable run"),
+    "make-base": ("fractal_llm.gpt.make_base", "build the tiny base model of the embedded default"),
+    "paper": ("fractal_llm.paper.paper", "reproduce Sohl-Dickstein 2024's fractal boundaries (batched MLP)"),
     "train": ("fractal_llm.train", "one training run: --name=value ... (same as python -m fractal_llm.train)"),
 }
 

@@ -1,8 +1,8 @@
 """The train entry: `train(config)`, what every sweep point runs, and its CLI `python -m fractal_llm.train`.
 
 train(config) -> RunResult dispatches to the model family's trainer (TRAINERS); this module never looks
-inside one. One point's W&B run, record and stop handling are fractal_llm/point.py; the W&B worker that runs
-points handed out by a sweep is fractal_llm/worker.py. The sweep YAMLs run this module (`program:` and
+inside one. One point's W&B run, record and stop handling are fractal_llm/runners/point.py; the W&B worker that runs
+points handed out by a sweep is fractal_llm/runners/agent.py. The sweep YAMLs run this module (`program:` and
 `${interpreter} -m fractal_llm.train ${args}`), so its CLI is also what the plain `wandb agent` starts.
 """
 
@@ -23,12 +23,12 @@ PROGRESS_S = 5.0  # seconds between the CLI's progress lines (a GPU point trains
 
 
 def _train_gpt(config: TrainConfig, on_step: OnStep | None) -> RunResult:
-    from fractal_llm.finetune import train_gpt  # torch + nanochat: loaded by the family that needs them
+    from fractal_llm.gpt.finetune import train_gpt  # torch + nanochat: loaded by the family that needs them
     return train_gpt(config, on_step)
 
 
 def _train_mlp(config: TrainConfig, on_step: OnStep | None) -> RunResult:
-    from fractal_llm.mlp import train_one
+    from fractal_llm.paper.mlp import train_one
     return train_one(config)
 
 
@@ -43,7 +43,7 @@ def train(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
 def preflight(config: TrainConfig) -> None:
     """Cheap checks of the inputs on disk (gpt: dataset, model directory), before W&B or any model work."""
     if config.model_family == "gpt":
-        from fractal_llm.finetune import preflight as gpt_preflight
+        from fractal_llm.gpt.finetune import preflight as gpt_preflight
         gpt_preflight(config)
 
 
@@ -113,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from rich.console import Console
 
-    from fractal_llm import point
+    from fractal_llm.runners import point
     console = Console(stderr=True)
     if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return 0
-    from fractal_llm.data import DatasetError
+    from fractal_llm.gpt.data import DatasetError
     try:
         overrides = run_overrides(argv)
         config = TrainConfig.from_dict(overrides)

@@ -2,7 +2,7 @@
 
     python reports/generate_report.py ENTITY/PROJECT/SWEEP_ID [...] [--local DIR ...] [--out DIR]
 
-The logic lives in fractal_llm.report_command (the command) and fractal_llm.report (the writer); bad input is one
+The logic lives in fractal_llm.report.report (the command) and fractal_llm.report.writer (the writer); bad input is one
 `error:` line and exit 2 (fractal_llm/cli.py). This script only runs it from a checkout without installing.
 """
 

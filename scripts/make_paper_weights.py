@@ -1,4 +1,4 @@
-"""Write fractal_llm/paper_weights/notebook_width16.npz: the paper notebook's W0, W1, X, Y, drawn with JAX.
+"""Write fractal_llm/paper/weights/notebook_width16.npz: the paper notebook's W0, W1, X, Y, drawn with JAX.
 
     python scripts/make_paper_weights.py [--check-only]      # needs jax: pip install "jax==0.4.23" "jaxlib==0.4.23"
 
@@ -10,7 +10,7 @@ with N = 272 (parameters: tanh, relu), 16 (width: linear) or 1 (one data point).
 are not prefixes of one another), so all three are stored. Arrays keep the notebook's layout; mlp.py maps
 them (w0 = W0^T, w1 = W1^T, y = Y[:, 0]).
 
-The minibatch indices are not stored: fractal_llm/threefry.py recomputes them for any step count. This
+The minibatch indices are not stored: fractal_llm/paper/threefry.py recomputes them for any step count. This
 script checks that module against jax.random bit for bit (keys and indices, several step counts and sizes)
 before writing anything, and checks the written file against a fresh JAX draw.
 
@@ -57,7 +57,7 @@ def notebook_draws(jax, size: int) -> dict[str, np.ndarray]:
 
 
 def check_threefry(jax) -> None:
-    from fractal_llm import threefry
+    from fractal_llm.paper import threefry
 
     for steps in (1, 2, 7, 10, 100, 500, 1000):
         keys = jax.random.split(jax.random.PRNGKey(42), steps)

@@ -31,7 +31,7 @@ TEST_RECIPE_CHANGES = dict(steps=25, batch_size=4, tokenizer_docs=300, pretrain_
 
 @pytest.fixture(scope="session")
 def tiny_base(isolated_home):
-    from fractal_llm.tiny_base import ensure_tiny_base
+    from fractal_llm.gpt.make_base import ensure_tiny_base
     return ensure_tiny_base()
 
 

@@ -5,7 +5,13 @@ import math
 
 import pytest
 
-from fractal_llm import cli, mlp, report_command, runner
+from fractal_llm import cli
+
+from fractal_llm.paper import mlp
+
+from fractal_llm.report import report as report_command
+
+from fractal_llm.runners import local as runner
 from fractal_llm.records import RunResult, SUMMARY_KEYS
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, load_sweep, new_sweep
 

@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractal_llm import finetune, point, worker
+from fractal_llm.gpt import finetune
+
+from fractal_llm.runners import point
+
+from fractal_llm.runners import agent as worker
 from fractal_llm.config import TrainConfig
 from fractal_llm.records import read_records
 from wandb_offline import offline_runs
@@ -144,7 +148,8 @@ def test_a_stop_from_wandb_is_recorded_as_stopped_not_as_an_error(agent_env, mon
 def test_sigterm_finishes_the_run_as_preempting_and_ends_the_worker(tiny_base, tmp_path):
     script = SERVER + f'''
 import signal
-from fractal_llm import point, worker
+from fractal_llm.runners import point
+from fractal_llm.runners import agent as worker
 serve([("r0", {json.dumps({"matrix_lr": 0.01, **SHORT, "num_iterations": 5000})})])
 signal.signal(signal.SIGTERM, point.on_sigterm)
 print("agent ready", flush=True)
@@ -172,7 +177,8 @@ print("agent returned", flush=True)
 
 def test_an_accelerator_error_ends_the_worker_after_finishing_its_run(tiny_base, tmp_path):
     script = SERVER + f'''
-from fractal_llm import train, worker
+from fractal_llm import train
+from fractal_llm.runners import agent as worker
 def poisoned(config, on_step):
     raise RuntimeError("CUDA error: device-side assert triggered")
 train.TRAINERS["gpt"] = poisoned
@@ -267,8 +273,8 @@ def wandb_run(run_id: str, point: dict, state: str, verdict: str | None, minute:
     ([("a", "finished", "trainable", 1), ("b", "finished", "not_trainable", 2)], "not_trainable"),
 ])
 def test_two_runs_of_one_point_give_one_cell(runs, expected):
-    from fractal_llm.grid import build_grid
-    from fractal_llm.sources import record_from_wandb_run
+    from fractal_llm.report.grid import build_grid
+    from fractal_llm.report.sources import record_from_wandb_run
     sweep = {"name": "s", "method": "grid",
              "parameters": {"model_family": {"value": "mlp"}, "lr_input": {"values": [1.0, 2.0]},
                             "lr_output": {"values": [1.0, 2.0]}}}

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fractal_llm import agents, worker
-from fractal_llm.pool import usable_cores
+from fractal_llm.runners import agents
+
+from fractal_llm.runners import agent as worker
+from fractal_llm.runners.pool import usable_cores
 
 NVIDIA_SMI = """#!/bin/bash
 echo "nvidia-smi $* host=${STUB_HOST:-local}" >> "$STUB_LOG"
@@ -71,7 +73,7 @@ def agent(sweep_id, function=None, entity=None, project=None, count=None, max_co
                    "flapping": os.environ.get("WANDB_AGENT_DISABLE_FLAPPING"),
                    "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "max_failures": max_consecutive_failed_runs}, f)
 wandb.Api, wandb.agent = _Api, agent
-from fractal_llm.worker import main
+from fractal_llm.runners.agent import main
 sys.exit(main(sys.argv[1:]))
 '''
 FAKE_KEY = "a" * 40  # a well-formed W&B key, never sent anywhere
@@ -137,7 +139,7 @@ def test_one_agent_per_detected_gpu_with_its_cuda_device(stubs, capsys):
     starts = sorted(wait_for_starts(stubs["starts"], 2), key=lambda s: s["cuda"])
     assert [s["cuda"] for s in starts] == ["0", "1"]
     for s in starts:
-        assert s["argv"] == f"-m fractal_llm.worker e/p/sw1 --max-failures {worker.DEFAULT_MAX_FAILURES} --count 5"
+        assert s["argv"] == f"-m fractal_llm.runners.agent e/p/sw1 --max-failures {worker.DEFAULT_MAX_FAILURES} --count 5"
         # the cores this process may use (its CPU affinity: taskset, a batch scheduler) shared out over 2 GPUs
         assert s["threads"] == str(max(1, usable_cores() // 2))
         assert s["cwd"] == str(stubs["workdir"])
@@ -225,7 +227,7 @@ def test_hosts_over_ssh(stubs, monkeypatch, capsys):
     assert agents.main(["e/p/sw1", "--python", stubs["python"], *common]) == 0
     starts = wait_for_starts(stubs["starts"], 3)
     assert sorted((s["host"], s["cuda"]) for s in starts) == [("h1", "0"), ("h1", "1"), ("h2", "0")]
-    assert all(s["argv"].endswith("-m fractal_llm.worker e/p/sw1 --max-failures 5") for s in starts)
+    assert all(s["argv"].endswith("-m fractal_llm.runners.agent e/p/sw1 --max-failures 5") for s in starts)
     assert all(s["cwd"] == str(stubs["workdir"]) for s in starts)
     calls = stubs["log"].read_text().splitlines()
     assert "ssh -o BatchMode=yes h1 nvidia-smi -L" in calls and "ssh -o BatchMode=yes h2 nvidia-smi -L" in calls
@@ -266,7 +268,7 @@ def test_worker_calls_wandb_agent_with_the_train_function(tmp_path):
     assert out.returncode == 0, out.stderr
     called = json.loads(log.read_text())
     assert called == {"sweep_id": "abc123", "entity": "ent", "project": "proj", "count": 7,
-                      "function": "fractal_llm.worker.agent_function", "axes": ["matrix_lr", "unembedding_lr"],
+                      "function": "fractal_llm.runners.agent.agent_function", "axes": ["matrix_lr", "unembedding_lr"],
                       "flapping": None, "cuda": "3", "max_failures": worker.DEFAULT_MAX_FAILURES}
     assert "agent exit: wandb.agent returned" in out.stdout
 

@@ -1,4 +1,4 @@
-"""fractal_llm.base_model: which directory a model_id names, its pinned identity, one loaded copy per process,
+"""fractal_llm.gpt.base_model: which directory a model_id names, its pinned identity, one loaded copy per process,
 and the lineage of a W&B model (run.use_artifact). No network: W&B's public API and the hub's download are
 replaced by stand-ins that write a real checkpoint; the run is a minimal object with use_artifact."""
 
@@ -14,10 +14,12 @@ import pytest
 import torch
 import wandb
 
-from fractal_llm import base_model, finetune
-from fractal_llm.base_model import OPTIMIZER_FILES, check_model_id, get_base_model
+from fractal_llm.gpt import base_model
+
+from fractal_llm.gpt import finetune
+from fractal_llm.gpt.base_model import OPTIMIZER_FILES, check_model_id, get_base_model
 from fractal_llm.config import ConfigError
-from fractal_llm.docqa import document_texts
+from fractal_llm.gpt.docqa import document_texts
 from nanochat.checkpoint import save_model
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import Tokenizer
@@ -188,11 +190,11 @@ def test_trainer_tiny_base_data_and_base_model_import_no_cycle():
                 names.update(a.name for a in node.names)
         return {n.removeprefix("fractal_llm.") for n in names if n.startswith("fractal_llm.")}
 
-    for module in ("tiny_base", "data", "base_model", "training_step", "docqa"):
-        assert "finetune" not in imported(module), module
-    for module in ("tiny_base", "data", "docqa"):
-        assert "base_model" not in imported(module), module
-    assert "training_step" in imported("tiny_base") and "training_step" in imported("finetune")
+    for module in ("make_base", "data", "base_model", "training_step", "docqa"):
+        assert "gpt.finetune" not in imported(module), module
+    for module in ("make_base", "data", "docqa"):
+        assert "gpt.base_model" not in imported(module), module
+    assert "gpt.training_step" in imported("make_base") and "gpt.training_step" in imported("finetune")
 
 
 @pytest.mark.parametrize("mode", ["offline", "disabled"])

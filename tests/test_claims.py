@@ -1,4 +1,4 @@
-"""Claims (fractal_llm/claims.py): a point is run by the runner that claims it; a dead process's claim on
+"""Claims (fractal_llm/runners/claims.py): a point is run by the runner that claims it; a dead process's claim on
 this host is taken over, another host's is respected and shown with its age."""
 
 import json
@@ -7,7 +7,9 @@ import subprocess
 import sys
 import time
 
-from fractal_llm import claims, runner
+from fractal_llm.runners import claims
+
+from fractal_llm.runners import local as runner
 from fractal_llm.records import read_records
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
 

@@ -1,4 +1,4 @@
-"""fractal_llm.data: loading through `datasets`, tokenization, the disk cache and batching."""
+"""fractal_llm.gpt.data: loading through `datasets`, tokenization, the disk cache and batching."""
 
 import json
 import multiprocessing as mp
@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fractal_llm import data, docqa, paths
+from fractal_llm import paths
+
+from fractal_llm.gpt import data
+
+from fractal_llm.gpt import docqa
 from nanochat.tokenizer import Tokenizer
 
 KNOWN = {

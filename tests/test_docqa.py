@@ -3,8 +3,8 @@
 import json
 import pytest
 
-from fractal_llm import docqa
-from fractal_llm.data import DOCQA_DIR
+from fractal_llm.gpt import docqa
+from fractal_llm.gpt.data import DOCQA_DIR
 
 SHIPPED = {split: DOCQA_DIR / f"{split}.jsonl" for split in docqa.SPLITS}
 

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import yaml
 
-from fractal_llm import report_command, runner
+from fractal_llm.report import report as report_command
+
+from fractal_llm.runners import local as runner
 from fractal_llm.records import SUMMARY_KEYS, read_records
 from fractal_llm.sweep import load_sweep
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fractal_llm.fractal import (
+from fractal_llm.report.fractal import (
     DimensionEstimate,
     box_counts,
     default_box_sizes,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.sweep import check_sweep, expand_grid
-from fractal_llm.base_model import get_base_model
+from fractal_llm.gpt.base_model import get_base_model
 from fractal_llm.train import train
 from fractal_llm.verdict import VERDICTS
 from nanochat.checkpoint import load_model, save_checkpoint, save_model
@@ -315,7 +315,7 @@ def test_the_smoke_2026_sweep_runs_on_the_tiny_2026_base_to_verdicts(tmp_path):
     on first use (the test recipe, conftest.py) and gives every point a verdict."""
     import yaml
     from pathlib import Path
-    from fractal_llm import runner
+    from fractal_llm.runners import local as runner
     from fractal_llm.records import read_record
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "sweeps" / "smoke_2026.yaml").read_text())
     assert cfg["parameters"]["model_id"] == {"value": "tiny-2026"}

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from fractal_llm.grid import GridError, build_grid, grid_from_arrays, sweep_axes
+from fractal_llm.report.grid import GridError, build_grid, grid_from_arrays, sweep_axes
 from fractal_llm.records import RunRecord
 
 XS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # matrix_lr (sorts first: x)
@@ -196,7 +196,7 @@ def test_runs_of_two_base_model_versions_are_not_merged_silently():
 
 def test_a_run_records_the_base_model_it_loaded(tiny_base):
     from fractal_llm.config import TrainConfig
-    from fractal_llm.grid import base_model_of
+    from fractal_llm.report.grid import base_model_of
     from fractal_llm.records import record_from_result
     from fractal_llm.train import train
     result = train(TrainConfig(matrix_lr=0.01, max_seq_len=192, device_batch_size=2, num_iterations=2))
@@ -222,8 +222,8 @@ def test_a_deep_frame_places_every_run_in_its_own_cell():
 
 def test_an_adaptive_maps_trainable_fraction_counts_its_inferred_pixels():
     """The runs of an adaptive map crowd the boundary; the map's fraction counts every pixel by its class."""
-    from fractal_llm.grid import apply_refinement
-    from fractal_llm.refine import RefinePlan, refine
+    from fractal_llm.report.grid import apply_refinement
+    from fractal_llm.refine.levels import RefinePlan, refine
     n = 33
     xs, ys = [10.0 ** (k / 8) for k in range(n)], [10.0 ** (-k / 8) for k in range(n)]
     u, v = np.meshgrid(np.arange(n), np.arange(n))

@@ -100,8 +100,8 @@ def _cycle_in(graph: dict[str, set[str]], component: set[str]) -> list[str]:
 
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "fractal_llm.train" in graph["fractal_llm.runner"]  # `from fractal_llm import train`, in a function
-    assert "fractal_llm.cli" in graph["fractal_llm.runner"]  # in its `if __name__ == "__main__"` block
+    assert "fractal_llm.train" in graph["fractal_llm.runners.local"]  # `from fractal_llm import train`, in a function
+    assert "fractal_llm.cli" in graph["fractal_llm.runners.local"]  # in its `if __name__ == "__main__"` block
     assert "fractal_llm.errors" in graph["fractal_llm.config"]  # `from fractal_llm.errors import ...`
 
 

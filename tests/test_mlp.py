@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fractal_llm import mlp
+from fractal_llm.paper import mlp
 from fractal_llm.config import TrainConfig
 from fractal_llm.records import SUMMARY_KEYS
 from fractal_llm.verdict import summarize_batch

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from fractal_llm import mlp, paper
-from fractal_llm.fractal import estimate_dimension, paper_dimension, pooled_paper_dimension
+from fractal_llm.paper import mlp
+
+from fractal_llm.paper import paper
+from fractal_llm.report.fractal import estimate_dimension, paper_dimension, pooled_paper_dimension
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -205,7 +207,7 @@ def test_ctrl_c_in_a_terminal_stops_workers_and_parent_cleanly(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = tmp_path / "out"
     # The window where half the points diverge early: a running chunk then finishes in seconds after Ctrl-C.
-    proc = subprocess.Popen([sys.executable, "-m", "fractal_llm.paper", "tanh", "--res", "128", "--workers", "2",
+    proc = subprocess.Popen([sys.executable, "-m", "fractal_llm.paper.paper", "tanh", "--res", "128", "--workers", "2",
                              "--window", "0:4:1.5:3", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from fractal_llm import claims
-from fractal_llm.pool import WorkerError, WorkerPool
+from fractal_llm.runners import claims
+from fractal_llm.runners.pool import WorkerError, WorkerPool
 from fractal_llm.records import read_record
-from fractal_llm.runner import Outcome, Task, TaskRunner
+from fractal_llm.runners.local import Outcome, Task, TaskRunner
 
 
 def square_or_die(x: int) -> int:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fractal_llm.refine import (
+from fractal_llm.refine.levels import (
     RefineError,
     RefinePlan,
     RefineSettings,

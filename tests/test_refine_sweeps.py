@@ -9,8 +9,10 @@ import pytest
 import yaml
 from test_sources import Calls, FakeApi, FakeRun
 
-from fractal_llm import refine_sweeps, report_command
-from fractal_llm.fractal import estimate_dimension
+from fractal_llm.refine import refine as refine_sweeps
+
+from fractal_llm.report import report as report_command
+from fractal_llm.report.fractal import estimate_dimension
 from fractal_llm.sweep import AxisArg, check_sweep, dump_sweep_yaml, expand_grid, new_sweep
 
 N = 17

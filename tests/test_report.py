@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fractal_llm.grid import GridError, build_grid, grid_from_arrays
+from fractal_llm.report.grid import GridError, build_grid, grid_from_arrays
 from fractal_llm.verdict import from_trainable
 from fractal_llm.records import RunRecord, error_summary, point_name, write_record
-from fractal_llm.compare import compare_reports
-from fractal_llm.report import write_report
-from fractal_llm.report_command import main, run
-from fractal_llm.sources import local_source
+from fractal_llm.report.compare import compare_reports
+from fractal_llm.report.writer import write_report
+from fractal_llm.report.report import main, run
+from fractal_llm.report.sources import local_source
 from fractal_llm.sweep import MODULE_COMMAND, axis_values, dump_sweep_yaml, load_sweep
 from fractal_llm.verdict import summarize_losses
 
@@ -91,8 +91,8 @@ def test_report_numbers_match_the_grid(tmp_path):
 
 
 def test_an_adaptive_report_gives_the_maps_trainable_fraction_and_the_runs_apart(tmp_path):
-    from fractal_llm.grid import apply_refinement
-    from fractal_llm.refine import RefinePlan, refine
+    from fractal_llm.report.grid import apply_refinement
+    from fractal_llm.refine.levels import RefinePlan, refine
     n = 17
     sweep_dir = write_local_sweep(tmp_path / "full", n=n)
     cfg, records = local_source(sweep_dir)
@@ -255,8 +255,8 @@ def test_wandb_report_is_an_artifact_with_the_directory_and_every_point(tmp_path
 
 def test_a_table_of_16384_points_goes_into_the_artifact_whole(tmp_path, offline_wandb):
     """run.log cut a wandb.Table at 10,000 rows: a 128x128 map came out with 10,000 of its 16,384."""
-    from fractal_llm.report_command import WandbReport
-    from fractal_llm.sources import Loaded
+    from fractal_llm.report.report import WandbReport
+    from fractal_llm.report.sources import Loaded
     n = 128
     u, v = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
     trainable = v < 0.5 + 0.2 * np.sin(7 * u)

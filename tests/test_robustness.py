@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from fractal_llm import robustness
-from fractal_llm.grid import build_grid
+from fractal_llm.report import robustness
+from fractal_llm.report.grid import build_grid
 from fractal_llm.records import RunRecord
 from fractal_llm.sweep import AxisArg, new_sweep
 
@@ -60,7 +60,7 @@ def test_noise_floor_shuffled_labels_give_d_near_2_and_a_smooth_level_set_near_1
 
 
 def test_every_report_carries_robustness_in_json_and_markdown(tmp_path):
-    from fractal_llm.report import write_report
+    from fractal_llm.report.writer import write_report
     report = write_report(ratio_grid(), tmp_path, title="t", zoom_k=0)
     rob = report["robustness"]
     assert [row["threshold"] for row in rob["thresholds"]] == [0.9, 1.0, 1.1]
@@ -114,8 +114,8 @@ def test_the_study_script_runs_each_variant_once_and_a_rerun_trains_nothing(tmp_
 
 
 def test_an_adaptive_maps_inferred_pixels_are_filled_again_at_each_threshold():
-    from fractal_llm.grid import apply_refinement
-    from fractal_llm.refine import RefinePlan, refine
+    from fractal_llm.report.grid import apply_refinement
+    from fractal_llm.refine.levels import RefinePlan, refine
 
     full = ratio_grid()
     records = {(i, j): full.records[full.record_index[i, j]] for i in range(N) for j in range(N)}

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fractal_llm import cli, runner
+from fractal_llm import cli
+
+from fractal_llm.runners import local as runner
 from fractal_llm.records import file_name, point_name, read_record, read_records
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
 
@@ -131,7 +133,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_records(tmp_path, workers):
     sweep = mlp_sweep(tmp_path, n=4, steps=400, name="interrupt")
     out = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "fractal_llm.runner", str(sweep), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "fractal_llm.runners.local", str(sweep), "--out", str(out),
                              "--mlp-chunk", "1", "--workers", str(workers)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env,
                             # as in a terminal, whatever this test runs under (nohup and background jobs ignore it)
@@ -210,7 +212,8 @@ def test_a_log_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, monkey
 # each point takes its time, so that the two overlap however late one of them starts.
 LOGGED_RUNNER = """
 import pathlib, sys, time
-from fractal_llm import cli, mlp
+from fractal_llm import cli
+from fractal_llm.paper import mlp
 train_many = mlp.train_many
 log = pathlib.Path(sys.argv[1])
 def logged(configs, *args, **kwargs):

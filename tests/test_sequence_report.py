@@ -6,8 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from fractal_llm import report_command, sequence_report, zoom_sequence
-from fractal_llm.fractal import paper_dimension, pooled_paper_dimension
+from fractal_llm.report import report as report_command
+
+from fractal_llm.report import sequence as sequence_report
+
+from fractal_llm.runners import zoom as zoom_sequence
+from fractal_llm.report.fractal import paper_dimension, pooled_paper_dimension
 from fractal_llm.records import RunRecord, record_name, write_record
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, load_sweep, new_sweep
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from fractal_llm.grid import build_grid
-from fractal_llm.plots import boundary_pairs
+from fractal_llm.report.grid import build_grid
+from fractal_llm.report.plots import boundary_pairs
 from fractal_llm.records import RunRecord, file_name, record_name, write_record
-from fractal_llm.report_command import main as run_main
-from fractal_llm.report_command import run as run_report
-from fractal_llm.report import write_report
-from fractal_llm.sources import ApiSettings, SourceError, local_source, parse_timestamp, wandb_source
+from fractal_llm.report.report import main as run_main
+from fractal_llm.report.report import run as run_report
+from fractal_llm.report.writer import write_report
+from fractal_llm.report.sources import ApiSettings, SourceError, local_source, parse_timestamp, wandb_source
 from fractal_llm.sweep import MODULE_COMMAND, axis_values
 from test_report import offline_wandb, table_rows  # noqa: F401  (a fixture, used by name)
 
@@ -281,7 +281,7 @@ def test_a_permanent_failure_or_the_last_try_names_the_sweep(error, tries, tmp_p
     assert len(calls.runs_kwargs) == tries and str(error) in str(info.value)
     # The command line, default settings: exit 2 with the message, no traceback, after the backoff schedule.
     import wandb
-    from fractal_llm import sources
+    from fractal_llm.report import sources
     waits = []
     monkeypatch.setattr(sources.time, "sleep", waits.append)
     monkeypatch.setattr(wandb, "Api", lambda **kwargs: api)
@@ -343,7 +343,7 @@ def iso(moment) -> str:
 
 def test_watch_pulls_only_changed_runs_and_ctrl_c_keeps_the_last_report(tmp_path, monkeypatch, capsys):
     from datetime import datetime, timedelta, timezone
-    from fractal_llm import report_command as report_module
+    from fractal_llm.report import report as report_module
     calls = Calls()
     cfg = fake_sweep_config(4)
     runs = fake_runs(calls, cfg)
@@ -383,7 +383,7 @@ def test_watch_pulls_only_changed_runs_and_ctrl_c_keeps_the_last_report(tmp_path
 
 
 def test_watch_ctrl_c_while_writing_leaves_the_previous_report_whole(tmp_path, monkeypatch):
-    from fractal_llm import report_command as report_module
+    from fractal_llm.report import report as report_module
     calls = Calls()
     cfg = fake_sweep_config(4)
     api = FakeApi(cfg, {"s": fake_runs(calls, cfg)}, calls)
@@ -413,7 +413,7 @@ def test_watch_ctrl_c_while_writing_leaves_the_previous_report_whole(tmp_path, m
 def test_watch_with_wandb_logs_one_run_and_a_report_version_when_points_finished(tmp_path, monkeypatch,
                                                                                 offline_wandb):
     from datetime import datetime, timedelta, timezone
-    from fractal_llm import report_command
+    from fractal_llm.report import report as report_command
     calls = Calls()
     cfg = fake_sweep_config(4)
     runs = fake_runs(calls, cfg)
@@ -456,7 +456,7 @@ def test_watch_refuses_a_directory_that_is_not_a_report(tmp_path, capsys):
 
 
 def test_refill_lists_exactly_the_holes_and_the_merged_map_has_none(tmp_path, capsys):
-    from fractal_llm import refill
+    from fractal_llm.report import refill
     from fractal_llm.sweep import load_sweep
     calls = Calls()
     cfg = fake_sweep_config(8)

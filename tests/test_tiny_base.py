@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fractal_llm.tiny_base import TinyRecipe, build_tiny_base
+from fractal_llm.gpt.make_base import TinyRecipe, build_tiny_base
 from nanochat.checkpoint import load_model
 
 SMALL = TinyRecipe(steps=4, batch_size=2, tokenizer_docs=150, pretrain_docs=60, vocab_size=400, seed=5)
@@ -22,7 +22,7 @@ def test_tiny_base_is_deterministic_and_loadable(tmp_path):
 
 
 def test_cache_directory_is_keyed_on_the_whole_recipe(monkeypatch):
-    from fractal_llm.tiny_base import default_recipe, tiny_base_dir
+    from fractal_llm.gpt.make_base import default_recipe, tiny_base_dir
     assert tiny_base_dir(SMALL) != tiny_base_dir(TinyRecipe(**{**SMALL.__dict__, "steps": 5}))
     assert tiny_base_dir(SMALL) == tiny_base_dir(TinyRecipe(**SMALL.__dict__))
     monkeypatch.setenv("FRACTAL_LLM_TINY_RECIPE", '{"steps": 7}')
@@ -37,7 +37,7 @@ def test_dec_2025_builds_keep_the_cache_key_they_had_before_tiny_2026():
     import hashlib
     import json
     from dataclasses import asdict
-    from fractal_llm.tiny_base import TINY_VERSION, tiny_base_dir
+    from fractal_llm.gpt.make_base import TINY_VERSION, tiny_base_dir
     old_key = hashlib.sha1(json.dumps([TINY_VERSION, asdict(SMALL)], sort_keys=True).encode()).hexdigest()[:12]
     assert tiny_base_dir(SMALL).name == f"tiny-v{TINY_VERSION}-seed5-{old_key}"
     assert tiny_base_dir(SMALL, "tiny-2026").name.startswith("tiny-2026-") and old_key not in tiny_base_dir(
@@ -60,7 +60,7 @@ def test_tiny_2026_is_a_2026_architecture_pretrained_like_the_tiny_base(tmp_path
 
 
 def test_the_build_on_first_use_prints_progress_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, capsys):
-    from fractal_llm.tiny_base import ensure_tiny_base
+    from fractal_llm.gpt.make_base import ensure_tiny_base
     monkeypatch.setenv("FRACTAL_LLM_HOME", str(tmp_path))
     out = ensure_tiny_base(SMALL)
     err = capsys.readouterr().err

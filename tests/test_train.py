@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-import fractal_llm.data
+import fractal_llm.gpt.data
 import nanochat.checkpoint
-from fractal_llm import finetune
+from fractal_llm.gpt import finetune
 from fractal_llm import train as train_module
-from fractal_llm import worker
+from fractal_llm.runners import agent as worker
 from fractal_llm.config import TrainConfig
 from fractal_llm.records import SUMMARY_KEYS, read_record, record_name
-from fractal_llm.finetune import lr_multiplier, planned_steps, steps_for_budget
+from fractal_llm.gpt.finetune import lr_multiplier, planned_steps, steps_for_budget
 from fractal_llm.train import train
 from wandb_offline import offline_runs
 
@@ -59,7 +59,7 @@ def test_same_seed_gives_identical_losses(tiny_base):
 def test_second_call_does_not_reload_checkpoint_or_data(tiny_base, monkeypatch):
     finetune.clear_caches()
     calls = {"model": 0, "data": 0}
-    real_load_model, real_load_tokenized = nanochat.checkpoint.load_model, fractal_llm.data.load_tokenized
+    real_load_model, real_load_tokenized = nanochat.checkpoint.load_model, fractal_llm.gpt.data.load_tokenized
 
     def counting_load_model(*args, **kwargs):
         calls["model"] += 1
@@ -70,7 +70,7 @@ def test_second_call_does_not_reload_checkpoint_or_data(tiny_base, monkeypatch):
         return real_load_tokenized(*args, **kwargs)
 
     monkeypatch.setattr(nanochat.checkpoint, "load_model", counting_load_model)
-    monkeypatch.setattr(fractal_llm.data, "load_tokenized", counting_load_tokenized)
+    monkeypatch.setattr(fractal_llm.gpt.data, "load_tokenized", counting_load_tokenized)
     a = train(TrainConfig(matrix_lr=0.01, **SHORT))
     b = train(TrainConfig(matrix_lr=0.01, **SHORT))
     assert calls == {"model": 1, "data": 1}
@@ -121,7 +121,7 @@ def test_the_local_runners_point_is_a_named_run_in_its_maps_group(tmp_path, monk
     the config (the W&B UI groups by config), the same metric definitions as every other path."""
     import wandb
 
-    from fractal_llm import point
+    from fractal_llm.runners import point
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     wandb.teardown()  # settings (WANDB_DIR) are read again from the environment, as the agent does per run
     out = tmp_path / "runs-dir"
@@ -138,7 +138,7 @@ def test_the_local_runners_point_is_a_named_run_in_its_maps_group(tmp_path, monk
 
 
 def test_a_point_without_wandb_runs_through_the_no_op_run(tmp_path):
-    from fractal_llm import point
+    from fractal_llm.runners import point
     run = point.start_run({"a": 1}, mode="disabled")
     assert isinstance(run, point.NoRun) and run.id == "" and run.sweep_id is None
     record = point.execute(train, TrainConfig(model_family="mlp", num_iterations=5), "p", tmp_path, run)
@@ -231,7 +231,7 @@ def test_record_names_follow_the_overrides():
 def test_every_family_gives_one_record_shape_through_execute(tiny_base, tmp_path):
     """The mlp result once lacked repro.timing and crashed execute outside its try: both families now
     go through one path and one repro shape."""
-    from fractal_llm.point import NoRun, execute
+    from fractal_llm.runners.point import NoRun, execute
     mlp_record = execute(train, TrainConfig(model_family="mlp", num_iterations=5), "mlp", tmp_path, NoRun())
     gpt_record = execute(train, TrainConfig(matrix_lr=0.01, **SHORT), "gpt", tmp_path, NoRun())
     for record in (mlp_record, gpt_record):
@@ -241,7 +241,7 @@ def test_every_family_gives_one_record_shape_through_execute(tiny_base, tmp_path
 
 
 def test_an_exception_in_the_trainer_is_an_error_record_with_its_traceback(tmp_path, monkeypatch):
-    from fractal_llm import point
+    from fractal_llm.runners import point
     from fractal_llm import train as glue
 
     def broken(config, on_step):

@@ -10,11 +10,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from fractal_llm.grid import grid_from_arrays  # noqa: E402
+from fractal_llm.report.grid import grid_from_arrays  # noqa: E402
 from fractal_llm.verdict import from_trainable  # noqa: E402
 from fractal_llm.sweep import MODULE_COMMAND, axis_values, load_sweep  # noqa: E402
-from fractal_llm.plots import draw_boxes  # noqa: E402
-from fractal_llm.zoom import find_zoom_boxes, write_zoom_sweeps  # noqa: E402
+from fractal_llm.report.plots import draw_boxes  # noqa: E402
+from fractal_llm.report.zoom_boxes import find_zoom_boxes, write_zoom_sweeps  # noqa: E402
 
 N = 32
 XS = axis_values(1e-4, 1.0, N)

@@ -8,10 +8,12 @@ import yaml
 
 from test_refine_sweeps import created  # noqa: F401  (fixture: wandb.sweep recorded, no server)
 
-from fractal_llm import paper, zoom_sequence
+from fractal_llm.paper import paper
+
+from fractal_llm.runners import zoom as zoom_sequence
 from fractal_llm.records import read_records
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, load_sweep, new_sweep
-from fractal_llm.zoom_sequence import ZoomError, float64_problem, plan_sequence
+from fractal_llm.runners.zoom import ZoomError, float64_problem, plan_sequence
 
 MLP_FIXED = {"model_family": "mlp", "num_iterations": 8, "trainable_window_steps": 4, "dataset_size": 4,
              "width": 4}

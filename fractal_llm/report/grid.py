@@ -18,7 +18,7 @@ import numpy as np
 from fractal_llm.config import DERIVED_WHEN_NONPOSITIVE
 from fractal_llm.errors import FractalLLMError
 from fractal_llm.records import RunRecord, values_from_name
-from fractal_llm.refine import RefinePlan, fill, known_verdicts
+from fractal_llm.refine.levels import RefinePlan, fill, known_verdicts
 from fractal_llm.sweep import SweepError, parse_parameters
 from fractal_llm.verdict import VERDICTS, count_verdicts, labels_from_verdicts
 
@@ -272,7 +272,7 @@ def axis_is_log(values) -> bool:
 
 
 def apply_refinement(grid: Grid, levels: int, margin: int) -> None:
-    """Fill the pixels an adaptive run never ran from their uniform enclosing cells (fractal_llm.refine), so
+    """Fill the pixels an adaptive run never ran from their uniform enclosing cells (fractal_llm.refine.levels), so
     the map and its dimension are of the full-resolution labels; those pixels are marked `inferred` and
     counted apart (counts["inferred"], taken out of "missing")."""
     refined = fill(RefinePlan(grid.shape, levels, margin), known_verdicts(grid.verdicts))

@@ -1,11 +1,11 @@
 """`fractal-llm agents SWEEP`: one long-lived W&B agent process per GPU, on this host or over ssh.
 
-Each agent is the W&B worker `PYTHON -m fractal_llm.worker SWEEP` (fractal_llm/worker.py, the same as
+Each agent is the W&B worker `PYTHON -m fractal_llm.runners.agent SWEEP` (fractal_llm/runners/agent.py, the same as
 `fractal-llm agent SWEEP`), started detached with CUDA_VISIBLE_DEVICES=i: the runs of one agent share its
 process, so the base model and the tokenized data are loaded once per GPU, not once per run.
 
 - Before detaching anything, the worker's own checks run once in the foreground on each host
-  (`PYTHON -m fractal_llm.worker SWEEP --check`: offline mode, credentials, the sweep on the server), so a
+  (`PYTHON -m fractal_llm.runners.agent SWEEP --check`: offline mode, credentials, the sweep on the server), so a
   host without credentials or a bad sweep is an error here, not a started agent that dies.
 - Agents start STAGGER_S apart: agents that ask for their first run at the same moment can be handed the
   same grid point (a known W&B issue).
@@ -35,12 +35,12 @@ from rich.table import Table
 
 from fractal_llm import paths
 from fractal_llm.errors import FractalLLMError
-from fractal_llm.pool import GpuDetectionError, count_gpus_in, detect_local_gpus, usable_cores
+from fractal_llm.runners.pool import GpuDetectionError, count_gpus_in, detect_local_gpus, usable_cores
 from fractal_llm.sweep import SweepError, parse_sweep_path
-from fractal_llm.worker import AGENT_EXIT, DEFAULT_MAX_FAILURES, SweepRefused, refuse_offline_mode
+from fractal_llm.runners.agent import AGENT_EXIT, DEFAULT_MAX_FAILURES, SweepRefused, refuse_offline_mode
 
 LOCAL = socket.gethostname()  # pid/log names carry the host: a shared logdir (NFS) never collides
-AGENT_MARK = "fractal_llm.worker"  # what an agent's command line contains (checked before signalling a pid)
+AGENT_MARK = "fractal_llm.runners.agent"  # what an agent's command line contains (checked before signalling a pid)
 STAGGER_S = 1.5  # seconds between agent starts: agents starting at once can get the same grid point
 REMOTE_LOGDIR = '"${FRACTAL_LLM_HOME:-$HOME/.cache/fractal-llm}/agents"'  # expanded by the remote shell
 
@@ -84,7 +84,7 @@ def parse_gpus(text: str) -> list[str] | None:
 # ---------------------------------------------------------------------------------------------- commands
 
 def worker_argv(python: str, sweep: str, count: int | None, max_failures: int = DEFAULT_MAX_FAILURES) -> list[str]:
-    argv = [*shlex.split(python), "-m", "fractal_llm.worker", sweep, "--max-failures", str(max_failures)]
+    argv = [*shlex.split(python), "-m", "fractal_llm.runners.agent", sweep, "--max-failures", str(max_failures)]
     return argv + (["--count", str(count)] if count is not None else [])
 
 

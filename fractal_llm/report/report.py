@@ -22,11 +22,11 @@ import numpy as np
 from rich.console import Console
 
 from fractal_llm import paths
-from fractal_llm.compare import compare_reports
-from fractal_llm.grid import Grid, GridError, apply_refinement, build_grid
-from fractal_llm.refine import RefineSettings
-from fractal_llm.report import point_table, print_summary, write_report
-from fractal_llm.sources import (Loaded, SourceError, SourcePoller, add_api_arguments, api_settings,
+from fractal_llm.report.compare import compare_reports
+from fractal_llm.report.grid import Grid, GridError, apply_refinement, build_grid
+from fractal_llm.refine.levels import RefineSettings
+from fractal_llm.report.writer import point_table, print_summary, write_report
+from fractal_llm.report.sources import (Loaded, SourceError, SourcePoller, add_api_arguments, api_settings,
                                  load_sources)
 from fractal_llm.sweep import load_sweep
 from fractal_llm.verdict import OUTCOMES
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "Ctrl-C; W&B sweeps: only runs updated since the last pull; with --wandb, a new "
                              "version of the report artifact whenever a point finished")
     parser.add_argument("--sequence", metavar="DIR", help="one report over a `fractal-llm zoom` directory "
-                                                          "(fractal_llm/sequence_report.py; with --out only)")
+                                                          "(fractal_llm/report/sequence.py; with --out only)")
     add_api_arguments(parser)
     return parser
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `fractal-llm report` and reports/generate_report.py: 0 on success, 2 on bad input
     (a bad source, a run that does not fit the grid, sweeps that do not compare), with the message only."""
     if argv and "--sequence" in argv:  # one report over a `fractal-llm zoom` sequence
-        from fractal_llm.sequence_report import main as sequence_main
+        from fractal_llm.report.sequence import main as sequence_main
         return sequence_main(argv)
     try:
         run(argv)

@@ -25,7 +25,7 @@ import torch
 
 from fractal_llm import paths
 from fractal_llm.config import ConfigError
-from fractal_llm.tiny_base import TINY_MODELS, ensure_tiny_base
+from fractal_llm.gpt.make_base import TINY_MODELS, ensure_tiny_base
 from nanochat import checkpoint
 
 MODEL_FORMS = (f"{' or '.join(repr(m) for m in TINY_MODELS)}, a local checkpoint directory, "

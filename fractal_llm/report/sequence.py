@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from fractal_llm.fractal import estimate_dimension, paper_dimension, pooled_paper_dimension
-from fractal_llm.grid import Grid, GridError, apply_refinement, build_grid
+from fractal_llm.report.fractal import estimate_dimension, paper_dimension, pooled_paper_dimension
+from fractal_llm.report.grid import Grid, GridError, apply_refinement, build_grid
 from fractal_llm.records import json_safe
-from fractal_llm.robustness import PAPER_MIN_SIDE, THRESHOLDS, pooled_robustness, threshold_labels
-from fractal_llm.refine import read_settings
-from fractal_llm.sources import SourceError, local_source
+from fractal_llm.report.robustness import PAPER_MIN_SIDE, THRESHOLDS, pooled_robustness, threshold_labels
+from fractal_llm.refine.levels import read_settings
+from fractal_llm.report.sources import SourceError, local_source
 from fractal_llm.verdict import VERDICTS
-from fractal_llm.zoom_sequence import Sequence, ZoomError, frame_name, read_sequence
+from fractal_llm.runners.zoom import Sequence, ZoomError, frame_name, read_sequence
 
 RESAMPLES = 2000  # bootstrap draws; on 6 synthetic 64² frames the ends moved by <= 0.03 between seeds (500: 0.05)
 BOOTSTRAP_SEED = 0
@@ -101,7 +101,7 @@ def frame_entry(frame: FrameMap, seq: Sequence, out: Path) -> dict:
     entry = {"index": frame.index, "window": list(frame.window), "resolution": seq.res}
     if frame.grid is None:
         return {**entry, "status": "pending", "dimension": None, "runs_used": 0}
-    from fractal_llm.report import write_report  # loads matplotlib
+    from fractal_llm.report.writer import write_report  # loads matplotlib
     frame_out = out / frame_name(frame.index)
     report = write_report(frame.grid, frame_out, title=f"{seq.parent}, frame {frame.index}",
                           sweep_config=frame.sweep_config, zoom_k=0)
@@ -115,7 +115,7 @@ def frame_entry(frame: FrameMap, seq: Sequence, out: Path) -> dict:
 def write_sequence_report(seq_dir: Path, out: Path, title: str | None = None, console: Console | None = None) -> dict:
     """Write OUT/report.md, report.json, scale_slopes.png, zoom.gif (and zoom.mp4), OUT/frame_KK/; return the
     report dict."""
-    from fractal_llm.plots import write_scale_slopes, write_zoom_gif
+    from fractal_llm.report.plots import write_scale_slopes, write_zoom_gif
     console = console or Console()
     seq = read_sequence(seq_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fractal_llm.fractal import dimension_sentence, estimate_dimension
-from fractal_llm.grid import Grid, GridError, axis_index
-from fractal_llm.plots import plot_difference
+from fractal_llm.report.fractal import dimension_sentence, estimate_dimension
+from fractal_llm.report.grid import Grid, GridError, axis_index
+from fractal_llm.report.plots import plot_difference
 from fractal_llm.records import json_safe
 from fractal_llm.verdict import OUTCOMES
 

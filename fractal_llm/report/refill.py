@@ -15,8 +15,8 @@ from pathlib import Path
 from rich.console import Console
 
 from fractal_llm.config import check_field_value
-from fractal_llm.grid import Grid, GridError, build_grid, hole_list
-from fractal_llm.sources import SourceError, add_api_arguments, api_settings, load_sources
+from fractal_llm.report.grid import Grid, GridError, build_grid, hole_list
+from fractal_llm.report.sources import SourceError, add_api_arguments, api_settings, load_sources
 from fractal_llm.sweep import SweepError, dump_sweep_yaml, load_sweep, refill_config
 
 

@@ -1,7 +1,7 @@
 """Chat data for fine-tuning: load conversations, tokenize them once (disk cache), and batch them.
 
 Sources (`dataset_id`):
-- "docqa": the shipped document-QA dataset (fractal_llm/datasets/docqa/{train,validation}.jsonl);
+- "docqa": the shipped document-QA dataset (fractal_llm/gpt/datasets/docqa/{train,validation}.jsonl);
 - a local .json / .jsonl file (its only split: `split` is not used, and evaluation is refused), or a local
   directory `datasets` can read, split by its file names (train.jsonl, validation.jsonl);
 - anything else: a Hugging Face hub dataset id, loaded with `split` at the commit its `revision` (empty: the
@@ -100,7 +100,7 @@ def check_dataset_id(dataset_id: str) -> None:
         for split in DOCQA_SPLITS:
             if not (DOCQA_DIR / f"{split}.jsonl").is_file():
                 raise DatasetError(f"dataset_id='docqa': shipped file {DOCQA_DIR / f'{split}.jsonl'} is missing; "
-                                   "regenerate it with `python -m fractal_llm.docqa --out fractal_llm/datasets/docqa`")
+                                   "regenerate it with `python -m fractal_llm.gpt.docqa --out fractal_llm/gpt/datasets/docqa`")
         return
     if _is_local_id(dataset_id) and not os.path.exists(os.path.expanduser(dataset_id)):
         raise DatasetError(f"dataset_id={dataset_id!r}: local file not found ({Path(dataset_id).expanduser().resolve()})")

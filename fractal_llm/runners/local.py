@@ -3,11 +3,11 @@
 The grid is expanded exactly as W&B does (sweep.expand_grid). Each point ends as one JSON record in DIR,
 named by its axis values, so re-running the same command runs only the points without a finished record
 (`error` records are retried). Two runners on one DIR (two terminals, or two hosts on a shared
-filesystem) split the points: each claims a point before running it (fractal_llm.claims), and its last line
+filesystem) split the points: each claims a point before running it (fractal_llm.runners.claims), and its last line
 says how many points it ran. Points run in N long-lived worker processes (gpt: one per visible GPU, else
 one single-threaded worker per core, runner.default_workers); a worker imports the train module once, so its
 base-model and tokenized-data caches serve all of its points. mlp-family points run batched
-(fractal_llm.mlp.train_many) in chunks of --mlp-chunk points, one single-threaded worker per core. A single
+(fractal_llm.paper.mlp.train_many) in chunks of --mlp-chunk points, one single-threaded worker per core. A single
 worker runs in this process.
 
 W&B: the runner never uses an agent (agents need a server). run_point logs each gpt point as a W&B run in
@@ -27,12 +27,14 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fractal_llm import claims, paths
+from fractal_llm import paths
+
+from fractal_llm.runners import claims
 from fractal_llm.config import TrainConfig
 from fractal_llm.errors import FractalLLMError
-from fractal_llm.pool import WorkerPool, detect_local_gpus, usable_cores
+from fractal_llm.runners.pool import WorkerPool, detect_local_gpus, usable_cores
 from fractal_llm.records import error_record, file_name, record_name, read_record, record_from_result, write_record
-from fractal_llm.refine import (DEFAULT_MARGIN, LEVEL0_POINTS, RefinePlan, RefineSettings, fill, known_verdicts,
+from fractal_llm.refine.levels import (DEFAULT_MARGIN, LEVEL0_POINTS, RefinePlan, RefineSettings, fill, known_verdicts,
                                 next_level, write_settings)
 from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
 from fractal_llm.verdict import VERDICTS, count_verdicts
@@ -170,7 +172,8 @@ def finished_verdict(out_dir: Path, name: str) -> str | None:
 
 
 def _run_gpt_point(names: list[str], params: list[dict], out_dir: Path, wandb_mode: str) -> list[tuple[str, str]]:
-    from fractal_llm import point, train
+    from fractal_llm import train
+    from fractal_llm.runners import point
     name, config = names[0], TrainConfig(**params[0])
     t0 = time.perf_counter()
     try:
@@ -182,7 +185,7 @@ def _run_gpt_point(names: list[str], params: list[dict], out_dir: Path, wandb_mo
 
 
 def _run_mlp_chunk(names: list[str], params: list[dict], out_dir: Path, wandb_mode: str) -> list[tuple[str, str]]:
-    from fractal_llm import mlp
+    from fractal_llm.paper import mlp
     configs = [TrainConfig(**p) for p in params]
     t0 = time.perf_counter()
     try:
@@ -350,7 +353,7 @@ def lattice_known(out_dir: Path, plan: RefinePlan, name_of: dict, console: Conso
 def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int | None, margin: int, workers: int | None = None,
                  wandb_mode: str = "offline", mlp_chunk: int = DEFAULT_MLP_CHUNK,
                  console: Console | None = None) -> int:
-    """`--adaptive`: refinement by levels (fractal_llm.refine.next_level) on the sweep's lattice, level after
+    """`--adaptive`: refinement by levels (fractal_llm.refine.levels.next_level) on the sweep's lattice, level after
     level with the same workers and records as a full run. A re-run starts at the level it stopped in; errors
     are retried by the next run. Points of a level that another runner holds are waited for (their verdicts
     decide the next level), and run here when their runner died without a record."""

@@ -12,13 +12,13 @@ from typing import Callable
 
 import torch
 
-from fractal_llm import base_model
-from fractal_llm.base_model import BaseModel, get_base_model
+from fractal_llm.gpt import base_model
+from fractal_llm.gpt.base_model import BaseModel, get_base_model
 from fractal_llm.config import ConfigError, TrainConfig
-from fractal_llm.data import dataset_identity, resolve_revision
+from fractal_llm.gpt.data import dataset_identity, resolve_revision
 from fractal_llm.records import RunResult
 from fractal_llm.repro import repro_metadata
-from fractal_llm.training_step import optimizer_step, set_lr
+from fractal_llm.gpt.training_step import optimizer_step, set_lr
 from fractal_llm.verdict import summarize_losses
 
 OnStep = Callable[[int, dict], None]
@@ -40,7 +40,7 @@ def resolve_device(config: TrainConfig) -> torch.device:
 
 
 def get_dataset(config: TrainConfig, split: str, tokenizer):
-    from fractal_llm.data import load_tokenized
+    from fractal_llm.gpt.data import load_tokenized
     key = (config.dataset_id, resolve_revision(config.dataset_id, config.dataset_revision), split,
            tokenizer.fingerprint(), config.max_seq_len)
     if key not in _DATASETS:
@@ -152,7 +152,7 @@ def fresh_model(base: BaseModel):
 def run_steps(config, model, optimizers, dataset, base, total_steps, device, on_step):
     """The optimizer loop -> (losses, history, samples). Stops at the first non-finite loss (recorded: it is
     the divergence). Samples are taken every `sample_every` steps."""
-    from fractal_llm.data import iterate_batches
+    from fractal_llm.gpt.data import iterate_batches
     tokenizer = base.tokenizer
     pad_id = tokenizer.encode_special("<|assistant_end|>")
     batches = iterate_batches(dataset, config.device_batch_size, config.seed, pad_id, device=device)
@@ -190,7 +190,7 @@ def run_steps(config, model, optimizers, dataset, base, total_steps, device, on_
 @torch.no_grad()
 def evaluate(config: TrainConfig, model, tokenizer, device, num_batches: int = 4) -> float:
     """Mean loss over a fixed set of validation batches (same batches at every evaluation)."""
-    from fractal_llm.data import iterate_batches
+    from fractal_llm.gpt.data import iterate_batches
     dataset = get_dataset(config, "validation", tokenizer)
     pad_id = tokenizer.encode_special("<|assistant_end|>")
     batches = iterate_batches(dataset, config.device_batch_size, 0, pad_id, device=device)
@@ -206,7 +206,7 @@ def evaluate(config: TrainConfig, model, tokenizer, device, num_batches: int = 4
 def generate_samples(config: TrainConfig, base: BaseModel, when: str, count: int = 3,
                      max_tokens: int = 32) -> list[dict]:
     """Greedy answers to the first validation conversations, for before/after tables."""
-    from fractal_llm.data import load_conversations
+    from fractal_llm.gpt.data import load_conversations
     conversations = load_conversations(config.dataset_id, config.dataset_revision, "validation")[:count]
     samples = []
     for index, conversation in enumerate(conversations):
@@ -225,7 +225,7 @@ def generate_samples(config: TrainConfig, base: BaseModel, when: str, count: int
 
 def preflight(config: TrainConfig) -> None:
     """gpt family: cheap checks of the inputs on disk, so a missing file fails before W&B or any model work."""
-    from fractal_llm.data import check_dataset_id, check_has_validation
+    from fractal_llm.gpt.data import check_dataset_id, check_has_validation
     check_dataset_id(config.dataset_id)
     wanted_by = [name for name, on in (("eval_every", config.eval_every > 0), ("sample_every", config.sample_every > 0),
                                        ("sample_before_after", config.sample_before_after)) if on]

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from fractal_llm.config import field_types
 from fractal_llm.errors import FractalLLMError
-from fractal_llm.grid import axis_is_log
+from fractal_llm.report.grid import axis_is_log
 from fractal_llm.paths import atomic_write_text
 from fractal_llm.sweep import POINT_KEY, SweepError, SweepSpec, axis_values, check_sweep, dump_sweep_yaml, load_sweep
 
@@ -285,7 +285,7 @@ def create_wandb_frames(out: Path, files: dict[int, Path], levels: int | None, m
                         project: str | None, console: Console) -> int:
     """Each frame's level 0 as a W&B point-list sweep (refine_sweeps.create_next_level, as `fractal-llm refine`),
     and the `fractal-llm agents` line to run it; the next levels come from `fractal-llm refine`."""
-    from fractal_llm import refine_sweeps
+    from fractal_llm.refine import refine as refine_sweeps
     record = out / WANDB_FILE
     created = yaml.safe_load(record.read_text()) if record.exists() else {}
     for k, path in files.items():
@@ -304,8 +304,8 @@ def create_wandb_frames(out: Path, files: dict[int, Path], levels: int | None, m
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fractal_llm.refine import DEFAULT_MARGIN, RefineError, RefinePlan
-    from fractal_llm import runner
+    from fractal_llm.refine.levels import DEFAULT_MARGIN, RefineError, RefinePlan
+    from fractal_llm.runners import local as runner
     args = build_parser().parse_args(argv)
     console, err = Console(), Console(stderr=True)
     margin = DEFAULT_MARGIN if args.margin is None else args.margin

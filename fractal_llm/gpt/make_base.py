@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from fractal_llm import paths
-from fractal_llm.training_step import optimizer_step, set_lr
+from fractal_llm.gpt.training_step import optimizer_step, set_lr
 
 TINY_VERSION = 3  # bump when the build code changes in a way the recipe does not show
 TINY_MODELS = {"tiny": "Dec-2025", "tiny-2026": "2026"}  # model_id -> nanochat era (nanochat/checkpoint.py)
@@ -97,7 +97,7 @@ def ensure_tiny_base(recipe: TinyRecipe | None = None, model_id: str = "tiny") -
 
 
 def token_stream(tokenizer, recipe: TinyRecipe) -> torch.Tensor:
-    from fractal_llm.docqa import document_texts
+    from fractal_llm.gpt.docqa import document_texts
     bos = tokenizer.get_bos_token_id()
     texts = document_texts(recipe.pretrain_docs, seed=recipe.seed + 1)
     ids: list[int] = []
@@ -147,7 +147,7 @@ def build_tiny_base(out: Path, recipe: TinyRecipe = TinyRecipe(), model_id: str 
                     console=None) -> dict:
     """Train the tokenizer, pre-train model_id's architecture and save both into out. With a rich console,
     the progress goes there (a live bar on a terminal, else a plain line every PROGRESS_LINE_S)."""
-    from fractal_llm.docqa import document_texts
+    from fractal_llm.gpt.docqa import document_texts
     from nanochat.checkpoint import save_checkpoint
     from nanochat.tokenizer import Tokenizer
 

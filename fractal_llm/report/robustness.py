@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from fractal_llm.fractal import estimate_dimension, paper_dimension, pooled_paper_dimension
-from fractal_llm.refine import RefinePlan, fill
+from fractal_llm.report.fractal import estimate_dimension, paper_dimension, pooled_paper_dimension
+from fractal_llm.refine.levels import RefinePlan, fill
 from fractal_llm.verdict import VERDICTS, summarize_losses
 
 THRESHOLDS = (0.9, 1.0, 1.1)

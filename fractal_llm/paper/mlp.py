@@ -6,7 +6,7 @@ Network (mean-field, no biases, input dimension = width n):
 Weights, inputs and targets ~ N(0, 1) from fixed seeds, so every grid point starts from the same weights and
 sees the same data; only the hyperparameters (lr_input, lr_output, init_offset) differ between points.
 Two sources of those draws (`weights`): "torch" (torch's generator, from `seed`) or "notebook" (the paper
-notebook's JAX draws, shipped in paper_weights/, with its minibatch index stream from fractal_llm/threefry.py).
+notebook's JAX draws, shipped in weights/, with its minibatch index stream from fractal_llm/paper/threefry.py).
 Loss: mean squared error. Optimizer: plain gradient descent, one learning rate per layer, float64.
 
 Layout of the batched core (B grid points): the data X is shared, so the input layer of all B points is one
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fractal_llm import threefry
+from fractal_llm.paper import threefry
 from fractal_llm.config import DEFAULT_MLP_STEPS, ConfigError, TrainConfig
-from fractal_llm.pool import WorkerPool
+from fractal_llm.runners.pool import WorkerPool
 from fractal_llm.records import RunResult, SUMMARY_KEYS
 from fractal_llm.repro import repro_metadata
 from fractal_llm.verdict import summarize_batch, summarize_losses
@@ -60,7 +60,7 @@ CHECK = 10
 MINIBATCH_SEED_OFFSET = 7919  # the minibatch index stream uses its own generator, seed + this
 # The paper notebook's draws (scripts/make_paper_weights.py): PRNGKey(0) for weights and data, PRNGKey(42)
 # for the minibatch indices; width 16 and these dataset sizes (parameters, width, one point) only.
-NOTEBOOK_FILE = Path(__file__).resolve().parent / "paper_weights" / "notebook_width16.npz"
+NOTEBOOK_FILE = Path(__file__).resolve().parent / "weights" / "notebook_width16.npz"
 NOTEBOOK_WIDTH = 16
 NOTEBOOK_DATASET_SIZES = (272, 16, 1)
 NOTEBOOK_MINIBATCH_SEED = 42

@@ -2,7 +2,7 @@
 record, and a stop (SIGTERM, or a stop sent from W&B) in the middle.
 
 Every path that runs a point goes through `execute`: the local runner (`run_point`), the train CLI
-(`python -m fractal_llm.train`) and the W&B worker's agent callback (fractal_llm/worker.py). The trainer is
+(`python -m fractal_llm.train`) and the W&B worker's agent callback (fractal_llm/runners/agent.py). The trainer is
 passed in (`train.train`, the dispatch over model families), so this module never imports one.
 """
 

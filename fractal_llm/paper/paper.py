@@ -7,7 +7,7 @@
 
 CONFIG: tanh, relu, linear, tanh-one-point, tanh-minibatch, init-offset. Windows are in log10 units:
 x = lr_input, y = lr_output (init-offset: x = init_offset added to W0, y = one LR shared by both layers).
-The grid is trained in batched chunks (fractal_llm.mlp) straight into arrays; no per-point records. The
+The grid is trained in batched chunks (fractal_llm.paper.mlp) straight into arrays; no per-point records. The
 chunks run in --workers single-threaded processes (default: one per usable core), or on
 CUDA in one process (--device cuda, float64).
 
@@ -35,14 +35,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fractal_llm import mlp
+from fractal_llm.paper import mlp
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.errors import FractalLLMError
-from fractal_llm.fractal import edge_mask, estimate_dimension, paper_dimension, pooled_paper_dimension
-from fractal_llm.pool import usable_cores
+from fractal_llm.report.fractal import edge_mask, estimate_dimension, paper_dimension, pooled_paper_dimension
+from fractal_llm.runners.pool import usable_cores
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
 from fractal_llm.verdict import count_verdicts
-from fractal_llm.zoom_sequence import float64_problem
+from fractal_llm.runners.zoom import float64_problem
 
 console = Console()
 PAPER_MIN_RES = 21  # fractal.paper_dimension needs an edge image >= 20 pixels on its short side
@@ -320,9 +320,9 @@ def write_outputs(paper: PaperConfig, frames: list[Frame], out: Path, problem: m
                   workers: int, gif: bool = False) -> dict:
     """report.md/json of the first frame in out/, every further frame's in out/frame_KK/ (KK: its index in
     the zoom sequence, or its position for --window/--zoom frames), and zoom.gif when asked."""
-    from fractal_llm.grid import grid_from_arrays  # report modules load matplotlib: import when writing
-    from fractal_llm.plots import write_zoom_gif
-    from fractal_llm.report import print_summary, write_report
+    from fractal_llm.report.grid import grid_from_arrays  # report modules load matplotlib: import when writing
+    from fractal_llm.report.plots import write_zoom_gif
+    from fractal_llm.report.writer import print_summary, write_report
 
     base = frames[0]
     per_frame = [frame_dimensions(f) for f in frames]

@@ -18,14 +18,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fractal_llm.fractal import dimension_sentence, estimate_dimension
-from fractal_llm.grid import Grid, hole_list
+from fractal_llm.report.fractal import dimension_sentence, estimate_dimension
+from fractal_llm.report.grid import Grid, hole_list
 from fractal_llm.verdict import OUTCOMES, VERDICTS
-from fractal_llm.plots import CurveFn, write_plots
+from fractal_llm.report.plots import CurveFn, write_plots
 from fractal_llm.records import json_safe
-from fractal_llm.robustness import robustness_markdown, robustness_of
-from fractal_llm.sources import HistoryFn, local_history
-from fractal_llm.zoom import find_zoom_boxes, write_zoom_sweeps
+from fractal_llm.report.robustness import robustness_markdown, robustness_of
+from fractal_llm.report.sources import HistoryFn, local_history
+from fractal_llm.report.zoom_boxes import find_zoom_boxes, write_zoom_sweeps
 
 POINTS_IN_JSON = 65536  # per-point table in report.json up to this many points (paper arrays are bigger)
 HOLES_LISTED = 50  # report.md lists this many holes; report.json and `fractal-llm refill` take every one

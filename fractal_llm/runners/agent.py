@@ -1,7 +1,7 @@
 """`fractal-llm agent SWEEP`: one in-process W&B sweep agent in the foreground, the W&B worker.
 
 It is what a scheduler runs (one per SLURM array task or Kubernetes pod and GPU: examples/slurm,
-examples/k8s) and what `fractal-llm agents` starts detached, one per GPU (fractal_llm/agents.py). It calls
+examples/k8s) and what `fractal-llm agents` starts detached, one per GPU (fractal_llm/runners/agents.py). It calls
 wandb.agent(sweep, function=agent_function): the runs share this process, so the base model and the
 tokenized data are loaded once, not once per run. It logs to stdout; its last line starts with AGENT_EXIT
 and says why it ended.
@@ -28,7 +28,9 @@ from functools import partial
 
 from rich.console import Console
 
-from fractal_llm import point, train
+from fractal_llm import train
+
+from fractal_llm.runners import point
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.errors import FractalLLMError
 from fractal_llm.records import RunRecord, error_summary, record_name
@@ -65,7 +67,7 @@ def check_server_sweep(sweep_config: dict) -> SweepSpec:
     """What a worker checks before claiming its first run: the sweep as the server holds it passes `sweep
     check`, has no placeholder left (<entity>, <hf-owner>, ...), and its fixed inputs exist (train preflight:
     model source, dataset), so a bad sweep fails here once instead of as an error record per point."""
-    from fractal_llm.data import DatasetError
+    from fractal_llm.gpt.data import DatasetError
     try:
         spec = check_sweep(sweep_config)
     except SweepError as e:

@@ -21,9 +21,9 @@ import yaml
 
 from fractal_llm.config import ConfigError
 from fractal_llm.errors import FractalLLMError
-from fractal_llm.grid import GridError, sweep_axes
+from fractal_llm.report.grid import GridError, sweep_axes
 from fractal_llm.records import RunRecord, read_record, read_records, record_name
-from fractal_llm.refine import RefineSettings, read_settings
+from fractal_llm.refine.levels import RefineSettings, read_settings
 from fractal_llm.sweep import SweepError, parse_sweep_path, unpack_point
 
 LOSS_KEY = "train/loss"

@@ -1,6 +1,6 @@
 """`fractal-llm refine FILE.yaml [SWEEP_PATH...]`: adaptive refinement on W&B, one point-list sweep per level.
 
-FILE.yaml is the full-resolution sweep (its two axes are the lattice, fractal_llm.refine). With no sweep
+FILE.yaml is the full-resolution sweep (its two axes are the lattice, fractal_llm.refine.levels). With no sweep
 paths, the command writes and creates level 0; with the level sweeps created so far, it reads their runs,
 places them on the lattice by value, and writes and creates the next level: a point-list sweep (`grid_point`,
 sweep.py) over exactly the points that level runs (refine.next_level). The agents need no change: `fractal-llm
@@ -20,9 +20,9 @@ from pathlib import Path
 from rich.console import Console
 
 from fractal_llm.errors import FractalLLMError
-from fractal_llm.grid import build_grid
-from fractal_llm.refine import DEFAULT_MARGIN, LEVEL0_POINTS, RefinePlan, RefineSettings, fill, known_verdicts, next_level
-from fractal_llm.sources import wandb_source
+from fractal_llm.report.grid import build_grid
+from fractal_llm.refine.levels import DEFAULT_MARGIN, LEVEL0_POINTS, RefinePlan, RefineSettings, fill, known_verdicts, next_level
+from fractal_llm.report.sources import wandb_source
 from fractal_llm.sweep import dump_sweep_yaml, load_sweep, parse_sweep_path, refill_config
 
 

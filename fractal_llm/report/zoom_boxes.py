@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from fractal_llm.config import field_types
-from fractal_llm.fractal import edge_mask
-from fractal_llm.grid import Grid, axis_is_log
+from fractal_llm.report.fractal import edge_mask
+from fractal_llm.report.grid import Grid, axis_is_log
 from fractal_llm.sweep import POINT_KEY, axis_values, check_sweep, dump_sweep_yaml
 
 
