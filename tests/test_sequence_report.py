@@ -49,6 +49,13 @@ def test_a_small_mlp_sequence_reports_every_frame_the_pooled_d_its_interval_and_
     assert (out / "zoom.gif").is_file() and (out / "scale_slopes.png").is_file()
     text = (out / "report.md").read_text()
     assert "Pending (no records yet): frames 3" in text and "## Dynamics or noise" in text
+    # a frame whose adaptive levels still have points to run is drawn but never pooled
+    next(iter((seq_dir / "frame_02").glob("*=*.json"))).unlink()
+    assert report_command.main(["--sequence", str(seq_dir), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())["sequence"]
+    assert again["in_progress"] == [2] and again["pooled_frames"] == [0, 1]
+    assert {f["index"]: f["status"] for f in again["frames"]} == {0: "done", 1: "done", 2: "in progress", 3: "pending"}
+    assert "In progress (drawn, not pooled): frames 2" in (tmp_path / "again" / "report.md").read_text()
 
 
 def write_known_frames(tmp_path, labels_of, frames="0:2", res=32):

@@ -32,7 +32,7 @@ from fractal_llm.report.fractal import estimate_dimension, paper_dimension, pool
 from fractal_llm.report.grid import Grid, GridError, apply_refinement, build_grid
 from fractal_llm.records import json_safe
 from fractal_llm.report.robustness import PAPER_MIN_SIDE, THRESHOLDS, pooled_robustness, threshold_labels
-from fractal_llm.refine.levels import read_settings
+from fractal_llm.refine.levels import RefinePlan, known_verdicts, next_level, read_settings
 from fractal_llm.report.sources import SourceError, local_source
 from fractal_llm.verdict import VERDICTS
 from fractal_llm.runners.zoom import Sequence, ZoomError, frame_name, read_sequence
@@ -48,6 +48,7 @@ class FrameMap:
     window: tuple[float, float, float, float]  # x0, x1, y0, y1 in axis units
     grid: Grid | None  # None: no record yet (pending)
     sweep_config: dict | None = None
+    complete: bool = False  # every point its sweep (or its adaptive refinement) asks for has a verdict
 
 
 def load_frames(seq_dir: Path, seq: Sequence) -> list[FrameMap]:
@@ -67,8 +68,12 @@ def load_frames(seq_dir: Path, seq: Sequence) -> list[FrameMap]:
         grid.name = str(config.get("name") or frame_name(k))
         refinement = read_settings(frame_dir)
         if refinement:
+            plan = RefinePlan(grid.shape, refinement.levels, refinement.margin)
+            complete = next_level(plan, known_verdicts(grid.verdicts)) is None
             apply_refinement(grid, refinement.levels, refinement.margin)
-        frames.append(FrameMap(k, window, grid, config))
+        else:
+            complete = not np.isin(grid.verdicts, ("missing", "pending", "error")).any()
+        frames.append(FrameMap(k, window, grid, config, complete))
     return frames
 
 
@@ -106,7 +111,8 @@ def frame_entry(frame: FrameMap, seq: Sequence, out: Path) -> dict:
     report = write_report(frame.grid, frame_out, title=f"{seq.parent}, frame {frame.index}",
                           sweep_config=frame.sweep_config, zoom_k=0)
     fractal = report["fractal"]
-    return {**entry, "status": "done", "dimension": fractal["dimension"], "uncertainty": fractal["uncertainty"],
+    status = "done" if frame.complete else "in progress"
+    return {**entry, "status": status, "dimension": fractal["dimension"], "uncertainty": fractal["uncertainty"],
             "too_coarse": fractal["too_coarse"], "runs_used": report["runs_used"], "points": report["points"],
             "counts": report["counts"], "report": f"{frame_name(frame.index)}/report.md",
             "map": f"{frame_name(frame.index)}/score_map.png"}
@@ -121,7 +127,9 @@ def write_sequence_report(seq_dir: Path, out: Path, title: str | None = None, co
     out.mkdir(parents=True, exist_ok=True)
     frames = load_frames(seq_dir, seq)
     entries = [frame_entry(f, seq, out) for f in frames]
-    done = [f for f in frames if f.grid is not None]
+    # A frame still running (points missing, or adaptive levels to go) is drawn and listed, never pooled:
+    # its map lacks exactly the points near the boundary that decide its dimension.
+    done = [f for f in frames if f.grid is not None and f.complete]
     paper = {f.index: paper_dimension(f.grid.labels) for f in done if min(f.grid.shape) >= PAPER_MIN_SIDE}
     for entry in entries:
         if entry["index"] in paper:
@@ -145,7 +153,7 @@ def write_sequence_report(seq_dir: Path, out: Path, title: str | None = None, co
         captions = [f"frame {f.index}: {seq.x.name} {f.window[0]:.6g}..{f.window[1]:.6g}, "
                     f"{seq.y.name} {f.window[2]:.6g}..{f.window[3]:.6g}\nD (ours) {_num(e['dimension'])}, "
                     f"D (paper method) {_num(e.get('paper_dimension'))}"
-                    for f, e in zip(frames, entries) if f.grid is not None]
+                    for f, e in zip(frames, entries) if f in done]
         gif = write_zoom_gif([f.grid for f in done], captions, out / "zoom.gif")
         images["zoom_gif"] = gif.name
         if shutil.which("ffmpeg"):
@@ -163,6 +171,7 @@ def write_sequence_report(seq_dir: Path, out: Path, title: str | None = None, co
                      "pooled_frames": sorted(paper), "pooled_slopes": pooled.n_slopes,
                      "pooled_dropped": pooled.n_dropped, "frames": entries,
                      "pending": [e["index"] for e in entries if e["status"] == "pending"],
+                     "in_progress": [e["index"] for e in entries if e["status"] == "in progress"],
                      "robustness": robustness},
         "images": images,
     })
@@ -203,9 +212,12 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {f['index']} | {x0:.4g} … {x1:.4g} | {y0:.4g} … {y1:.4g} | pending | – | – | |")
             continue
         coarse = " (too coarse)" if f["too_coarse"] else ""
+        running = " (in progress)" if f["status"] == "in progress" else ""
         lines.append(f"| [{f['index']}]({f['report']}) | {x0:.4g} … {x1:.4g} | {y0:.4g} … {y1:.4g} | "
-                     f"{f['runs_used']} of {f['points']} | {_num(f['dimension'])}{coarse} | "
+                     f"{f['runs_used']} of {f['points']}{running} | {_num(f['dimension'])}{coarse} | "
                      f"{_num(f.get('paper_dimension'))} | ![frame {f['index']}]({f['map']}) |")
+    if seq["in_progress"]:
+        lines += ["", f"In progress (drawn, not pooled): frames {', '.join(map(str, seq['in_progress']))}."]
     if seq["pending"]:
         lines += ["", f"Pending (no records yet): frames {', '.join(map(str, seq['pending']))}; run the same "
                       "`fractal-llm zoom` command again to continue, then this report."]
