@@ -7,7 +7,7 @@ Two model eras, told apart by the meta's model_config (docs/nanochat.md):
 `load_model` reads a local directory: the artifact layout (`checkpoints/` beside `tokenizer/`), or a
 directory of model/meta files with tokenizer.pkl beside it, in `tokenizer/`, or up to two levels above
 (nanochat's NANOCHAT_BASE_DIR layout: base_checkpoints/d20 with tokenizer/ at the base dir). Fetching a
-W&B artifact or a Hugging Face snapshot into such a directory is the caller's (fractal_llm/gpt/base_model.py).
+W&B artifact or a Hugging Face snapshot into such a directory is the caller's job.
 """
 
 from __future__ import annotations
