@@ -86,6 +86,22 @@ def test_levels_are_created_from_the_runs_so_far_until_nothing_is_left(tmp_path,
     assert result["fractal"]["counts"] == estimate_dimension(truth.astype(float)).to_dict()["counts"]
 
 
+def test_a_level_whose_runs_have_not_finished_is_never_created_again(tmp_path, created, capsys):
+    full = full_yaml(tmp_path)
+    common = ["--entity", "e", "--project", "p", "-o", str(tmp_path / "levels")]
+    assert refine_sweeps.main([str(full), "--levels", "2", "--margin", "1", *common]) == 0
+    calls = Calls()
+    runs = runs_of(created[0], calls)
+    for done in (0, 10):  # no run yet (the agents not started), then 10 of 25 finished
+        api = FakeApi({"lv0": created[0]}, {"lv0": runs[:done]}, calls)
+        assert refine_sweeps.main([str(full), "e/p/lv0", *common], api=api) == 0
+        assert len(created) == 1
+        assert f"level 0: {25 - done} points have no verdict yet" in capsys.readouterr().out
+    api = FakeApi({"lv0": created[0]}, {"lv0": runs}, calls)
+    assert refine_sweeps.main([str(full), "e/p/lv0", *common], api=api) == 0
+    assert len(created) == 2 and "level=1 levels=2" in created[1]["description"]
+
+
 def test_a_level_yaml_passes_sweep_check_and_wandbs_engine_hands_out_exactly_its_points(tmp_path, created,
                                                                                         grid_engine):
     assert refine_sweeps.main([str(full_yaml(tmp_path)), "--levels", "3", "--entity", "e", "--project", "p",

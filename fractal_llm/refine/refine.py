@@ -71,14 +71,17 @@ def create_sweep(cfg: dict, entity: str | None, project: str | None) -> str:
 def create_next_level(full_path: Path, sweep_paths: list[str], levels: int | None, margin: int | None, out_dir: Path,
                       entity: str | None, project: str | None, api=None, console: Console | None = None
                       ) -> tuple[str | None, int, int]:
-    """Create the next level sweep; returns (its path or None when refinement is done, level, pending)."""
+    """Create the next level sweep. Returns (its path, level, 0); or (None, level, pending) when nothing is
+    created: refinement is done (pending 0), or `pending` points of a level already created have no verdict yet."""
     console = console or Console()
     spec = load_sweep(full_path)
     full_cfg = spec.raw
-    records, state = [], None
+    records, state, last_level = [], None, None
     for path in sweep_paths:
         config, recs, _ = wandb_source(path, api=api)
-        state = state or read_state(config.get("description"), path)
+        settings = read_state(config.get("description"), path)
+        state = state or settings
+        last_level = settings.level if last_level is None else max(last_level, settings.level)
         records += recs
     if state is not None:
         if state.lattice != spec.name:
@@ -97,8 +100,10 @@ def create_next_level(full_path: Path, sweep_paths: list[str], levels: int | Non
                       f"{int(refined.inferred.sum())} inferred", highlight=False)
         return None, plan.levels, pending
     level, points = step
-    if pending:
-        return None, level, pending
+    if pending or (last_level is not None and level <= last_level):
+        # Points of a level already created still lack a verdict (queued, running, or failed): creating the
+        # level again would run them twice.
+        return None, level, pending or len(points)
     cfg = level_config(full_cfg, plan, level, points)
     out_dir.mkdir(parents=True, exist_ok=True)
     yaml_path = out_dir / f"{cfg['name']}.yaml"
@@ -143,8 +148,9 @@ def main(argv: list[str], api=None) -> int:
             return 0
         if not args.auto:
             if pending:
-                console.print(f"level {level}: {pending} runs still pending; run again when they finish",
-                              highlight=False)
+                console.print(f"level {level}: {pending} points have no verdict yet (queued, running or failed; "
+                              "`fractal-llm refill` re-runs failed ones); run again when they finish",
+                              highlight=False, soft_wrap=True)
             return 0
         if created is not None:
             sweeps.append(created)
