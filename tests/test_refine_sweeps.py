@@ -44,12 +44,12 @@ def full_yaml(tmp_path):
 
 def runs_of(cfg: dict, calls: Calls) -> list[FakeRun]:
     """Finished W&B runs of a level sweep: config as the agent delivered it (the point under grid_point)."""
+    fixed = {key: p["value"] for key, p in cfg["parameters"].items() if "value" in p}
     out = []
     for k, point in enumerate(cfg["parameters"]["grid_point"]["values"]):
         trainable = disk(point["lr_input"], point["lr_output"])
         summary = {"verdict": "trainable" if trainable else "not_trainable", "score": -1.0 if trainable else 1.0}
-        out.append(FakeRun(calls, f"{cfg['name']}-{k}", {"grid_point": point, "model_family": "mlp",
-                                                          "num_iterations": 5}, summary, "finished",
+        out.append(FakeRun(calls, f"{cfg['name']}-{k}", {"grid_point": point, **fixed}, summary, "finished",
                            "2026-12-02T10:00:00Z", [1.0]))
     return out
 

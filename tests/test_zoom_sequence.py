@@ -6,9 +6,13 @@ import math
 import pytest
 import yaml
 
-from test_refine_sweeps import created  # noqa: F401  (fixture: wandb.sweep recorded, no server)
+import numpy as np
+from test_refine_sweeps import created, disk, runs_of  # noqa: F401  (fixture: wandb.sweep recorded, no server)
+from test_sources import Calls, FakeApi
 
 from fractal_llm.paper import paper
+from fractal_llm.report import sequence
+from fractal_llm.report.fractal import estimate_dimension
 
 from fractal_llm.runners import zoom as zoom_sequence
 from fractal_llm.records import read_records
@@ -133,10 +137,11 @@ def test_another_sequence_in_the_same_directory_is_refused(tmp_path):
                                "--write-only"]) == 2
 
 
-def test_wandb_creates_each_frames_level_0_and_prints_the_agents_line_once(tmp_path, created, capsys):
+def test_wandb_frames_are_refined_level_by_level_and_reported_as_one_sequence(tmp_path, created, capsys):
     out = tmp_path / "seq"
-    args = [str(mlp_parent(tmp_path)), "--centre", "0.1,1", "--frames", "2:3", "--res", "17", "--out", str(out),
-            "--wandb", "--levels", "2", "--entity", "e", "--project", "p"]
+    # centred on the edge of test_refine_sweeps.disk: log10(lr_input) = 0.1 + 0.7, log10(lr_output) = -0.1
+    args = [str(mlp_parent(tmp_path)), "--centre", f"{10 ** 0.8},{10 ** -0.1}", "--frames", "2:3", "--res", "17",
+            "--out", str(out), "--wandb", "--levels", "2", "--entity", "e", "--project", "p"]
     assert zoom_sequence.main(args) == 0
     assert len(created) == 2
     assert "fractal-llm refine: level=0 levels=2 margin=1 lattice=mlp-parent-frame_02" in created[0]["description"]
@@ -144,8 +149,34 @@ def test_wandb_creates_each_frames_level_0_and_prints_the_agents_line_once(tmp_p
     printed = capsys.readouterr().out
     assert "frame_02: fractal-llm agents e/p/lv0" in printed and "frame_03: fractal-llm agents e/p/lv1" in printed
     assert not (out / "frame_02").exists()  # nothing ran here
-    assert zoom_sequence.main(args) == 0  # a re-run creates nothing twice
-    assert len(created) == 2 and "already created" in capsys.readouterr().out
+    calls, runs = Calls(), {"lv0": [], "lv1": []}
+
+    def api():
+        return FakeApi({f"lv{k}": cfg for k, cfg in enumerate(created)}, runs, calls)
+
+    assert zoom_sequence.main(args, api=api()) == 0  # the agents have not started: nothing is created twice
+    assert len(created) == 2 and capsys.readouterr().out.count("25 points have no verdict yet") == 2
+    while True:  # the agents finish every level created so far; each call creates the frames' next levels
+        runs.update({f"lv{k}": runs_of(cfg, calls) for k, cfg in enumerate(created) if not runs.get(f"lv{k}")})
+        before = len(created)
+        assert zoom_sequence.main(args, api=api()) == 0
+        if len(created) == before:
+            break
+    assert capsys.readouterr().out.count("done, 3 level sweep(s)") == 2  # levels 0, 1, 2 of each frame
+    assert {k: len(v) for k, v in yaml.safe_load((out / "wandb_sweeps.yaml").read_text()).items()} == {
+        "frame_02": 3, "frame_03": 3}
+
+    assert sequence.main(["--sequence", str(out), "--out", str(tmp_path / "report")], api=api()) == 0
+    frames = json.loads((tmp_path / "report" / "report.json").read_text())["sequence"]["frames"]
+    assert [(f["index"], f["status"]) for f in frames] == [(2, "done"), (3, "done")]
+    for f in frames:
+        result = json.loads((tmp_path / "report" / f"frame_{f['index']:02d}" / "report.json").read_text())
+        xs, ys = result["axes"]["values"]
+        truth = np.array([[disk(x, y) for x in xs] for y in ys])
+        assert 0 < truth.mean() < 1  # the frame holds the edge
+        assert result["runs_used"] == f["runs_used"] < 17 * 17 and result["counts"]["missing"] == 0
+        # the refined map's boundary is the disk's at full resolution: the same box counts
+        assert result["fractal"]["counts"] == estimate_dimension(truth.astype(float)).to_dict()["counts"]
 
 
 def test_bad_arguments_are_refused_before_any_run(tmp_path):

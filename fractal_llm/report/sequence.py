@@ -32,10 +32,12 @@ from fractal_llm.report.fractal import estimate_dimension, paper_dimension, pool
 from fractal_llm.report.grid import Grid, GridError, apply_refinement, build_grid
 from fractal_llm.records import json_safe
 from fractal_llm.report.robustness import PAPER_MIN_SIDE, THRESHOLDS, pooled_robustness, threshold_labels
-from fractal_llm.refine.levels import RefinePlan, known_verdicts, next_level, read_settings
-from fractal_llm.report.sources import SourceError, local_source
+from fractal_llm.refine.levels import RefinePlan, RefineSettings, known_verdicts, next_level, read_settings
+from fractal_llm.report.sources import (ApiSettings, SourceError, add_api_arguments, api_settings, connect,
+                                        local_source, wandb_source)
 from fractal_llm.verdict import VERDICTS
-from fractal_llm.runners.zoom import Sequence, ZoomError, frame_name, read_sequence
+from fractal_llm.runners.zoom import Sequence, ZoomError, frame_name, read_sequence, read_wandb_frames
+from fractal_llm.sweep import load_sweep
 
 RESAMPLES = 2000  # bootstrap draws; on 6 synthetic 64² frames the ends moved by <= 0.03 between seeds (500: 0.05)
 BOOTSTRAP_SEED = 0
@@ -51,30 +53,51 @@ class FrameMap:
     complete: bool = False  # every point its sweep (or its adaptive refinement) asks for has a verdict
 
 
-def load_frames(seq_dir: Path, seq: Sequence) -> list[FrameMap]:
-    """Every frame of the sequence with its map (placed and, for an adaptive run, filled as the report does)."""
+def load_frames(seq_dir: Path, seq: Sequence, api=None, settings: ApiSettings | None = None) -> list[FrameMap]:
+    """Every frame of the sequence with its map (placed and, for an adaptive run, filled as the report does):
+    from its local records (DIR/frame_KK/), else from its W&B level sweeps (DIR/wandb_sweeps.yaml)."""
+    on_wandb = read_wandb_frames(seq_dir)
     frames = []
     for k in seq.frames:
         frame_dir = seq_dir / frame_name(k)
-        window = seq.window(k)
-        if not (frame_dir / "sweep.yaml").is_file():
-            frames.append(FrameMap(k, window, None))
-            continue
-        config, records = local_source(frame_dir)
-        if not any(r.outcome in VERDICTS[:3] for r in records):
-            frames.append(FrameMap(k, window, None))
-            continue
-        grid = build_grid(config, records)
-        grid.name = str(config.get("name") or frame_name(k))
-        refinement = read_settings(frame_dir)
-        if refinement:
-            plan = RefinePlan(grid.shape, refinement.levels, refinement.margin)
-            complete = next_level(plan, known_verdicts(grid.verdicts)) is None
-            apply_refinement(grid, refinement.levels, refinement.margin)
+        if (frame_dir / "sweep.yaml").is_file():
+            config, records = local_source(frame_dir)
+            refinement = read_settings(frame_dir)
+        elif on_wandb.get(frame_name(k)):
+            api = api if api is not None else connect(on_wandb[frame_name(k)][0], settings or ApiSettings())
+            config, records, refinement = wandb_frame(seq_dir / f"{frame_name(k)}.yaml", on_wandb[frame_name(k)],
+                                                      api, settings)
         else:
-            complete = not np.isin(grid.verdicts, ("missing", "pending", "error")).any()
-        frames.append(FrameMap(k, window, grid, config, complete))
+            config, records, refinement = None, [], None
+        frames.append(frame_map(k, seq.window(k), config, records, refinement))
     return frames
+
+
+def wandb_frame(lattice: Path, sweeps: list[str], api, settings: ApiSettings | None
+                ) -> tuple[dict, list, RefineSettings | None]:
+    """A frame refined on W&B: its lattice (the frame's YAML), the runs of all its level sweeps, and the
+    refinement settings its level 0 carries in its description."""
+    records, refinement = [], None
+    for path in sweeps:
+        config, recs, _ = wandb_source(path, api=api, settings=settings)
+        refinement = refinement or RefineSettings.from_text(str(config.get("description") or ""))
+        records += recs
+    return load_sweep(lattice).raw, records, refinement
+
+
+def frame_map(k: int, window: tuple, config: dict | None, records: list,
+              refinement: RefineSettings | None) -> FrameMap:
+    if config is None or not any(r.outcome in VERDICTS[:3] for r in records):
+        return FrameMap(k, window, None)
+    grid = build_grid(config, records)
+    grid.name = str(config.get("name") or frame_name(k))
+    if refinement:
+        plan = RefinePlan(grid.shape, refinement.levels, refinement.margin)
+        complete = next_level(plan, known_verdicts(grid.verdicts)) is None
+        apply_refinement(grid, refinement.levels, refinement.margin)
+    else:
+        complete = not np.isin(grid.verdicts, ("missing", "pending", "error")).any()
+    return FrameMap(k, window, grid, config, complete)
 
 
 def bootstrap_interval(slopes: list[np.ndarray], resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED,
@@ -118,14 +141,15 @@ def frame_entry(frame: FrameMap, seq: Sequence, out: Path) -> dict:
             "map": f"{frame_name(frame.index)}/score_map.png"}
 
 
-def write_sequence_report(seq_dir: Path, out: Path, title: str | None = None, console: Console | None = None) -> dict:
+def write_sequence_report(seq_dir: Path, out: Path, title: str | None = None, console: Console | None = None,
+                          api=None, settings: ApiSettings | None = None) -> dict:
     """Write OUT/report.md, report.json, scale_slopes.png, zoom.gif (and zoom.mp4), OUT/frame_KK/; return the
-    report dict."""
+    report dict. `api` replaces wandb.Api() for frames refined on W&B (tests pass a fake)."""
     from fractal_llm.report.plots import write_scale_slopes, write_zoom_gif
     console = console or Console()
     seq = read_sequence(seq_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frames = load_frames(seq_dir, seq)
+    frames = load_frames(seq_dir, seq, api, settings)
     entries = [frame_entry(f, seq, out) for f in frames]
     # A frame still running (points missing, or adaptive levels to go) is drawn and listed, never pooled:
     # its map lacks exactly the points near the boundary that decide its dimension.
@@ -249,16 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequence", required=True, metavar="DIR", help="a `fractal-llm zoom` directory")
     p.add_argument("--out", help="output directory (default DIR/report)")
     p.add_argument("--title")
+    add_api_arguments(p)  # frames refined on W&B (`fractal-llm zoom --wandb`)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, api=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     console = Console()
     seq_dir = Path(args.sequence)
     out = Path(args.out) if args.out else seq_dir / "report"
     try:
-        report = write_sequence_report(seq_dir, out, args.title, console)
+        report = write_sequence_report(seq_dir, out, args.title, console, api, api_settings(args, parser))
     except (ZoomError, SourceError, GridError) as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 2

@@ -5,8 +5,10 @@ span of a log axis, the linear span of a linear one), as Sohl-Dickstein's zoom s
 Each frame is written as a sweep YAML (DIR/frame_KK.yaml: the parent's fixed values, two axes of N values)
 and run locally into DIR/frame_KK/, by default with adaptive refinement; a re-run resumes. DIR/sequence.yaml
 records the sequence (parent, centre, frames, resolution), which `fractal-llm report --sequence DIR` reads.
-With --wandb each frame's level 0 is created as a W&B point-list sweep instead (as `fractal-llm refine`), and
-the `fractal-llm agents` line of each is printed. Frames float64 cannot place are refused (float64_problem).
+With --wandb each frame is refined on W&B instead, one point-list sweep per level as `fractal-llm refine` makes
+them: a call creates each frame's next level (level 0 first) and prints its `fractal-llm agents` line, and is
+run again once the agents have finished it; DIR/wandb_sweeps.yaml lists every frame's level sweeps. Frames
+float64 cannot place are refused (float64_problem).
 """
 
 from __future__ import annotations
@@ -272,38 +274,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes (default: as `fractal-llm local`)")
     p.add_argument("--write-only", action="store_true", help="write the frames' YAMLs and stop")
     p.add_argument("--wandb", action="store_true",
-                   help="create each frame as W&B level sweeps (as `fractal-llm refine`) instead of running here")
+                   help="create each frame's next W&B level sweep (as `fractal-llm refine`) instead of running "
+                        "here; run again when the agents have finished it")
     p.add_argument("--entity", help="--wandb: the W&B entity (default: yours)")
     p.add_argument("--project", help="--wandb: the W&B project (default: the parent's)")
     return p
 
 
-WANDB_FILE = "wandb_sweeps.yaml"  # --wandb: {frame name: level-0 sweep path}, so a re-run creates nothing twice
+WANDB_FILE = "wandb_sweeps.yaml"  # --wandb: {frame name: its level sweeps, level 0 first}; a re-run continues them
 
 
-def create_wandb_frames(out: Path, files: dict[int, Path], levels: int | None, margin: int, entity: str | None,
-                        project: str | None, console: Console) -> int:
-    """Each frame's level 0 as a W&B point-list sweep (refine_sweeps.create_next_level, as `fractal-llm refine`),
-    and the `fractal-llm agents` line to run it; the next levels come from `fractal-llm refine`."""
-    from fractal_llm.refine import refine as refine_sweeps
+def read_wandb_frames(out: Path) -> dict[str, list[str]]:
+    """DIR/wandb_sweeps.yaml: each frame's level sweeps so far (a single path: level 0 alone)."""
     record = out / WANDB_FILE
-    created = yaml.safe_load(record.read_text()) if record.exists() else {}
+    created = (yaml.safe_load(record.read_text()) if record.exists() else None) or {}
+    return {name: [paths] if isinstance(paths, str) else list(paths) for name, paths in created.items()}
+
+
+def advance_wandb_frames(out: Path, files: dict[int, Path], levels: int | None, margin: int | None,
+                         entity: str | None, project: str | None, console: Console, api=None) -> int:
+    """Take every frame one step on W&B, as `fractal-llm refine` does: create its level 0, or, once the runs of
+    its last level all have verdicts, the next level (refine.create_next_level). Run again after the agents
+    until every frame says done; `fractal-llm report --sequence DIR` then reads the level sweeps recorded here."""
+    from fractal_llm.refine import refine as refine_sweeps
+    frames = read_wandb_frames(out)
     for k, path in files.items():
         name = frame_name(k)
-        if name in created:
-            console.print(f"{name}: level 0 already created ({created[name]}); continue it with "
-                          f"fractal-llm refine {path} {created[name]} ...", highlight=False, soft_wrap=True)
-            continue
-        sweep, _level, _pending = refine_sweeps.create_next_level(path, [], levels, margin, out / "levels", entity,
-                                                                  project, console=console)
-        created[name] = sweep
-        atomic_write_text(record, yaml.safe_dump(created, sort_keys=True))
-    for k in files:
-        console.print(f"{frame_name(k)}: fractal-llm agents {created[frame_name(k)]}", highlight=False, soft_wrap=True)
+        sweeps = frames.setdefault(name, [])
+        created, level, pending = refine_sweeps.create_next_level(path, sweeps, levels, margin, out / "levels",
+                                                                  entity, project, api=api, console=console)
+        if created is not None:
+            sweeps.append(created)
+            atomic_write_text(out / WANDB_FILE, yaml.safe_dump(frames, sort_keys=True))
+            status = f"fractal-llm agents {created}"
+        elif pending:
+            status = f"level {level}: {pending} points have no verdict yet; run this command again when they do"
+        else:
+            status = f"done, {len(sweeps)} level sweep(s)"
+        console.print(f"{name}: {status}", highlight=False, soft_wrap=True)
+    console.print(f"sequence report: fractal-llm report --sequence {out} --out {out}/report", highlight=False,
+                  soft_wrap=True)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, api=None) -> int:
+    """`api` replaces wandb.Api() for --wandb (tests pass a fake)."""
     from fractal_llm.refine.levels import DEFAULT_MARGIN, RefineError, RefinePlan
     from fractal_llm.runners import local as runner
     args = build_parser().parse_args(argv)
@@ -325,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.wandb:
         try:
-            return create_wandb_frames(out, files, args.levels, margin, args.entity, args.project, console)
+            return advance_wandb_frames(out, files, args.levels, args.margin, args.entity, args.project, console,
+                                        api=api)
         except (RefineError, SweepError) as e:
             err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             return 2
