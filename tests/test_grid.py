@@ -194,13 +194,25 @@ def test_runs_of_two_base_model_versions_are_not_merged_silently():
     build_grid(sweep_config(), [run_of(1e-4, 1e-5, "tiny:x"), run_of(1e-3, 1e-5, "tiny:x")])  # one model: fine
 
 
-def test_a_run_records_the_base_model_it_loaded(tiny_base):
+def test_runs_of_two_dataset_commits_are_not_merged_silently():
+    runs = [record(1e-4, 1e-5), record(1e-3, 1e-5), record(1e-2, 1e-5)]
+    for r, commit in zip(runs, ("aaa", "bbb", "aaa")):
+        r.config["repro"] = {"base_model": "tiny:x", "dataset": f"org/sft@{commit}"}
+    with pytest.raises(GridError, match=r"2 datasets in one map \(repro.dataset\): org/sft@aaa \(2 runs\), "
+                                        r"org/sft@bbb \(1 runs\)"):
+        build_grid(sweep_config(), runs)
+    assert build_grid(sweep_config(), runs, allow_mixed_base=True).counts["missing"] == len(XS) * len(YS) - 3
+
+
+def test_a_run_records_the_base_model_and_dataset_it_loaded(tiny_base):
     from fractal_llm.config import TrainConfig
-    from fractal_llm.report.grid import base_model_of
+    from fractal_llm.report.grid import repro_of
     from fractal_llm.records import record_from_result
     from fractal_llm.train import train
     result = train(TrainConfig(matrix_lr=0.01, max_seq_len=192, device_batch_size=2, num_iterations=2))
-    assert base_model_of(record_from_result(result, "x")) == f"tiny:{tiny_base.name}"
+    recorded = record_from_result(result, "x")
+    assert repro_of(recorded, "base_model") == f"tiny:{tiny_base.name}"
+    assert repro_of(recorded, "dataset") == TrainConfig().dataset_id  # the shipped docqa data: no commit
 
 
 def test_a_deep_frame_places_every_run_in_its_own_cell():

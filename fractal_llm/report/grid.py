@@ -11,6 +11,7 @@ parameters differ from the sweep's is refused, not silently mixed.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -157,35 +158,35 @@ def _outcome_of(record: RunRecord) -> str:
 RANK = {"trainable": 0, "not_trainable": 0, "diverged": 0, "pending": 1, "error": 2, "missing": 3}
 
 
-def base_model_of(record: RunRecord) -> str | None:
-    """The base model a run fine-tuned (repro.base_model; W&B runs carry the resolved config under
+ONE_PER_MAP = {"base_model": "base models", "dataset": "datasets"}  # repro keys a map must not mix
+
+
+def repro_of(record: RunRecord, key: str) -> str | None:
+    """A run's repro[key] (the base model or dataset it trained on; W&B runs carry the resolved config under
     `resolved`), or None for runs that do not say (errors, older records, the mlp family)."""
     for config in (record.config, record.config.get("resolved") or {}):
-        base = (config.get("repro") or {}).get("base_model")
-        if base:
-            return str(base)
+        value = (config.get("repro") or {}).get(key)
+        if value:
+            return str(value)
     return None
 
 
-def check_one_base_model(records: list[RunRecord]) -> None:
-    """One map, one base model: agents that resolved `latest` before and after a new artifact version would
-    otherwise mix two models in one map without a word."""
-    bases: dict[str, int] = {}
-    for record in records:
-        base = base_model_of(record)
-        if base is not None:
-            bases[base] = bases.get(base, 0) + 1
-    if len(bases) > 1:
-        listed = ", ".join(f"{base} ({n} runs)" for base, n in sorted(bases.items()))
-        raise GridError(f"runs of {len(bases)} base models in one map: {listed}; report each with its own sweep, "
-                        "or pass --allow-mixed-base to draw them as one map anyway")
+def check_one_setup(records: list[RunRecord]) -> None:
+    """One map, one base model and one dataset: agents that resolved `latest` (or a hub dataset's branch)
+    before and after a new version would otherwise mix two of them in one map without a word."""
+    for key, what in ONE_PER_MAP.items():
+        seen = Counter(value for record in records if (value := repro_of(record, key)) is not None)
+        if len(seen) > 1:
+            listed = ", ".join(f"{value} ({n} runs)" for value, n in sorted(seen.items()))
+            raise GridError(f"runs of {len(seen)} {what} in one map (repro.{key}): {listed}; report each with "
+                            "its own sweep, or pass --allow-mixed-base to draw them as one map anyway")
 
 
 def build_grid(sweep_config: dict, records: list[RunRecord], rtol: float = 1e-6,
                allow_mixed_base: bool = False) -> Grid:
     """Place records on the sweep's grid; see the module docstring for the rules."""
     if not allow_mixed_base:
-        check_one_base_model(records)
+        check_one_setup(records)
     axes, fixed = sweep_axes(sweep_config)
     (x_name, x_values), (y_name, y_values) = axes
     xs, ys = np.asarray(x_values), np.asarray(y_values)

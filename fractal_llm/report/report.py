@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the full-resolution sweep YAML whose axes define the map (for `fractal-llm refine` "
                              "level sweeps, which list only their own points)")
     parser.add_argument("--allow-mixed-base", action="store_true",
-                        help="draw runs of different base models (e.g. two versions of a `latest` artifact) as one map")
+                        help="draw runs of different base models or datasets (e.g. two versions of a `latest` "
+                             "artifact) as one map")
     parser.add_argument("--wandb-project", help="project of the report run (default: the sweep's)")
     parser.add_argument("--watch", type=float, nargs="?", const=DEFAULT_WATCH_S, metavar="SECONDS",
                         help=f"re-pull every SECONDS (default {DEFAULT_WATCH_S:g}) and rewrite the report until "
