@@ -83,45 +83,46 @@ class TrainConfig:
     # --- gpt family
     model_id: str = "tiny"  # "tiny" | local dir | "wandb:entity/project/name:version" | "hf:owner/repo"
     dataset_id: str = "docqa"  # "docqa" (shipped) | local .json/.jsonl | Hugging Face dataset id
-    dataset_revision: str = ""
-    dataset_split: str = "train"
-    max_seq_len: int = 1024
-    device_batch_size: int = 8
+    dataset_revision: str = ""  # hub datasets: a branch, tag or commit; "" = the default branch, pinned to its commit
+    dataset_split: str = "train"  # the split fine-tuning draws its batches from
+    max_seq_len: int = 1024  # tokens per row; longer conversations are cropped (kept if an answer token remains)
+    device_batch_size: int = 8  # conversations per step (one device, no gradient accumulation)
     learning_rate: float = 0.02  # matrix LR when matrix_lr <= 0
     matrix_lr: float = -1.0  # <= 0: derived from learning_rate
     embedding_lr: float = -1.0  # <= 0: matrix LR * embedding_lr_mult
     unembedding_lr: float = -1.0  # <= 0: matrix LR * unembedding_lr_mult
-    embedding_lr_mult: float = 10.0
-    unembedding_lr_mult: float = 0.2
-    # 2026 nanochat models only (docs/nanochat.md); defaults are nanochat's SFT values
+    embedding_lr_mult: float = 10.0  # embedding LR / matrix LR when embedding_lr <= 0
+    unembedding_lr_mult: float = 0.2  # unembedding LR / matrix LR when unembedding_lr <= 0
+    # --- gpt family, 2026 nanochat models only (docs/nanochat.md); defaults are nanochat's SFT values
     value_embedding_lr: float = -1.0  # <= 0: half the embedding LR (nanochat's ratio)
     scalar_lr: float = 0.5  # x0_lambdas; resid_lambdas train at scalar_lr / 100
     smear_lr: float = 0.2  # smear gate + lambda, backout lambda
-    trainable_param_groups: str = "matrix,unembedding"
-    weight_decay: float = 0.1
-    init_lr_frac: float = 1.0
-    warmup_frac: float = 0.06
-    final_lr_frac: float = 0.0
-    lr_schedule: str = "cosine"
+    # --- gpt family
+    trainable_param_groups: str = "matrix,unembedding"  # comma-separated groups that train; the rest stay frozen
+    weight_decay: float = 0.1  # the AdamW groups (2026 models: NorMuon's cautious decay instead)
+    init_lr_frac: float = 1.0  # every group's LR is scaled by this from the start (nanochat's SFT knob)
+    warmup_frac: float = 0.06  # share of the steps with a linear warm-up
+    final_lr_frac: float = 0.0  # cosine: the LR at the last step, as a share of the peak
+    lr_schedule: str = "cosine"  # after warm-up: cosine decay to final_lr_frac, or constant
     num_tokens: int = 5000  # supervised (assistant) tokens; the default is a short run of the embedded default
     num_iterations: int = -1  # -1: derived from num_tokens (gpt) or 500 steps (mlp)
-    seed: int = 0
-    deterministic: bool = False
-    dtype: str = "auto"
-    device: str = "auto"
-    trainable_window_steps: int = 20
-    trainable_loss_ratio_threshold: float = 1.0
+    seed: int = 0  # the data order (gpt) or the initial weights and data (mlp)
+    deterministic: bool = False  # torch deterministic algorithms (slower on GPU; CPU runs repeat bit for bit anyway)
+    dtype: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 elsewhere
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+    trainable_window_steps: int = 20  # K: the verdict compares the mean loss of the last K steps ...
+    trainable_loss_ratio_threshold: float = 1.0  # ... with the first loss: trainable when their ratio is below this
     eval_every: int = -1  # validation loss every N steps; <= 0 off
     sample_every: int = -1  # generate samples every N steps; <= 0 off
-    sample_before_after: bool = False
+    sample_before_after: bool = False  # generate a few answers before and after fine-tuning, into the record
     # --- mlp family (paper mode); steps = num_iterations
-    nonlinearity: str = "tanh"
-    width: int = 16
+    nonlinearity: str = "tanh"  # the hidden layer's activation
+    width: int = 16  # hidden units (the paper: 16)
     dataset_size: int = -1  # -1: number of parameters (tanh, relu) or width (linear)
     batch_size: int = -1  # -1: full batch; else minibatch size drawn with replacement
-    lr_input: float = 0.1
+    lr_input: float = 0.1  # learning rate of the input layer (the paper's x axis)
     lr_output: float = 0.1  # -1: the same as lr_input (one LR for both layers, as in the paper's init-offset image)
-    init_offset: float = 0.0
+    init_offset: float = 0.0  # added to the input weights (init_offset_mode says when)
     init_offset_mode: str = "init"  # "init": added to W0 once; "every_step": added after every update
     # "torch": W0, W1, X, Y drawn by torch from `seed`; "notebook": the paper notebook's JAX draws (width 16,
     # seed 0, 272/16/1 examples) and its minibatch index stream (docs/paper.md)

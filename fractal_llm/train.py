@@ -14,7 +14,7 @@ import tokenize
 from dataclasses import fields
 from typing import Callable
 
-from fractal_llm.config import CHOICES, RANGES, ConfigError, TrainConfig
+from fractal_llm.config import CHOICES, FAMILY_FIELDS, RANGES, ConfigError, TrainConfig
 from fractal_llm.records import RunResult, record_name
 from fractal_llm.sweep import run_overrides
 
@@ -51,7 +51,8 @@ def preflight(config: TrainConfig) -> None:
 
 def field_comments() -> dict[str, str]:
     """Each TrainConfig field's comment in config.py (the one copy of the field docs): its trailing comment,
-    the comment lines right above it, and the section (`# --- gpt family`) it sits in."""
+    the comment lines right above it, and the section (`# --- gpt family`) it sits in, or "both families" for
+    a field both read (config.FAMILY_FIELDS lists neither)."""
     import inspect
     source = inspect.getsource(TrainConfig)
     comment_at = {t.start[0]: t.string.lstrip("#").strip()
@@ -69,7 +70,8 @@ def field_comments() -> dict[str, str]:
         name = stripped.split(":", 1)[0]
         if name in names and line.startswith("    ") and not line.startswith("     "):
             text = " ".join([*above, comment_at.get(row, "")]).strip()
-            comments[name] = f"[{section}] {text}".strip() if section else text
+            label = section if any(name in family for family in FAMILY_FIELDS.values()) else "both families"
+            comments[name] = f"[{label}] {text}".strip() if label else text
         above = []
     return comments
 

@@ -155,6 +155,10 @@ def test_help_describes_each_field_from_its_comment_in_config():
     assert "<= 0: derived from learning_rate" in lines["--matrix_lr"]  # config.py's own comment
     assert "one of cosine|constant" in lines["--lr_schedule"] and "[0.0, 1.0)" in lines["--warmup_frac"]
     assert "[mlp family" in lines["--width"]
+    assert "[both families]" in lines["--seed"] and "[both families]" in lines["--trainable_window_steps"]
+    assert "2026 nanochat models only" in lines["--smear_lr"] and "2026" not in lines["--trainable_param_groups"]
+    undocumented = [name for name, line in lines.items() if line.rstrip().endswith("family]") or "  # " not in line]
+    assert not undocumented  # every field says what it is
 
 
 def test_fractal_llm_version(capsys):
