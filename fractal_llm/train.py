@@ -15,11 +15,11 @@ from dataclasses import fields
 from typing import Callable
 
 from fractal_llm.config import CHOICES, FAMILY_FIELDS, RANGES, ConfigError, TrainConfig
+from fractal_llm.progress import LineClock
 from fractal_llm.records import RunResult, record_name
 from fractal_llm.sweep import run_overrides
 
 OnStep = Callable[[int, dict], None]
-PROGRESS_S = 5.0  # seconds between the CLI's progress lines (a GPU point trains for minutes)
 
 
 def _train_gpt(config: TrainConfig, on_step: OnStep | None) -> RunResult:
@@ -97,18 +97,17 @@ def usage() -> str:
 
 
 class ProgressLine:
-    """One plain line every PROGRESS_S seconds while a point trains (and at its first step)."""
+    """One plain line at a point's first step, then every progress.PLAIN_LINE_S seconds (a GPU point trains
+    for minutes)."""
 
     def __init__(self, console):
-        self.console, self.t0, self.last = console, time.monotonic(), None
+        self.console, self.t0, self.clock = console, time.monotonic(), LineClock()
 
     def __call__(self, step: int, row: dict) -> None:
-        now = time.monotonic()
-        if self.last is not None and now - self.last < PROGRESS_S:
+        if not self.clock.due():
             return
-        self.last = now
         loss = row.get("train/loss")
-        self.console.print(f"step {step}  train/loss {loss:.4g}  {now - self.t0:.0f}s", highlight=False)
+        self.console.print(f"step {step}  train/loss {loss:.4g}  {time.monotonic() - self.t0:.0f}s", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

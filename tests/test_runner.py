@@ -196,7 +196,8 @@ def test_a_log_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, monkey
     import io
 
     from rich.console import Console
-    monkeypatch.setattr(runner, "PLAIN_PROGRESS_S", 0.0)
+    from fractal_llm import progress
+    monkeypatch.setattr(progress, "PLAIN_LINE_S", 0.0)
     path = write_sweep(tmp_path / "mlp.yaml", [AxisArg("lr_input", 0.5, 2.0, 2), AxisArg("lr_output", 0.5, 2.0, 2)],
                        {"model_family": "mlp", "num_iterations": 5})
     log = io.StringIO()

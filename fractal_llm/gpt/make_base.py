@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 from fractal_llm import paths
+from fractal_llm.progress import LineClock
 from fractal_llm.gpt.training_step import optimizer_step, set_lr
 
 TINY_VERSION = 3  # bump when the build code changes in a way the recipe does not show
 TINY_MODELS = {"tiny": "Dec-2025", "tiny-2026": "2026"}  # model_id -> nanochat era (nanochat/checkpoint.py)
 TINY_2026_WINDOWS = "SL"  # a short-window layer, then full context (the last layer is always full)
-PROGRESS_LINE_S = 5.0  # seconds between plain progress lines when stderr is not a terminal
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def new_model(recipe: TinyRecipe, vocab_size: int, model_id: str):
 def build_tiny_base(out: Path, recipe: TinyRecipe = TinyRecipe(), model_id: str = "tiny",
                     console=None) -> dict:
     """Train the tokenizer, pre-train model_id's architecture and save both into out. With a rich console,
-    the progress goes there (a live bar on a terminal, else a plain line every PROGRESS_LINE_S)."""
+    the progress goes there (a live bar on a terminal, else a plain line every progress.PLAIN_LINE_S)."""
     from fractal_llm.gpt.docqa import document_texts
     from nanochat.checkpoint import save_checkpoint
     from nanochat.tokenizer import Tokenizer
@@ -179,20 +179,18 @@ def build_tiny_base(out: Path, recipe: TinyRecipe = TinyRecipe(), model_id: str 
 
 def _pretrain_with_progress(model, stream, recipe: TinyRecipe, label: str, console) -> list[float]:
     """A rich bar on a terminal; otherwise (nohup, a runner's log, a pipe) a plain line at the first step,
-    every PROGRESS_LINE_S seconds and at the last step."""
+    every progress.PLAIN_LINE_S seconds and at the last step."""
     if console.is_terminal:
         from rich.progress import Progress
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(label, total=recipe.steps)
             return pretrain(model, stream, recipe, on_step=lambda step, loss: bar.update(
                 task, advance=1, description=f"{label} (loss {loss:.3f})"))
-    t0 = last_line = time.monotonic()
+    t0, clock = time.monotonic(), LineClock()
 
     def line(step: int, loss: float) -> None:
-        nonlocal last_line
         now = time.monotonic()
-        if step == 0 or step == recipe.steps - 1 or now - last_line >= PROGRESS_LINE_S:
-            last_line = now
+        if clock.due() or step == recipe.steps - 1:
             console.print(f"{label}: step {step + 1}/{recipe.steps}  loss {loss:.3f}  {now - t0:.0f}s",
                           highlight=False, soft_wrap=True)
 

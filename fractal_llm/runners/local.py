@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fractal_llm import paths
+from fractal_llm.progress import LineClock
 
 from fractal_llm.runners import claims
 from fractal_llm.config import TrainConfig
@@ -39,7 +40,6 @@ from fractal_llm.refine.levels import (DEFAULT_MARGIN, LEVEL0_POINTS, RefinePlan
 from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
 from fractal_llm.verdict import VERDICTS, count_verdicts
 
-PLAIN_PROGRESS_S = 10.0  # seconds between progress lines when stdout is not a terminal
 DEFAULT_MLP_CHUNK = 512  # mlp points per train_many call: big enough to batch well, small enough for progress
 CLAIM_POLL_S = 2.0  # --adaptive: seconds between looks at the points another runner holds
 
@@ -399,15 +399,14 @@ def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int | None, margin: int
 
 def _wait_for_claims(out_dir: Path, names: list[str], label: str, console: Console) -> None:
     """Block until no live claim of another runner holds any of these points (released, or its process died)."""
-    last_line = 0.0
+    clock = LineClock()
     while True:
         held = {name: claim for name in names
                 if (claim := claims.read_claim(claims.claim_path(out_dir, name))) is not None
                 and not claims.is_stale(claim)}
         if not held:
             return
-        if time.monotonic() - last_line >= PLAIN_PROGRESS_S:
-            last_line = time.monotonic()
+        if clock.due():
             console.print(f"{label}: waiting for {len(held)} point(s) another runner holds "
                           f"({_holders(out_dir, list(held))})", highlight=False, soft_wrap=True)
         time.sleep(CLAIM_POLL_S)
@@ -457,14 +456,14 @@ def _holders(out_dir: Path, names: list[str]) -> str:
 
 class RunProgress:
     """The progress of _run_pending: rich's live bar on a terminal; elsewhere (nohup, a tmux log, CI) a plain
-    line every PLAIN_PROGRESS_S seconds and one at the end. rich's bar on a console that is not a terminal
+    line every progress.PLAIN_LINE_S seconds and one at the end. rich's bar on a console that is not a terminal
     is drawn once, at the end, squeezed into the default 80 columns: `16/… 0:0… ETA 0:00…`."""
 
     def __init__(self, console: Console, label: str, total: int, done_before: int, counts: dict):
         self.console, self.label, self.total, self.counts = console, label, total, counts
         self.done, self.shown = done_before, None
         self.live = _progress(console) if console.is_terminal else None
-        self.last_line = time.monotonic()
+        self.clock = LineClock(start_now=True)
 
     def __enter__(self) -> "RunProgress":
         if self.live is not None:
@@ -479,11 +478,11 @@ class RunProgress:
             self.counts[verdict] += 1
         if self.live is not None:
             self.live.update(self.bar, advance=1, counts=_counts_text(self.counts))
-        elif time.monotonic() - self.last_line >= PLAIN_PROGRESS_S:
+        elif self.clock.due():
             self._line()
 
     def _line(self) -> None:
-        self.last_line, self.shown = time.monotonic(), self.done
+        self.shown = self.done
         self.console.print(f"{self.label}: {self.done}/{self.total}  {_counts_text(self.counts)}", highlight=False,
                            soft_wrap=True)
 
