@@ -74,6 +74,10 @@ def test_adaptive_run_resumes_and_its_report_equals_the_full_map(tmp_path, disk_
     assert b["fractal"]["counts"] == a["fractal"]["counts"]  # box counts: the same full-resolution boundary
     assert b["fractal"]["dimension"] == a["fractal"]["dimension"]
     assert "inferred" in (tmp_path / "r_adaptive" / "report.md").read_text()
+    # --compare-local fills the adaptive map as its own report does: no pixel differs from the full map
+    c = report_command.run(["--local", str(full), "--compare-local", str(adaptive), "--out", str(tmp_path / "r_cmp"),
+                            "--zoom", "0"])["compare"]
+    assert c["delta_trainable_fraction"] == 0 and c["delta_dimension"] == 0
 
 
 def test_bad_levels_are_refused_before_any_run(tmp_path, capsys, disk_trainer):

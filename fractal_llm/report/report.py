@@ -111,8 +111,7 @@ def run(argv: list[str] | None = None, api=None, refreshes: int | None = None) -
     print_summary(report, out_dir)
     if args.compare or args.compare_local:
         other = load_sources(args.compare, args.compare_local, api=poller.api, settings=poller.settings)
-        grid_b = build_grid(other.sweep_config, other.records)
-        grid_b.name = other.name
+        grid_b = map_of(other, other.sweep_config, args.allow_mixed_base)
         labels = tuple(args.labels) if args.labels else (loaded.name, other.name)
         if labels[0] == labels[1]:
             labels = (f"{labels[0]} (a)", f"{labels[1]} (b)")
@@ -124,13 +123,19 @@ def run(argv: list[str] | None = None, api=None, refreshes: int | None = None) -
     return report
 
 
-def report_of(args, loaded: Loaded, write_dir: Path, shown_dir: Path | None = None) -> tuple[Grid, dict]:
-    sweep_config = load_sweep(args.lattice).raw if args.lattice else loaded.sweep_config
-    grid = build_grid(sweep_config, loaded.records, allow_mixed_base=args.allow_mixed_base)
+def map_of(loaded: Loaded, sweep_config: dict, allow_mixed_base: bool) -> Grid:
+    """The sources' runs placed on the sweep's grid and, for an adaptive map (local or W&B levels), filled."""
+    grid = build_grid(sweep_config, loaded.records, allow_mixed_base=allow_mixed_base)
     grid.name = loaded.name
     refinement = loaded.refinement or RefineSettings.from_text(str(loaded.sweep_config.get("description") or ""))
     if refinement:
         apply_refinement(grid, refinement.levels, refinement.margin)
+    return grid
+
+
+def report_of(args, loaded: Loaded, write_dir: Path, shown_dir: Path | None = None) -> tuple[Grid, dict]:
+    sweep_config = load_sweep(args.lattice).raw if args.lattice else loaded.sweep_config
+    grid = map_of(loaded, sweep_config, args.allow_mixed_base)
     report = write_report(grid, write_dir, title=args.title or f"Trainability report: {loaded.name}",
                           sweep_config=sweep_config, history_of=loaded.history_of, zoom_k=args.zoom,
                           zoom_resolution=args.zoom_res, extra={"sources": loaded.sources}, shown_dir=shown_dir,
