@@ -26,5 +26,12 @@ $fl zoom sweeps/smoke_band32.yaml --centre $C --frames 0:5 --res 64 --out $out/s
 $fl zoom sweeps/smoke_band32.yaml --centre $C --frames 1:1 --res 128 --out $out/seq128
 $fl zoom sweeps/smoke_band32.yaml --centre $C --frames 4:4 --res 128 --out $out/seq128
 .venv/bin/python scripts/study_robustness.py $out/seq64/frame_02.yaml --out $out/robust24 --res 24 --adaptive
+# frame 4 with every point run, starting from the adaptive frame's records: what does the adaptive fill miss?
+if [ ! -e $out/full64/frame_04/sweep.yaml ]; then
+  mkdir -p $out/full64/frame_04 && cp $out/seq64/frame_04/matrix_lr=*.json $out/full64/frame_04/
+fi
+$fl local $out/seq64/frame_04.yaml --out $out/full64/frame_04
+$fl report --local $out/full64/frame_04 --compare-local $out/seq64/frame_04 --labels full adaptive \
+    --out reports/out/tiny_zoom/frame_04_full
 $fl report --sequence $out/seq64 --out reports/out/tiny_zoom/seq64
 $fl report --sequence $out/seq128 --out reports/out/tiny_zoom/seq128
