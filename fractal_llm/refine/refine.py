@@ -76,13 +76,13 @@ def create_next_level(full_path: Path, sweep_paths: list[str], levels: int | Non
     console = console or Console()
     spec = load_sweep(full_path)
     full_cfg = spec.raw
-    records, state, last_level = [], None, None
+    records, states = [], []
     for path in sweep_paths:
         config, recs, _ = wandb_source(path, api=api)
-        settings = read_state(config.get("description"), path)
-        state = state or settings
-        last_level = settings.level if last_level is None else max(last_level, settings.level)
+        states.append(read_state(config.get("description"), path))
         records += recs
+    state = states[0] if states else None
+    last_level = max((s.level for s in states), default=None)
     if state is not None:
         if state.lattice != spec.name:
             raise RefineSweepError(f"the level sweeps refine lattice {state.lattice!r}, not {spec.name!r} ({full_path})")
