@@ -54,7 +54,7 @@ from fractal_llm.paper import paper
 
 from fractal_llm.runners import local as runner
 from fractal_llm.report.fractal import estimate_dimension, paper_dimension
-from fractal_llm.runners.pool import usable_cores
+from fractal_llm.pool import usable_cores
 from fractal_llm.records import file_name, read_record
 from fractal_llm.refine.levels import RefinePlan, fill, missed_islands, refine
 from fractal_llm.sweep import SweepSpec, load_sweep

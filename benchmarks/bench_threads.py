@@ -30,7 +30,7 @@ threads, n, loop = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "loop"
 if threads > 0:
     torch.set_num_threads(threads)
 from fractal_llm.config import TrainConfig
-from fractal_llm.runners.pool import usable_cores
+from fractal_llm.pool import usable_cores
 from fractal_llm.sweep import expand_grid, load_sweep
 from fractal_llm.train import train
 points = expand_grid(load_sweep(sys.argv[4]))[:n]

@@ -390,6 +390,11 @@ def axis_values(lo: float, hi: float, n: int, scale: str = "log") -> list[float]
     return values
 
 
+def axis_is_log(values) -> bool:
+    """Positive axes are drawn on a log scale (learning rates span decades); the report's and the plans' rule."""
+    return all(float(v) > 0 for v in values)
+
+
 class _SweepDumper(yaml.SafeDumper):
     pass
 

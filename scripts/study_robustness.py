@@ -31,12 +31,12 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from fractal_llm.runners import local as runner  # noqa: E402
-from fractal_llm.report.grid import apply_refinement, axis_is_log, build_grid  # noqa: E402
+from fractal_llm.report.grid import apply_refinement, build_grid  # noqa: E402
 from fractal_llm.records import json_safe, read_records  # noqa: E402
 from fractal_llm.refine.levels import DEFAULT_MARGIN  # noqa: E402
 from fractal_llm.report.robustness import class_counts, dimensions, flip_share, relabel_window  # noqa: E402
 from fractal_llm.refine.levels import read_settings  # noqa: E402
-from fractal_llm.sweep import axis_values, dump_sweep_yaml, load_sweep  # noqa: E402
+from fractal_llm.sweep import axis_is_log, axis_values, dump_sweep_yaml, load_sweep  # noqa: E402
 
 
 def int_list(text: str) -> list[int]:

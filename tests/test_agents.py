@@ -20,7 +20,7 @@ import yaml
 from fractal_llm.runners import agents
 
 from fractal_llm.runners import agent as worker
-from fractal_llm.runners.pool import usable_cores
+from fractal_llm.pool import usable_cores
 
 NVIDIA_SMI = """#!/bin/bash
 echo "nvidia-smi $* host=${STUB_HOST:-local}" >> "$STUB_LOG"

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from fractal_llm.runners import claims
-from fractal_llm.runners.pool import WorkerError, WorkerPool
+from fractal_llm.pool import WorkerError, WorkerPool
 from fractal_llm.records import read_record
 from fractal_llm.runners.local import Outcome, Task, TaskRunner
 

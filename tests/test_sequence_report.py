@@ -10,6 +10,7 @@ from fractal_llm.report import report as report_command
 
 from fractal_llm.report import sequence as sequence_report
 
+from fractal_llm.plans import zoom as zoom_plan
 from fractal_llm.runners import zoom as zoom_sequence
 from fractal_llm.report.fractal import paper_dimension, pooled_paper_dimension
 from fractal_llm.records import RunRecord, record_name, write_record
@@ -35,7 +36,7 @@ def test_a_small_mlp_sequence_reports_every_frame_the_pooled_d_its_interval_and_
     frames = {f["index"]: f for f in result["frames"]}
     assert sorted(frames) == [0, 1, 2, 3] and result["pending"] == [3]
     assert frames[3]["status"] == "pending" and frames[3]["dimension"] is None
-    seq = zoom_sequence.read_sequence(seq_dir)
+    seq = zoom_plan.read_sequence(seq_dir)
     for k in (0, 1, 2):
         f = frames[k]
         assert f["window"] == pytest.approx(list(seq.window(k))) and f["resolution"] == 24
@@ -64,7 +65,7 @@ def write_known_frames(tmp_path, labels_of, frames="0:2", res=32):
     seq_dir = tmp_path / "seq"
     assert zoom_sequence.main([str(parent(tmp_path, fixed)), "--centre", "10,10", "--frames", frames,
                                "--res", str(res), "--out", str(seq_dir), "--write-only"]) == 0
-    seq = zoom_sequence.read_sequence(seq_dir)
+    seq = zoom_plan.read_sequence(seq_dir)
     for k in seq.frames:
         spec = load_sweep(seq_dir / f"frame_{k:02d}.yaml")
         frame_dir = seq_dir / f"frame_{k:02d}"
@@ -90,7 +91,7 @@ def test_a_straight_boundary_is_d_1_pooled_with_paper_modes_function(tmp_path):
     assert result["pooled_dimension"] == pytest.approx(1.0, abs=0.15)
     low, high = result["interval"]
     assert low <= result["pooled_dimension"] <= high
-    grids = [f.grid for f in sequence_report.load_frames(seq_dir, zoom_sequence.read_sequence(seq_dir))]
+    grids = [f.grid for f in sequence_report.load_frames(seq_dir, zoom_plan.read_sequence(seq_dir))]
     assert result["pooled_dimension"] == pooled_paper_dimension([paper_dimension(g.labels) for g in grids]).dimension
     assert [f["paper_dimension"] for f in result["frames"]] == [paper_dimension(g.labels).dimension for g in grids]
     # at threshold 1.1 every record (ratio 0.5 or 1.5) keeps its class: the same pooled D

@@ -17,7 +17,8 @@ from fractal_llm.report.fractal import estimate_dimension
 from fractal_llm.runners import zoom as zoom_sequence
 from fractal_llm.records import read_records
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, load_sweep, new_sweep
-from fractal_llm.runners.zoom import ZoomError, float64_problem, plan_sequence
+from fractal_llm.plans import zoom as zoom_plan
+from fractal_llm.plans.zoom import ZoomError, float64_problem, plan_sequence
 
 MLP_FIXED = {"model_family": "mlp", "num_iterations": 8, "trainable_window_steps": 4, "dataset_size": 4,
              "width": 4}
@@ -103,9 +104,9 @@ def test_centre_from_a_report_is_the_centre_of_its_top_ranked_zoom_box(tmp_path)
     assert seq.centre == pytest.approx((0.1, 1.0))  # log axes: the geometric middle
     linear = write_parent(tmp_path, [AxisArg("lr_input", 1e-3, 1e1, 8), AxisArg("lr_output", 0.1, 100.0, 8, "lin")],
                           MLP_FIXED, name="linear")
-    axes = zoom_sequence.parent_axes(load_sweep(linear))
+    axes = zoom_plan.parent_axes(load_sweep(linear))
     assert not axes[1].log  # linearly spaced, all > 0: still a linear axis
-    assert zoom_sequence.centre_from_report(report_dir, *axes) == pytest.approx((0.1, 5.05))
+    assert zoom_plan.centre_from_report(report_dir, *axes) == pytest.approx((0.1, 5.05))
     (report_dir / "report.json").write_text(json.dumps({"zoom": []}))
     with pytest.raises(ZoomError, match="no zoom box"):
         plan_sequence(str(mlp_parent(tmp_path)), None, str(report_dir), "0:0", 8)

@@ -39,7 +39,7 @@ import torch
 
 from fractal_llm.paper import threefry
 from fractal_llm.config import DEFAULT_MLP_STEPS, ConfigError, TrainConfig
-from fractal_llm.runners.pool import WorkerPool
+from fractal_llm.pool import WorkerPool
 from fractal_llm.records import RunResult, SUMMARY_KEYS
 from fractal_llm.repro import repro_metadata
 from fractal_llm.verdict import summarize_batch, summarize_losses

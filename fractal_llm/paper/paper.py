@@ -39,10 +39,10 @@ from fractal_llm.paper import mlp
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.errors import FractalLLMError
 from fractal_llm.report.fractal import edge_mask, estimate_dimension, paper_dimension, pooled_paper_dimension
-from fractal_llm.runners.pool import usable_cores
+from fractal_llm.pool import usable_cores
 from fractal_llm.sweep import AxisArg, dump_sweep_yaml, new_sweep
 from fractal_llm.verdict import count_verdicts
-from fractal_llm.runners.zoom import float64_problem
+from fractal_llm.plans.zoom import float64_problem
 
 console = Console()
 PAPER_MIN_RES = 21  # fractal.paper_dimension needs an edge image >= 20 pixels on its short side

@@ -261,14 +261,6 @@ def grid_from_arrays(x_name: str, y_name: str, x_values, y_values, verdicts, sco
                 counts=counts, name=name)
 
 
-# ---------------------------------------------------------------- axes
-
-
-def axis_is_log(values) -> bool:
-    """Positive axes are drawn on a log scale (learning rates span decades)."""
-    return bool(np.all(np.asarray(values, dtype=float) > 0))
-
-
 # ---------------------------------------------------------------- adaptive refinement
 
 

@@ -32,8 +32,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from fractal_llm.report.fractal import DimensionEstimate, edge_mask  # noqa: E402
-from fractal_llm.report.grid import Grid, axis_is_log  # noqa: E402
+from fractal_llm.report.grid import Grid  # noqa: E402
 from fractal_llm.report.zoom_boxes import ZoomBox  # noqa: E402
+from fractal_llm.sweep import axis_is_log  # noqa: E402
 
 MESH_MAX_SIDE = 256  # above this many cells a side, draw with imshow
 DISPLAY_MAX_SIDE = 2048  # imshow gets at most this many pixels a side

@@ -36,7 +36,7 @@ from fractal_llm.refine.levels import RefinePlan, RefineSettings, known_verdicts
 from fractal_llm.report.sources import (ApiSettings, SourceError, add_api_arguments, api_settings, connect,
                                         local_source, wandb_source)
 from fractal_llm.verdict import VERDICTS
-from fractal_llm.runners.zoom import Sequence, ZoomError, frame_name, read_sequence, read_wandb_frames
+from fractal_llm.plans.zoom import Sequence, ZoomError, frame_name, read_sequence, read_wandb_frames
 from fractal_llm.sweep import load_sweep
 
 RESAMPLES = 2000  # bootstrap draws; on 6 synthetic 64² frames the ends moved by <= 0.03 between seeds (500: 0.05)

@@ -15,8 +15,8 @@ import numpy as np
 
 from fractal_llm.config import field_types
 from fractal_llm.report.fractal import edge_mask
-from fractal_llm.report.grid import Grid, axis_is_log
-from fractal_llm.sweep import POINT_KEY, axis_values, check_sweep, dump_sweep_yaml
+from fractal_llm.report.grid import Grid
+from fractal_llm.sweep import POINT_KEY, axis_is_log, axis_values, check_sweep, dump_sweep_yaml
 
 
 @dataclass

@@ -35,7 +35,7 @@ from rich.table import Table
 
 from fractal_llm import paths
 from fractal_llm.errors import FractalLLMError
-from fractal_llm.runners.pool import GpuDetectionError, count_gpus_in, detect_local_gpus, usable_cores
+from fractal_llm.pool import GpuDetectionError, count_gpus_in, detect_local_gpus, usable_cores
 from fractal_llm.sweep import SweepError, parse_sweep_path
 from fractal_llm.runners.agent import AGENT_EXIT, DEFAULT_MAX_FAILURES, SweepRefused, refuse_offline_mode
 

@@ -33,7 +33,7 @@ from fractal_llm.progress import LineClock
 from fractal_llm.runners import claims
 from fractal_llm.config import TrainConfig
 from fractal_llm.errors import FractalLLMError
-from fractal_llm.runners.pool import WorkerPool, detect_local_gpus, usable_cores
+from fractal_llm.pool import WorkerPool, detect_local_gpus, usable_cores
 from fractal_llm.records import error_record, file_name, record_name, read_record, record_from_result, write_record
 from fractal_llm.refine.levels import (DEFAULT_MARGIN, LEVEL0_POINTS, RefinePlan, RefineSettings, fill, known_verdicts,
                                 next_level, write_settings)
