@@ -114,3 +114,37 @@ def test_no_import_cycles():
     found = cycles(import_graph())
     assert not found, "import cycles:\n" + "\n".join(
         f"  {' -> '.join(cycle)}  (all of: {', '.join(sorted(component))})" for cycle, component in found)
+
+
+# Layers: what a package may not import. Plans (what to run, where it lives) and the worker pool sit below
+# both the runners and the report, so the report and paper mode read them without depending on how points
+# get run (docs/design.md, Layout).
+FORBIDDEN = {
+    "fractal_llm.report": ("fractal_llm.runners",),
+    "fractal_llm.paper": ("fractal_llm.runners",),
+    "fractal_llm.plans": ("fractal_llm.runners", "fractal_llm.report", "fractal_llm.paper"),
+    "fractal_llm.pool": ("fractal_llm.runners", "fractal_llm.report", "fractal_llm.paper"),
+}
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{name} imports {target}" for name, targets in sorted(graph.items())
+            for package, forbidden in FORBIDDEN.items() if _within(name, package)
+            for target in sorted(targets) if any(_within(target, f) for f in forbidden)]
+
+
+def test_layer_violations_are_found():
+    graph = {"fractal_llm.report.sequence": {"fractal_llm.runners.zoom", "fractal_llm.plans.zoom"},
+             "fractal_llm.runners.zoom": {"fractal_llm.plans.zoom"}, "fractal_llm.reports": {"fractal_llm.runners"}}
+    assert layer_violations(graph) == ["fractal_llm.report.sequence imports fractal_llm.runners.zoom"]
+
+
+def test_report_and_paper_do_not_import_the_runners():
+    graph = import_graph()
+    found = layer_violations(graph)
+    assert not found, "imports against the layers:\n" + "\n".join(f"  {v}" for v in found)
+    assert "fractal_llm.plans.zoom" in graph["fractal_llm.report.sequence"]  # the plan is read from below
