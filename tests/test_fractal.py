@@ -14,8 +14,8 @@ from fractal_llm.report.fractal import (
     estimate_dimension,
     paper_dimension,
 )
+from fractal_llm.report.calibration import KOCH_D, fill_polygon, koch_snowflake  # the calibration's snowflake
 
-KOCH_D = math.log(4) / math.log(3)
 SIERPINSKI_D = math.log(3) / math.log(2)
 
 
@@ -30,34 +30,6 @@ def render_disk(n: int, radius_frac: float = 0.4) -> np.ndarray:
 def render_half_plane(n: int, angle: float = 0.3) -> np.ndarray:
     y, x = np.mgrid[0:n, 0:n] + 0.5
     return (np.cos(angle) * (x - n / 2) + np.sin(angle) * (y - n / 2) > 0).astype(float)
-
-
-def koch_snowflake(level: int) -> np.ndarray:
-    """Closed polygon (first point repeated last) of a Koch snowflake, bumps pointing outward."""
-    pts = np.array([[0.0, 0.0], [0.5, math.sqrt(3) / 2], [1.0, 0.0], [0.0, 0.0]])
-    turn = np.array([[0.5, -math.sqrt(3) / 2], [math.sqrt(3) / 2, 0.5]])   # +60 degrees
-    for _ in range(level):
-        start, step = pts[:-1], (pts[1:] - pts[:-1]) / 3
-        third = start + step
-        peak = third + step @ turn.T
-        pts = np.vstack([np.stack([start, third, peak, start + 2 * step], axis=1).reshape(-1, 2), pts[-1:]])
-    return pts
-
-
-def fill_polygon(pts: np.ndarray, n: int) -> np.ndarray:
-    """Even-odd scanline fill of a closed polygon given in pixel coordinates (pixel centres sampled)."""
-    x0, y0, x1, y1 = pts[:-1, 0], pts[:-1, 1], pts[1:, 0], pts[1:, 1]
-    first_row = np.ceil(np.minimum(y0, y1) - 0.5).astype(int)
-    n_rows = np.clip(np.ceil(np.maximum(y0, y1) - 0.5).astype(int) - first_row, 0, None)
-    edge = np.repeat(np.arange(len(x0)), n_rows)
-    rows = np.repeat(first_row, n_rows) + np.arange(n_rows.sum()) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
-    t = (rows + 0.5 - y0[edge]) / (y1[edge] - y0[edge])
-    xs = x0[edge] + t * (x1[edge] - x0[edge])
-    order = np.lexsort((xs, rows))
-    rows, cols = rows[order], np.clip(np.ceil(xs[order] - 0.5).astype(int), 0, n)
-    toggles = np.zeros((n, n + 1), dtype=np.int32)
-    np.add.at(toggles, (rows, cols), np.where(np.arange(len(rows)) % 2 == 0, 1, -1))   # enter, leave, ...
-    return (np.cumsum(toggles, axis=1)[:, :n] > 0).astype(float)
 
 
 def render_koch(n: int, level: int = 7) -> np.ndarray:
