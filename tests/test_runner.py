@@ -290,3 +290,10 @@ def test_a_log_that_is_not_a_terminal_ends_with_the_whole_last_progress_line(tmp
     assert "…" not in text
     assert "a_long_sweep_name_as_users_write_them: 16/16  trainable" in text
     assert text.strip().splitlines()[-1] == "ran 16 of 16 points"
+
+
+def test_an_out_dir_that_cannot_be_made_is_one_error_line(tmp_path, capsys):
+    """Before: `--out /proc/nope` ended in a FileNotFoundError traceback."""
+    assert cli.main(["local", str(mlp_sweep(tmp_path)), "--out", "/proc/nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out /proc/nope: cannot create the record directory") and len(err.splitlines()) == 1

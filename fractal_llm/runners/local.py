@@ -4,7 +4,9 @@ The grid is expanded exactly as W&B does (sweep.expand_grid). Each point ends as
 named by its axis values, so re-running the same command runs only the points without a finished record
 (`error` records are retried). Two runners on one DIR (two terminals, or two hosts on a shared
 filesystem) split the points: each claims a point before running it (fractal_llm.runners.claims), and its last line
-says how many points it ran. Points run in N long-lived worker processes (gpt: one per visible GPU, else
+says how many points it ran. A claim whose heartbeat stops (its runner was killed) is taken over after
+--claim-timeout seconds; SIGTERM (a scheduler's stop) releases this runner's claims, keeps its finished records
+and exits 143. Points run in N long-lived worker processes (gpt: one per visible GPU, else
 one single-threaded worker per core, runner.default_workers); a worker imports the train module once, so its
 base-model and tokenized-data caches serve all of its points. mlp-family points run batched
 (fractal_llm.paper.mlp.train_many) in chunks of --mlp-chunk points, one single-threaded worker per core. A single
@@ -17,6 +19,7 @@ WANDB_MODE, which defaults to "offline" here (files under DIR/wandb/, upload wit
 
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -139,14 +142,15 @@ def point_wandb_mode(requested: str | None, out_dir: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- running a task
 
-def run_task(task: Task, out_dir: Path, wandb_mode: str) -> list[Outcome]:
+def run_task(task: Task, out_dir: Path, wandb_mode: str,
+             claim_timeout_s: float = claims.CLAIM_TIMEOUT_S) -> list[Outcome]:
     """Claim the task's points, run those this process got, write their records, release the claims; one
     Outcome per point. A point's failure is an error record, never an exception, so one bad point cannot
     stop the others."""
     outcomes, names, params = [], [], []
     try:
         for name, point in zip(task.names, task.params):
-            if claims.try_claim(out_dir, name) is not None:
+            if claims.try_claim(out_dir, name, claim_timeout_s) is not None:
                 outcomes.append(Outcome(name, None, False))
                 continue
             done = finished_verdict(out_dir, name)  # another runner finished it after this one looked
@@ -205,9 +209,10 @@ class TaskRunner:
     """run_task bound to the sweep's record directory and W&B mode (what a worker process calls)."""
     out_dir: str
     wandb_mode: str
+    claim_timeout_s: float = claims.CLAIM_TIMEOUT_S
 
     def __call__(self, task: Task) -> list[Outcome]:
-        return run_task(task, Path(self.out_dir), self.wandb_mode)
+        return run_task(task, Path(self.out_dir), self.wandb_mode, self.claim_timeout_s)
 
     def lost(self, task: Task, exitcode: int) -> list[Outcome]:
         """A worker died running the task (e.g. killed for memory): the points it held become error records
@@ -265,11 +270,38 @@ def _build_parser() -> argparse.ArgumentParser:
                              f"(default {DEFAULT_MARGIN})")
     parser.add_argument("--mlp-chunk", type=int, default=DEFAULT_MLP_CHUNK,
                         help=f"mlp-family points per batched train_many call (default {DEFAULT_MLP_CHUNK})")
+    parser.add_argument("--claim-timeout", type=float, default=claims.CLAIM_TIMEOUT_S, metavar="SECONDS",
+                        help="another runner takes over this runner's points when their claims' heartbeat is "
+                             "older than this, e.g. after a SIGKILL or a lost host "
+                             f"(default {claims.CLAIM_TIMEOUT_S:g})")
     return parser
 
 
 class RunnerError(FractalLLMError):
     """A bad `fractal-llm local` argument; raised before any point runs."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`): raised in the main thread, so it ends the run as Ctrl-C does:
+    workers stopped, claims released, finished records kept; the exit code is 143 instead of 130."""
+
+
+def on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def stop_code(stop: KeyboardInterrupt) -> int:
+    return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """The record directory, created and writable, before any work (a bad --out is one error line)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunnerError(f"--out {out_dir}: cannot create the record directory ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise RunnerError(f"--out {out_dir}: the record directory is not writable")
 
 
 def main(argv: list[str]) -> int:
@@ -280,31 +312,36 @@ def main(argv: list[str]) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise RunnerError(f"--{flag.replace('_', '-')}={value}: must be >= 1")
+    if not args.claim_timeout > 0:
+        raise RunnerError(f"--claim-timeout={args.claim_timeout:g}: must be > 0 seconds")
     spec = load_sweep(args.file)
     out_dir = Path(args.out) if args.out else paths.runs_dir() / spec.name
     check_out_dir(out_dir, spec)
+    make_out_dir(out_dir)
     if args.adaptive:
         _, xs, _, ys = lattice(spec)
         RefinePlan((len(ys), len(xs)), args.levels, args.margin)  # bad --levels/--margin: before any run
     preflight_sweep(spec)
     wandb_mode = point_wandb_mode(args.wandb, out_dir)
+    signal.signal(signal.SIGTERM, on_sigterm)  # from here on this runner holds claims: release them first
     if args.adaptive:
         return run_adaptive(spec, out_dir, args.levels, args.margin, workers=args.workers, wandb_mode=wandb_mode,
-                            mlp_chunk=args.mlp_chunk, console=console)
+                            mlp_chunk=args.mlp_chunk, console=console, claim_timeout_s=args.claim_timeout)
     return run_sweep(spec, out_dir, workers=args.workers, limit=args.limit, wandb_mode=wandb_mode,
-                     mlp_chunk=args.mlp_chunk, console=console)
+                     mlp_chunk=args.mlp_chunk, console=console, claim_timeout_s=args.claim_timeout)
 
 
 @dataclass
 class Ran:
     """What one _run_pending call did."""
-    stopped: bool = False  # Ctrl-C
+    stopped: int = 0  # the exit code after Ctrl-C (130) or SIGTERM (143)
     ran: int = 0  # points this process ran
     busy: list[str] = field(default_factory=list)  # the points another runner holds (not run here)
 
 
 def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit: int | None = None,
-              wandb_mode: str = "offline", mlp_chunk: int = DEFAULT_MLP_CHUNK, console: Console | None = None) -> int:
+              wandb_mode: str = "offline", mlp_chunk: int = DEFAULT_MLP_CHUNK, console: Console | None = None,
+              claim_timeout_s: float = claims.CLAIM_TIMEOUT_S) -> int:
     console = console or Console()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths.atomic_write_text(out_dir / "sweep.yaml", dump_sweep_yaml(spec.raw))  # a second runner may read it
@@ -322,10 +359,10 @@ def run_sweep(spec: SweepSpec, out_dir: Path, workers: int | None = None, limit:
     if limit is not None:
         pending = pending[:limit]
     result = _run_pending(spec, pending, counts, len(points), done_before, out_dir, workers, wandb_mode, mlp_chunk,
-                          console, label=spec.name)
+                          console, label=spec.name, claim_timeout_s=claim_timeout_s)
     if result.stopped:
         console.print(f"ran {result.ran} of {len(names)} points", highlight=False)
-        return 130
+        return result.stopped
     return _finish(console, out_dir, names, result.ran)
 
 
@@ -352,7 +389,7 @@ def lattice_known(out_dir: Path, plan: RefinePlan, name_of: dict, console: Conso
 
 def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int | None, margin: int, workers: int | None = None,
                  wandb_mode: str = "offline", mlp_chunk: int = DEFAULT_MLP_CHUNK,
-                 console: Console | None = None) -> int:
+                 console: Console | None = None, claim_timeout_s: float = claims.CLAIM_TIMEOUT_S) -> int:
     """`--adaptive`: refinement by levels (fractal_llm.refine.levels.next_level) on the sweep's lattice, level after
     level with the same workers and records as a full run. A re-run starts at the level it stopped in; errors
     are retried by the next run. Points of a level that another runner holds are waited for (their verdicts
@@ -373,18 +410,19 @@ def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int | None, margin: int
             pending = [({**spec.fixed, x_name: xs[ix], y_name: ys[iy]}, name_of[(iy, ix)]) for iy, ix in points]
             done = [v for v in known.values() if v != "error"]
             result = _run_pending(spec, pending, count_verdicts(done), len(done) + len(pending), len(done), out_dir,
-                                  workers, wandb_mode, mlp_chunk, console, label=label)
+                                  workers, wandb_mode, mlp_chunk, console, label=label,
+                                  claim_timeout_s=claim_timeout_s)
             ran += result.ran
             if result.stopped:
                 console.print(f"ran {ran} of {len(name_of)} points", highlight=False)
-                return 130
+                return result.stopped
             busy = [p for p in points if name_of[p] in result.busy]
             try:
                 _wait_for_claims(out_dir, [name_of[p] for p in busy], label, console)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as stop:
                 console.print(f"\n[yellow]stopped.[/yellow] run the same command again to resume.\n"
                               f"ran {ran} of {len(name_of)} points", highlight=False)
-                return 130
+                return stop_code(stop)
             # a point whose runner let go of it with no record (it died): run here
             points = [p for p in busy if existing_verdict(out_dir, name_of[p], console) is None]
         known = lattice_known(out_dir, plan, name_of, console)
@@ -398,7 +436,8 @@ def run_adaptive(spec: SweepSpec, out_dir: Path, levels: int | None, margin: int
 
 
 def _wait_for_claims(out_dir: Path, names: list[str], label: str, console: Console) -> None:
-    """Block until no live claim of another runner holds any of these points (released, or its process died)."""
+    """Block until no live claim of another runner holds any of these points (released, its process died, or
+    its heartbeat older than the claim's timeout)."""
     clock = LineClock()
     while True:
         held = {name: claim for name in names
@@ -414,7 +453,7 @@ def _wait_for_claims(out_dir: Path, names: list[str], label: str, console: Conso
 
 def _run_pending(spec: SweepSpec, pending: list[tuple[dict, str]], counts: dict, total: int, done_before: int,
                  out_dir: Path, workers: int | None, wandb_mode: str, mlp_chunk: int, console: Console,
-                 label: str) -> Ran:
+                 label: str, claim_timeout_s: float = claims.CLAIM_TIMEOUT_S) -> Ran:
     """Run (point, name) pairs with the workers, a progress bar over `total` (plain lines when the console is
     not a terminal). Points another runner holds are skipped: Ran.busy."""
     family = model_family([p for p, _ in pending])
@@ -432,15 +471,15 @@ def _run_pending(spec: SweepSpec, pending: list[tuple[dict, str]], counts: dict,
     progress = RunProgress(console, label, total, done_before, counts)
     try:
         with progress:
-            for outcome in _execute(tasks, n_workers, devices, threads, out_dir, wandb_mode):
+            for outcome in _execute(tasks, n_workers, devices, threads, out_dir, wandb_mode, claim_timeout_s):
                 result.ran += outcome.ran
                 if outcome.verdict is None:
                     result.busy.append(outcome.name)
                 progress.advance(outcome.verdict)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         console.print(f"\n[yellow]stopped.[/yellow] {sum(counts.values())} of {total} points have records "
                       f"in {out_dir}; run the same command again to resume.", highlight=False, soft_wrap=True)
-        result.stopped = True
+        result.stopped = stop_code(stop)
     if result.busy:
         console.print(f"{label}: {len(result.busy)} point(s) left to the runner(s) that hold them "
                       f"({_holders(out_dir, result.busy)}); claims in {out_dir}", highlight=False, soft_wrap=True)
@@ -494,14 +533,14 @@ class RunProgress:
 
 
 def _execute(tasks: list[Task], n_workers: int, devices: list[str], threads: int | None, out_dir: Path,
-             wandb_mode: str):
+             wandb_mode: str, claim_timeout_s: float = claims.CLAIM_TIMEOUT_S):
     if not tasks:
         return
     if n_workers == 1:
         for task in tasks:  # in-process: the train module's caches live in this process
-            yield from run_task(task, out_dir, wandb_mode)
+            yield from run_task(task, out_dir, wandb_mode, claim_timeout_s)
         return
-    runner = TaskRunner(str(out_dir), wandb_mode)
+    runner = TaskRunner(str(out_dir), wandb_mode, claim_timeout_s)
     try:
         with WorkerPool(runner, n_workers, devices or [None], threads, on_lost=runner.lost) as pool:
             for _index, finished in pool.map_unordered(tasks):
