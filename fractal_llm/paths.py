@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 
 def home() -> Path:
@@ -97,18 +97,28 @@ def is_built(directory: Path) -> bool:
 
 
 def build_once(target: Path, build: Callable[[], None], done: Callable[[], bool] | None = None,
-               force: bool = False) -> None:
+               force: bool = False, waiting: Callable[[], None] | None = None) -> None:
     """Run build() unless target is done, under a file lock so concurrent processes build it once (the others
-    wait, then find it done). A directory target is done when it holds COMPLETE_MARKER, written after build()
-    returns; a file target passes done=target.is_file and must be written atomically by build()."""
+    wait, then find it done; waiting() is called first, when another process holds the lock, to say so).
+    A directory target is done when it holds COMPLETE_MARKER, written after build() returns; a file target
+    passes done=target.is_file and must be written atomically by build()."""
     target = Path(target)
     is_done = done or (lambda: is_built(target))
     if is_done() and not force:
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    lock = FileLock(str(target) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # another process is building it
+        if waiting is not None:
+            waiting()
+        lock.acquire()
+    try:
         if is_done() and not force:  # another process finished it while we waited for the lock
             return
         build()
         if done is None:
             (target / COMPLETE_MARKER).write_text("ok\n")
+    finally:
+        lock.release()

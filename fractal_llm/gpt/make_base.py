@@ -92,7 +92,12 @@ def ensure_tiny_base(recipe: TinyRecipe | None = None, model_id: str = "tiny") -
                       f"into {out}", soft_wrap=True, highlight=False)
         build_tiny_base(out, recipe, model_id, console)
 
-    paths.build_once(out, build)
+    def waiting() -> None:  # a second runner would otherwise print nothing for the minutes the build takes
+        from rich.console import Console
+        Console(stderr=True).print(f"waiting for the {model_id} base build that another process is running "
+                                   f"(minutes on a CPU) into {out}", soft_wrap=True, highlight=False)
+
+    paths.build_once(out, build, waiting=waiting)
     return out
 
 
