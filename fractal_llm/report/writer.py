@@ -23,6 +23,7 @@ from fractal_llm.report.grid import Grid, hole_list
 from fractal_llm.verdict import OUTCOMES, VERDICTS
 from fractal_llm.report.plots import CurveFn, write_plots
 from fractal_llm.records import json_safe
+from fractal_llm.report.border_loss import border_loss_markdown, border_loss_of
 from fractal_llm.report.robustness import robustness_markdown, robustness_of
 from fractal_llm.report.sources import HistoryFn, local_history
 from fractal_llm.report.zoom_boxes import find_zoom_boxes, write_zoom_sweeps
@@ -91,6 +92,7 @@ def write_report(grid: Grid, out_dir, *, title: str, sweep_config: dict | None =
         "point_table": point_table(grid) if grid.labels.size <= POINTS_IN_JSON else None,
         "timing_s": timing,
         "robustness": robustness_of(grid),  # dynamics or noise: thresholds and noise floor (robustness.py)
+        "border_loss": border_loss_of(grid),  # the loss on each side of the border (border_loss.py)
         **(extra or {}),
     }
     report = json_safe(report)
@@ -218,8 +220,8 @@ def skipped_section(report: dict, shown_dir: Path) -> list[str]:
 
 
 # report.md, in this order: each function takes (report dict, the directory the report will live in).
-MARKDOWN_SECTIONS = (title_section, outcomes_section, dimension_section, robustness_markdown, maps_section,
-                     zoom_section, fixed_section, holes_section, skipped_section)
+MARKDOWN_SECTIONS = (title_section, outcomes_section, dimension_section, robustness_markdown, border_loss_markdown,
+                     maps_section, zoom_section, fixed_section, holes_section, skipped_section)
 
 
 def render_markdown(report: dict, shown_dir: Path) -> str:
