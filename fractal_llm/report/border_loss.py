@@ -67,17 +67,23 @@ def border_loss_of(grid) -> dict:
     if not grid.records:
         return {"note": "no run records (paper mode): no per-point losses"}
     near = near_border(grid.labels) & (grid.record_index >= 0)
+    summaries = [grid.records[grid.record_index[i, j]].summary for i, j in zip(*np.nonzero(near))]
+    return border_loss_from(summaries, grid.records)
+
+
+def border_loss_from(summaries: list[dict], records) -> dict:
+    """`border_loss` of the run summaries of the points near a border (a map's, or a line's neighbours across
+    its crossings), with the vocabulary of `records` (vocab_size_of)."""
     final = {side: [] for side in SIDES}
     first, diverged = [], 0
-    for i, j in zip(*np.nonzero(near)):
-        summary = grid.records[grid.record_index[i, j]].summary
+    for summary in summaries:
         if summary.get("verdict") == "diverged":
             diverged += 1
         elif summary.get("verdict") in SIDES:
             final[summary["verdict"]].append(summary.get("loss_mean_last_k"))
         first.append(summary.get("loss_first"))
-    vocab, vocab_source = vocab_size_of(grid.records)
-    return {"points": int(near.sum()), "diverged": diverged,
+    vocab, vocab_source = vocab_size_of(records)
+    return {"points": len(summaries), "diverged": diverged,
             "final_loss": {side: spread(values) for side, values in final.items()},
             "first_loss": spread(first), "vocab_size": vocab, "vocab_source": vocab_source,
             "uniform_loss": math.log(vocab) if vocab else None}

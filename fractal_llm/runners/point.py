@@ -234,11 +234,13 @@ def exit_code(record: RunRecord) -> int:
 
 
 def run_point(train_fn: TrainFn, config: TrainConfig, name: str, record_dir: Path,
-              wandb_mode: str | None = None) -> RunRecord:
+              wandb_mode: str | None = None, run_name: str | None = None) -> RunRecord:
     """The local runner's path: one point in this process, a W&B run in `wandb_mode` (default: offline),
-    named by the point and grouped by the map, so runs synced later read as one map in the W&B UI."""
+    named by the point (run_name: its short form, records.run_name) and grouped by the map, so runs synced
+    later read as one map in the W&B UI."""
     mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
-    run = start_run(config.to_dict(), mode, name=name, group=map_name(record_dir) if mode != "disabled" else None)
+    run = start_run(config.to_dict(), mode, name=run_name or name,
+                    group=map_name(record_dir) if mode != "disabled" else None)
     record = execute(train_fn, config, name, record_dir, run)
     run.finish(exit_code=exit_code(record))
     return record
