@@ -74,6 +74,31 @@ def record_name(values: dict) -> str:
     return f"{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
 
 
+RUN_NAME_DIGITS = 4  # significant digits of a float in a run's display name (more where a map needs them)
+
+
+def run_name(values: dict, axes: list[tuple[str, list]] | dict) -> str:
+    """A run's display name in W&B: its values sorted by key, each float to RUN_NAME_DIGITS significant digits,
+    or to as many more as tell apart every value its axis holds in the map (`axes`: name -> the map's values),
+    so no two points of one map share a name. The record keeps the exact name (record_name)."""
+    axes = dict(axes)
+    digits = {key: name_digits(axes.get(key, [value])) for key, value in values.items()}
+    return ",".join(f"{key}={_short_value(values[key], digits[key])}" for key in sorted(values)) or "defaults"
+
+
+def name_digits(axis_values) -> int:
+    """The fewest significant digits, at least RUN_NAME_DIGITS, that give every float of an axis its own text."""
+    floats = {float(v) for v in axis_values if isinstance(v, float)}
+    for digits in range(RUN_NAME_DIGITS, 18):  # 17 digits tell every two float64 apart
+        if len({f"{v:.{digits}g}" for v in floats}) == len(floats):
+            return digits
+    return 17
+
+
+def _short_value(value, digits: int) -> str:
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
 def values_from_name(name: str) -> dict[str, str]:
     """A record name read back ('matrix_lr=0.001,unembedding_lr=1e-05' -> {key: text}); hashed names give
     what their kept head holds."""

@@ -17,6 +17,7 @@ import copy
 import itertools
 import json
 import math
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -257,13 +258,29 @@ def unpack_point(values: dict) -> dict:
     return {**rest, **point}
 
 
+MAP_LINE = re.compile(r"^fractal-llm map: (.+?)\s*$", re.MULTILINE)
+
+
+def sweep_map(sweep_config: dict) -> str:
+    """The map a sweep's runs belong to, the W&B group its agents give them: the `fractal-llm map: NAME` line
+    of a sweep made for another sweep's map (a refill, a refinement level), else the sweep's own name."""
+    match = MAP_LINE.search(str(sweep_config.get("description") or ""))
+    return match.group(1) if match else str(sweep_config.get("name") or "sweep")
+
+
+def map_line(map_name: str) -> str:
+    return f"fractal-llm map: {map_name}"
+
+
 def refill_config(sweep_config: dict, points: list[dict], name: str) -> dict:
-    """The sweep over exactly `points`: the parent's config, axes replaced by one grid_point list (checked)."""
+    """The sweep over exactly `points`: the parent's config, axes replaced by one grid_point list (checked);
+    its runs belong to the parent's map (sweep_map)."""
     _axes, fixed = parse_parameters(sweep_config.get("parameters"), numeric_strings=True)
     cfg = copy.deepcopy(sweep_config)
     cfg.pop("run_cap", None)  # the parent's cap says nothing about the refill
     cfg["name"] = name
-    cfg["description"] = f"refill of {len(points)} points without a usable run"
+    cfg["description"] = (f"refill of {len(points)} points without a usable run\n"
+                          + map_line(sweep_map(sweep_config)))
     # Fixed values as parsed: a server-side config may hold '1e-4' strings that `sweep check` refuses.
     cfg["parameters"] = {**{key: {"value": fixed[key]} for key in sorted(fixed)}, POINT_KEY: {"values": points}}
     check_sweep(cfg, default_name=name)

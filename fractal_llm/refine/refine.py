@@ -23,7 +23,8 @@ from fractal_llm.errors import FractalLLMError
 from fractal_llm.report.grid import build_grid
 from fractal_llm.refine.levels import DEFAULT_MARGIN, LEVEL0_POINTS, RefinePlan, RefineSettings, fill, known_verdicts, next_level
 from fractal_llm.report.sources import wandb_source
-from fractal_llm.sweep import dump_sweep_yaml, load_sweep, parse_sweep_path, refill_config
+from fractal_llm.sweep import (dump_sweep_yaml, load_sweep, map_line, parse_sweep_path, refill_config,
+                               sweep_map)
 
 
 class RefineSweepError(FractalLLMError):
@@ -52,7 +53,8 @@ def level_config(full_cfg: dict, plan: RefinePlan, level: int, points: list[tupl
                grid.y_name: _typed(grid.y_values[iy], full_cfg, grid.y_name)} for iy, ix in points]
     cfg = refill_config(full_cfg, values, f"{name}-level{level}")
     cfg["description"] = (f"level {level} of {plan.levels} ({len(points)} points) of {name}\n"
-                          + RefineSettings(plan.levels, plan.margin, name, level).to_text())
+                          + RefineSettings(plan.levels, plan.margin, name, level).to_text() + "\n"
+                          + map_line(sweep_map(full_cfg)))  # the W&B group of its runs: the map's
     return cfg
 
 

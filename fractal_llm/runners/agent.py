@@ -33,8 +33,8 @@ from fractal_llm import train
 from fractal_llm.runners import point
 from fractal_llm.config import ConfigError, TrainConfig
 from fractal_llm.errors import FractalLLMError
-from fractal_llm.records import RunRecord, error_summary, record_name
-from fractal_llm.sweep import SweepError, SweepSpec, check_sweep, expand_grid, parse_sweep_path
+from fractal_llm.records import RunRecord, error_summary, record_name, run_name
+from fractal_llm.sweep import SweepError, SweepSpec, check_sweep, expand_grid, parse_sweep_path, sweep_map
 
 AGENT_EXIT = "agent exit:"  # the last line a worker prints when it ends; `fractal-llm agents --status` shows it
 DEFAULT_MAX_FAILURES = 5  # consecutive failed runs after which an agent stops (a broken host, not a bad point)
@@ -118,15 +118,16 @@ def release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def agent_function(axis_names: tuple[str, ...] = ()) -> None:
+def agent_function(axis_names: tuple[str, ...] = (), axes: tuple = (), group: str | None = None) -> None:
     """The function handed to wandb.agent: one sweep run in this (long-lived) process, named by its point
-    (the values of `axis_names`; every value of the run when none are given).
+    (the values of `axis_names`; every value of the run when none are given): its record by the exact values,
+    its W&B run by the short ones (records.run_name over the sweep's `axes`), in the W&B group of its map.
 
     A diverged run returns normally; an error finishes the run with exit code 1 and raises (the agent marks
     it failed and goes on). An accelerator error that poisons the process, or SIGTERM, ends the worker after
     finishing the run: its next runs could only fail (or must not start)."""
     global _failed_in_a_row
-    run = point.start_run()
+    run = point.start_run(group=group)
     try:
         values = point.sweep_values(run.config)
         config = TrainConfig.from_dict(values)
@@ -135,8 +136,9 @@ def agent_function(axis_names: tuple[str, ...] = ()) -> None:
         run.summary.update(error_summary(str(exc), 0.0))
         run.finish(exit_code=1)
         raise
-    name = record_name({k: values[k] for k in axis_names if k in values} or values)
-    run.name = name
+    point_values = {k: values[k] for k in axis_names if k in values} or values
+    name = record_name(point_values)
+    run.name = run_name(point_values, axes)
     try:
         record = point.execute(train.train, config, name, point.default_record_dir(run.sweep_id), run)
     except point.RunStopped as stop:
@@ -221,7 +223,8 @@ def main(argv: list[str]) -> int:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')!r} pid={os.getpid()}", flush=True)
     _failed_in_a_row = 0
     try:
-        wandb.agent(sweep_id, function=partial(agent_function, tuple(spec.axis_names)), entity=entity,
+        function = partial(agent_function, tuple(spec.axis_names), tuple(spec.axes), sweep_map(spec.raw))
+        wandb.agent(sweep_id, function=function, entity=entity,
                     project=project, count=args.count, **agent_kwargs(args.max_failures))
     except SystemExit as exit_:  # SIGTERM between runs
         print(f"{AGENT_EXIT} stopped by SIGTERM between runs", flush=True)

@@ -37,7 +37,8 @@ from fractal_llm.runners import claims
 from fractal_llm.config import TrainConfig
 from fractal_llm.errors import FractalLLMError
 from fractal_llm.pool import WorkerPool, detect_local_gpus, usable_cores
-from fractal_llm.records import error_record, file_name, record_name, read_record, record_from_result, write_record
+from fractal_llm.records import (error_record, file_name, read_record, record_from_result, record_name, run_name,
+                                 write_record)
 from fractal_llm.refine.levels import (DEFAULT_MARGIN, LEVEL0_POINTS, RefinePlan, RefineSettings, fill, known_verdicts,
                                 next_level, write_settings)
 from fractal_llm.sweep import SweepError, SweepSpec, axis_point, dump_sweep_yaml, expand_grid, load_sweep
@@ -60,6 +61,7 @@ class Task:
     family: str
     names: list[str]
     params: list[dict]
+    run_names: list[str] = field(default_factory=list)  # gpt: the W&B run's short name (records.run_name)
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -114,10 +116,12 @@ def model_family(points: list[dict]) -> str:
     return TrainConfig(**points[0]).model_family if points else "gpt"
 
 
-def make_tasks(points: list[dict], names: list[str], mlp_chunk: int) -> list[Task]:
+def make_tasks(points: list[dict], names: list[str], mlp_chunk: int, axes: list[tuple[str, list]] = ()) -> list[Task]:
+    """The tasks of these points; `axes` (the map's, SweepSpec.axes) shorten a gpt run's W&B name."""
     if model_family(points) == "mlp":
         return [Task("mlp", names[i:i + mlp_chunk], points[i:i + mlp_chunk]) for i in range(0, len(points), mlp_chunk)]
-    return [Task("gpt", [n], [p]) for n, p in zip(names, points)]
+    axes = dict(axes)
+    return [Task("gpt", [n], [p], [run_name({k: p[k] for k in axes}, axes)]) for n, p in zip(names, points)]
 
 
 def default_workers(spec: SweepSpec, family: str) -> int:
@@ -161,8 +165,12 @@ def run_task(task: Task, out_dir: Path, wandb_mode: str,
             names.append(name)
             params.append(point)
         if names:
-            run = _run_mlp_chunk if task.family == "mlp" else _run_gpt_point
-            outcomes += [Outcome(name, verdict, True) for name, verdict in run(names, params, out_dir, wandb_mode)]
+            if task.family == "mlp":
+                finished = _run_mlp_chunk(names, params, out_dir, wandb_mode)
+            else:
+                short = task.run_names[0] if task.run_names else None
+                finished = _run_gpt_point(names, params, out_dir, wandb_mode, short)
+            outcomes += [Outcome(name, verdict, True) for name, verdict in finished]
     finally:
         for name in names:
             claims.release(out_dir, name)
@@ -175,13 +183,14 @@ def finished_verdict(out_dir: Path, name: str) -> str | None:
     return None if verdict == "error" else verdict
 
 
-def _run_gpt_point(names: list[str], params: list[dict], out_dir: Path, wandb_mode: str) -> list[tuple[str, str]]:
+def _run_gpt_point(names: list[str], params: list[dict], out_dir: Path, wandb_mode: str,
+                   short_name: str | None = None) -> list[tuple[str, str]]:
     from fractal_llm import train
     from fractal_llm.runners import point
     name, config = names[0], TrainConfig(**params[0])
     t0 = time.perf_counter()
     try:
-        record = point.run_point(train.train, config, name, out_dir, wandb_mode=wandb_mode)
+        record = point.run_point(train.train, config, name, out_dir, wandb_mode=wandb_mode, run_name=short_name)
     except Exception as exc:  # run_point records its own failures; this catches failures around it (W&B init...)
         record = error_record(config.resolved().to_dict(), name, exc, time.perf_counter() - t0)
         write_record(record, out_dir)
@@ -457,7 +466,7 @@ def _run_pending(spec: SweepSpec, pending: list[tuple[dict, str]], counts: dict,
     """Run (point, name) pairs with the workers, a progress bar over `total` (plain lines when the console is
     not a terminal). Points another runner holds are skipped: Ran.busy."""
     family = model_family([p for p, _ in pending])
-    tasks = make_tasks([p for p, _ in pending], [n for _, n in pending], mlp_chunk)
+    tasks = make_tasks([p for p, _ in pending], [n for _, n in pending], mlp_chunk, spec.axes)
     # More workers than tasks would idle; one worker runs in this process. (The default imports torch.)
     n_workers = min(workers or (default_workers(spec, family) if tasks else 1), max(1, len(tasks)))
     devices, threads = [], None
