@@ -14,7 +14,8 @@ import tokenize
 from dataclasses import fields
 from typing import Callable
 
-from fractal_llm.config import CHOICES, FAMILY_FIELDS, RANGES, ConfigError, TrainConfig
+from fractal_llm.config import CHOICES, FAMILY_FIELDS, RANGES, TrainConfig
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.progress import LineClock
 from fractal_llm.records import RunResult, record_name
 from fractal_llm.sweep import run_overrides
@@ -119,17 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return 0
-    from fractal_llm.gpt.data import DatasetError
-    try:
+    try:  # bad input (a config value, the dataset, no credentials inside a sweep): one line, exit 2
         overrides = run_overrides(argv)
         config = TrainConfig.from_dict(overrides)
         preflight(config)
-    except (ConfigError, DatasetError) as exc:
-        console.print(f"[red]config error:[/red] {exc}", soft_wrap=True)
-        return 2
-    try:
         mode = point.default_wandb_mode()
-    except point.NoCredentials as exc:
+    except FractalLLMError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         return 2
     signal.signal(signal.SIGTERM, point.on_sigterm)  # `wandb agent` stops a run with SIGTERM; so does a scheduler
@@ -142,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         record = point.execute(train, config, name, point.default_record_dir(run.sweep_id), run,
                                progress=ProgressLine(console))
     except point.RunStopped as stop:
-        console.print(f"[yellow]{stop}[/yellow]: no record written; the run is marked preempting and ends "
-                      "non-zero, so W&B requeues it inside a sweep", soft_wrap=True)
-        run.finish(exit_code=128 + signal.SIGTERM)
-        return 128 + signal.SIGTERM
+        if point.tell_wandb(run.finish, exit_code=point.STOPPED_EXIT) and not stop.wandb_gone:
+            console.print(f"[yellow]{stop}[/yellow]: no record written; the run is marked preempting and ends "
+                          "non-zero, so W&B requeues it inside a sweep", soft_wrap=True)
+        else:
+            console.print(f"[yellow]{stop}[/yellow]: no record written; wandb-core was already gone, so the run "
+                          "could not be marked preempting: W&B marks it crashed and `fractal-llm refill` lists "
+                          "its point", soft_wrap=True)
+        return point.STOPPED_EXIT
     summary = record.summary
     console.print(f"verdict: [bold]{summary['verdict']}[/bold]  loss {summary['loss_first']} -> "
                   f"{summary['loss_last']}  steps {summary['steps']}  {summary['runtime_s']:.2f}s", soft_wrap=True)

@@ -6,10 +6,13 @@ wandb.agent(sweep, function=agent_function): the runs share this process, so the
 tokenized data are loaded once, not once per run. It logs to stdout; its last line starts with AGENT_EXIT
 and says why it ended.
 
-Exit codes: 0 when wandb.agent returns (the sweep is done, or --count runs ran); 2 when it refuses the sweep
-before claiming a run (offline mode, no credentials, a sweep that fails `sweep check`, a placeholder, a
-missing model or dataset); 1 when it ends on failed runs (--max-failures in a row, or wandb's own checks); 3 after an accelerator error
-that poisons the process; 143 after SIGTERM (a run in flight is marked preempting: W&B requeues it).
+Exit codes (EXIT_CODES, also in --help): 0 when wandb.agent returns (the sweep is done, or --count runs ran);
+2 when it refuses before claiming a run (offline mode, no credentials, a key the server rejects, a sweep the
+server does not have or that fails `sweep check`, a placeholder, a missing model or dataset); 75 when the W&B
+server stays unreachable (timeouts, connection errors, HTTP 5xx) for --retry-for seconds of retries with
+backoff: trouble, not a refusal, so the schedulers' examples start the worker again; 1 when it ends on failed
+runs (--max-failures in a row, or wandb's own checks); 3 after an accelerator error that poisons the process;
+143 after SIGTERM or SIGUSR1 (a run in flight is marked preempting: W&B requeues it).
 
 In-process agent caveats (docs/design.md, "What W&B does for us") and what we do about them:
 - WANDB_AGENT_DISABLE_FLAPPING=true makes wandb.agent(function=...) stop at the *first* failed run, so the
@@ -24,6 +27,7 @@ import os
 import re
 import signal
 import sys
+import time
 from functools import partial
 
 from rich.console import Console
@@ -41,10 +45,82 @@ DEFAULT_MAX_FAILURES = 5  # consecutive failed runs after which an agent stops (
 PLACEHOLDER = re.compile(r"<[A-Za-z][\w-]*>")  # <entity>, <hf-owner>: what the seed-study YAMLs ask to fill in
 ACCELERATOR_POISON = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDNN error", "NCCL error",
                       "illegal memory access", "CUDA driver error")
+SERVER_TROUBLE_EXIT = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again later
+DEFAULT_RETRY_S = 600.0  # how long a worker retries an unreachable W&B server before it exits 75
+RETRY_FIRST_WAIT_S = 2.0  # backoff between tries: 2, 4, 8, ... s, at most RETRY_MAX_WAIT_S
+RETRY_MAX_WAIT_S = 60.0
+RETRY_STATUSES = (408, 429)  # besides 5xx: the server's "try again later" answers
+EXIT_CODES = {0: "the sweep is done, or --count runs ran",
+              1: "stopped after --max-failures consecutive failed runs",
+              2: "refused before claiming a run: bad sweep, no credentials, key rejected, sweep not found",
+              3: "an accelerator error poisoned this process (start the agent again)",
+              SERVER_TROUBLE_EXIT: "the W&B server stayed unreachable for --retry-for seconds (start it again)",
+              point.STOPPED_EXIT: "stopped by SIGTERM or SIGUSR1 (the run in flight ends preempting)"}
 
 
 class SweepRefused(FractalLLMError):
     """A sweep this worker will not run, or a host that cannot run one: the message says which and why."""
+
+
+class ServerTrouble(Exception):
+    """The W&B server did not answer (timeouts, connection errors, HTTP 5xx) through every retry: not the
+    user's error, so not a FractalLLMError; the worker exits SERVER_TROUBLE_EXIT."""
+
+
+# ---------------------------------------------------------------------------------------------- the W&B server
+
+def api_status(exc: BaseException) -> tuple[bool, int | None]:
+    """(whether exc is a failure to talk to the W&B server, its HTTP status if the server answered one),
+    read from the exception and what it wraps. wandb 0.31 sends API calls through wandb-core, which raises
+    WandbApiFailedError with the response's http_status (0 or no response: no answer in time, or no
+    connection); wandb.Api() wraps it in AuthenticationError (__cause__), other calls in CommError (.exc)."""
+    from wandb.sdk.lib.service.service_connection import WandbApiFailedError
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, WandbApiFailedError):
+            return True, (exc.response.http_status or None) if exc.response is not None else None
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True, None
+        exc = getattr(exc, "exc", None) or exc.__cause__ or exc.__context__
+    return False, None
+
+
+def is_server_trouble(exc: BaseException) -> bool:
+    """No answer (a timeout, no connection) or a server-side failure (5xx, 408, 429): worth retrying. A key
+    the server rejects (401/403) or a sweep it does not have (404) is a refusal."""
+    talked, status = api_status(exc)
+    return talked and (status is None or status >= 500 or status in RETRY_STATUSES)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    status = api_status(exc)[1]
+    if status in (401, 403):
+        return (f"the server rejected the W&B key (HTTP {status}): check WANDB_API_KEY or run `wandb login` "
+                "(with --host for a W&B Server)")
+    if status == 404:
+        return "the server has no such sweep (HTTP 404): check ENTITY/PROJECT/SWEEP_ID"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def with_retries(call, what: str, retry_s: float):
+    """call() until it answers; server trouble is retried with exponential backoff for retry_s seconds, then
+    ServerTrouble. Anything else is raised at once (a refusal is the caller's to word)."""
+    deadline, wait = time.monotonic() + retry_s, RETRY_FIRST_WAIT_S
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            if not is_server_trouble(e):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServerTrouble(f"{what}: no answer from the W&B server for {retry_s:g} s of retries "
+                                    f"(--retry-for); last: {type(e).__name__}: {e}") from None
+            print(f"agent: {what}: W&B server trouble ({type(e).__name__}: {e}); retrying in "
+                  f"{min(wait, left):.3g} s", flush=True)
+            time.sleep(min(wait, left))
+            wait = min(2 * wait, RETRY_MAX_WAIT_S)
 
 
 # ---------------------------------------------------------------------------------------------- before the first run
@@ -83,9 +159,11 @@ def check_server_sweep(sweep_config: dict) -> SweepSpec:
     return spec
 
 
-def check_before_claiming(sweep: str) -> tuple[tuple[str, str, str], SweepSpec]:
+def check_before_claiming(sweep: str, retry_s: float = DEFAULT_RETRY_S
+                          ) -> tuple[tuple[str, str, str], SweepSpec]:
     """Every refusal, in order, before any point is claimed: the sweep path, offline mode, credentials, and
-    the sweep as the server holds it. Returns ((entity, project, sweep id), the checked sweep)."""
+    the sweep as the server holds it (fetched with retries: ServerTrouble when the server never answers).
+    Returns ((entity, project, sweep id), the checked sweep)."""
     try:
         path = parse_sweep_path(sweep)
     except SweepError as e:
@@ -93,10 +171,12 @@ def check_before_claiming(sweep: str) -> tuple[tuple[str, str, str], SweepSpec]:
     refuse_offline_mode()
     refuse_without_credentials()
     import wandb
+    from wandb.sdk.lib.service.service_connection import WandbApiFailedError
+    name = "/".join(path)
     try:
-        sweep_config = dict(wandb.Api().sweep("/".join(path)).config)
-    except (ValueError, wandb.errors.Error) as e:  # no such sweep (ValueError), a key the server refuses, ...
-        raise SweepRefused(f"W&B sweep {'/'.join(path)}: {type(e).__name__}: {e}") from None
+        sweep_config = with_retries(lambda: dict(wandb.Api().sweep(name).config), f"W&B sweep {name}", retry_s)
+    except (ValueError, wandb.errors.Error, WandbApiFailedError) as e:  # no such sweep (ValueError), a rejected key
+        raise SweepRefused(f"W&B sweep {name}: {refusal_reason(e)}") from None
     return path, check_server_sweep(sweep_config)
 
 
@@ -142,9 +222,12 @@ def agent_function(axis_names: tuple[str, ...] = (), axes: tuple = (), group: st
     try:
         record = point.execute(train.train, config, name, point.default_record_dir(run.sweep_id), run)
     except point.RunStopped as stop:
-        if point.STOP.is_set():  # SIGTERM: non-zero after mark_preempting, so W&B requeues the point
-            run.finish(exit_code=128 + signal.SIGTERM)
-            _exit_worker(128 + signal.SIGTERM, f"{stop}; run {run.id} finished as preempting")
+        if point.STOP.is_set():  # a stop signal: non-zero after mark_preempting, so W&B requeues the point
+            if point.tell_wandb(run.finish, exit_code=point.STOPPED_EXIT) and not stop.wandb_gone:
+                _exit_worker(point.STOPPED_EXIT, f"{stop}; run {run.id} finished as preempting")
+            _exit_worker(point.STOPPED_EXIT, f"{stop}; wandb-core was already gone (the signal reached it "
+                                             f"too), so run {run.id} could not be marked preempting: W&B marks "
+                                             "it crashed and `fractal-llm refill` lists its point")
         run.finish(exit_code=0)
         return  # a W&B-side stop: the agent moves on
     run.finish(exit_code=point.exit_code(record))
@@ -156,6 +239,12 @@ def agent_function(axis_names: tuple[str, ...] = (), axes: tuple = (), group: st
         _failed_in_a_row += 1
         raise RuntimeError(record.summary["error"])  # the agent marks the run failed and goes on
     _failed_in_a_row = 0
+
+
+def _server_trouble(e: ServerTrouble) -> int:
+    Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    print(f"{AGENT_EXIT} server trouble (exit {SERVER_TROUBLE_EXIT}, start the agent again): {e}", flush=True)
+    return SERVER_TROUBLE_EXIT
 
 
 def _exit_worker(code: int, reason: str) -> None:
@@ -184,15 +273,18 @@ def agent_kwargs(max_failures: int) -> dict:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fractal-llm agent",
+        prog="fractal-llm agent", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="One W&B sweep agent in the foreground (in-process: the model loads once), logging to "
-                    "stdout: what a SLURM task or a Kubernetes pod runs. Exit 0 when the sweep is done (or "
-                    "--count runs ran), 2 when it refuses the sweep or finds no credentials, 1 after "
-                    "--max-failures consecutive failed runs.")
+                    "stdout:\nwhat a SLURM task or a Kubernetes pod runs. SIGTERM or SIGUSR1 stops it: the run "
+                    "in flight ends preempting.",
+        epilog="exit codes:\n" + "\n".join(f"  {code:<4} {what}" for code, what in sorted(EXIT_CODES.items())))
     parser.add_argument("sweep", help="ENTITY/PROJECT/SWEEP_ID")
     parser.add_argument("--count", type=int, help="runs to do, then exit 0 (default: until the sweep is done)")
     parser.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES,
                         help=f"stop after this many consecutive failed runs (default {DEFAULT_MAX_FAILURES})")
+    parser.add_argument("--retry-for", type=float, default=DEFAULT_RETRY_S, metavar="SECONDS",
+                        help="retry an unreachable W&B server (timeouts, connection errors, 5xx) with backoff "
+                             f"this long, then exit {SERVER_TROUBLE_EXIT} (default {DEFAULT_RETRY_S:g})")
     parser.add_argument("--check", action="store_true",
                         help="only check (credentials, the sweep on the server) and exit: 0 = an agent may start")
     return parser
@@ -206,11 +298,15 @@ def main(argv: list[str]) -> int:
             raise SweepRefused(f"--max-failures={args.max_failures}: must be >= 1")
         if args.count is not None and args.count < 1:
             raise SweepRefused(f"--count={args.count}: must be >= 1")
-        (entity, project, sweep_id), spec = check_before_claiming(args.sweep)
+        if not args.retry_for >= 0:
+            raise SweepRefused(f"--retry-for={args.retry_for:g}: must be >= 0 seconds")
+        (entity, project, sweep_id), spec = check_before_claiming(args.sweep, args.retry_for)
     except SweepRefused as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         print(f"{AGENT_EXIT} refused: {e}", flush=True)
         return 2
+    except ServerTrouble as e:
+        return _server_trouble(e)
     if args.check:
         print(f"agent check: sweep {entity}/{project}/{sweep_id} ({spec.name}) may be run from this host", flush=True)
         return 0
@@ -218,6 +314,7 @@ def main(argv: list[str]) -> int:
     os.environ.pop("WANDB_AGENT_DISABLE_FLAPPING", None)
     import wandb
     signal.signal(signal.SIGTERM, point.on_sigterm)  # finish the run in flight as preempting, then exit
+    signal.signal(signal.SIGUSR1, point.on_sigterm)  # the same for SLURM's time-limit warning (examples/slurm)
     print(f"agent: sweep {entity}/{project}/{sweep_id} count={args.count} max_failures={args.max_failures} "
           f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')!r} pid={os.getpid()}", flush=True)
@@ -226,9 +323,13 @@ def main(argv: list[str]) -> int:
         function = partial(agent_function, tuple(spec.axis_names), tuple(spec.axes), sweep_map(spec.raw))
         wandb.agent(sweep_id, function=function, entity=entity,
                     project=project, count=args.count, **agent_kwargs(args.max_failures))
-    except SystemExit as exit_:  # SIGTERM between runs
-        print(f"{AGENT_EXIT} stopped by SIGTERM between runs", flush=True)
+    except SystemExit as exit_:  # a stop signal between runs
+        print(f"{AGENT_EXIT} stopped by {point.STOP_SIGNAL['name']} between runs", flush=True)
         return int(exit_.code or 0)
+    except Exception as e:  # registering the agent talks to the server (the heartbeat rides out blips itself)
+        if not is_server_trouble(e):
+            raise
+        return _server_trouble(ServerTrouble(f"wandb.agent: {type(e).__name__}: {e}"))
     if _failed_in_a_row:  # --max-failures, or wandb's own checks (3 failures in the first 60 s, ...)
         print(f"{AGENT_EXIT} stopped after {_failed_in_a_row} consecutive failed run(s) (--max-failures "
               f"{args.max_failures}, or wandb's own failure checks): see the errors above", flush=True)

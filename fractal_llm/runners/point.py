@@ -7,6 +7,7 @@ passed in (`train.train`, the dispatch over model families), so this module neve
 """
 
 import os
+import signal
 import threading
 import time
 from functools import lru_cache
@@ -17,6 +18,7 @@ import yaml
 
 from fractal_llm import paths
 from fractal_llm.config import TrainConfig, field_names
+from fractal_llm.errors import FractalLLMError
 from fractal_llm.records import RunRecord, RunResult, error_message, error_summary, record_from_result, write_record
 from fractal_llm.sweep import unpack_point
 
@@ -27,8 +29,9 @@ JOB_TYPE = "train"  # every point's W&B run: the UI can tell them from report ru
 
 # ---------------------------------------------------------------------------------------------- W&B mode
 
-class NoCredentials(RuntimeError):
-    """A sweep run with no W&B credentials: it would log offline, never be acknowledged, and be re-issued."""
+class NoCredentials(FractalLLMError):
+    """A sweep run with no W&B credentials: it would log offline, never be acknowledged, and be re-issued. A
+    user's error like any bad input: one `error:` line, exit 2."""
 
 
 def wandb_credentials_found() -> bool:
@@ -151,18 +154,41 @@ class RunStopped(Exception):
     """The run was stopped before it finished (SIGTERM, or a stop sent from W&B): no local record is written.
     After SIGTERM (a scheduler's preemption, `fractal-llm agents --stop`) the W&B run is marked preempting and
     ends non-zero, so W&B requeues its point; a stop sent from W&B is the user's: the run just ends
-    (docs/design.md, "Preemption")."""
+    (docs/design.md, "Preemption"). `wandb_gone`: wandb's service process (wandb-core) was gone when the run
+    was to be marked preempting, so it could not be (tell_wandb)."""
+
+    def __init__(self, message: str, wandb_gone: bool = False):
+        super().__init__(message)
+        self.wandb_gone = wandb_gone
 
 
-STOP = threading.Event()  # set by the SIGTERM handler; the training loop checks it at every step
+STOP = threading.Event()  # set by the stop-signal handler; the training loop checks it at every step
 IN_FLIGHT = threading.Event()  # a run is training in this process
+STOPPED_EXIT = 128 + signal.SIGTERM  # the exit code after a stop signal (SIGTERM or SIGUSR1): 143
+STOP_SIGNAL = {"name": "SIGTERM"}  # which one came, for the messages
 
 
 def on_sigterm(signum, frame) -> None:
-    """Stop at the next step if a run is training (it is finished cleanly); else leave now."""
+    """Stop at the next step if a run is training (it is finished cleanly); else leave now. The agent also
+    takes SIGUSR1 here: SLURM's warning before a time limit (examples/slurm), which wandb-core ignores, so
+    the run can still be marked preempting. Either signal exits 143."""
+    STOP_SIGNAL["name"] = signal.Signals(signum).name
     STOP.set()
     if not IN_FLIGHT.is_set():
-        raise SystemExit(128 + signum)
+        raise SystemExit(STOPPED_EXIT)
+
+
+def tell_wandb(call, *args, **kwargs) -> bool:
+    """A W&B call made at a stop; False when wandb's service process (wandb-core) is already gone, which
+    happens when a scheduler signals every process of the job step (SLURM's scancel or preemption): wandb-core
+    exits on SIGTERM, and every later call raises ConnectionResetError. The run can then no longer be marked
+    preempting: the server marks it crashed once its heartbeat stops, and `fractal-llm refill` lists its point
+    as a hole (docs/design.md, "What a stop leaves behind")."""
+    try:
+        call(*args, **kwargs)
+    except ConnectionError:
+        return False
+    return True
 
 
 def is_wandb_stop(exc: BaseException) -> bool:
@@ -170,10 +196,11 @@ def is_wandb_stop(exc: BaseException) -> bool:
     return type(exc) is Exception and not exc.args
 
 
-def _stopped(run, reason: str, preempted: bool) -> None:
-    run.summary.update({"verdict": None, "stopped": reason})
-    if preempted:
-        run.mark_preempting()
+def _stopped(run, reason: str, preempted: bool) -> bool:
+    """Tell W&B the run stopped (preempted: mark it preempting, so W&B requeues it); False when wandb-core was
+    gone (tell_wandb)."""
+    told = tell_wandb(run.summary.update, {"verdict": None, "stopped": reason})
+    return (tell_wandb(run.mark_preempting) if preempted else True) and told
 
 
 # ---------------------------------------------------------------------------------------------- one point
@@ -190,19 +217,22 @@ def execute(train_fn: TrainFn, config: TrainConfig, name: str, record_dir: Path,
 
     def on_step(step: int, row: dict) -> None:
         nonlocal log_s
+        # The stop first: a scheduler that signals the whole job step has stopped wandb-core too, and logging
+        # this step would raise ConnectionResetError, which would record the point as an error.
+        if STOP.is_set():
+            raise RunStopped(f"stopped by {STOP_SIGNAL['name']} at step {step}")
         t = time.perf_counter()
         run.log({"step": step, **row}, step=step)
         log_s += time.perf_counter() - t
         if progress is not None:
             progress(step, row)
-        if STOP.is_set():
-            raise RunStopped(f"stopped by SIGTERM at step {step}")
 
     IN_FLIGHT.set()
     try:
         result = train_fn(config, on_step)
     except RunStopped as stop:
-        _stopped(run, str(stop), preempted=True)
+        if not _stopped(run, str(stop), preempted=True):
+            raise RunStopped(str(stop), wandb_gone=True) from None
         raise
     except Exception as exc:  # recorded as an `error` outcome, kept apart from divergence
         if is_wandb_stop(exc):
