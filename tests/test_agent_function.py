@@ -175,6 +175,58 @@ print("agent returned", flush=True)
     assert run["preempting"] and run["exit_code"] == 128 + signal.SIGTERM
 
 
+def test_a_stop_that_reached_wandb_core_first_ends_143_and_leaves_a_hole_for_refill(tiny_base, tmp_path):
+    """SLURM's scancel and preemption signal every process of the job step, wandb-core included, and
+    wandb-core exits on SIGTERM. Here the signal reaches it first (the trainer stands in for the scheduler at
+    step 3: it stops wandb-core, then signals the worker). The run cannot be marked preempting any more; the
+    worker must still end as stopped (143, so the scheduler requeues its task), say why, and write no record:
+    the point is not done, and not an error (W&B marks the run crashed: a hole `fractal-llm refill` lists)."""
+    script = SERVER + f'''
+import signal, subprocess
+from fractal_llm import train
+from fractal_llm.runners import point
+from fractal_llm.runners import agent as worker
+
+def gone(pid):
+    try:
+        return open(f"/proc/{{pid}}/stat").read().split(")")[-1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+real_trainer = train.TRAINERS["gpt"]
+def trainer(config, on_step):
+    def step(i, row):
+        if i == 3:
+            ps = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(os.getpid())], capture_output=True, text=True)
+            cores = [int(line.split()[0]) for line in ps.stdout.splitlines() if "wandb-core" in line]
+            assert cores, ps.stdout
+            for pid in cores:
+                os.kill(pid, signal.SIGTERM)
+            while not all(gone(pid) for pid in cores):
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+            while not point.STOP.is_set():
+                time.sleep(0.01)
+        on_step(i, row)
+    return real_trainer(config, step)
+train.TRAINERS["gpt"] = trainer
+serve([("r0", {json.dumps({"matrix_lr": 0.01, **SHORT, "num_iterations": 5000})})])
+signal.signal(signal.SIGTERM, point.on_sigterm)
+wandb.agent("sw1", function=worker.agent_function, entity="e", project="p", count=1)
+print("agent returned", flush=True)
+'''
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": FAKE_KEY, "WANDB_DIR": str(tmp_path),
+           "FRACTAL_LLM_RUNS_DIR": str(tmp_path / "runs"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 128 + signal.SIGTERM, out.stdout + out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("agent exit: stopped by SIGTERM at step 3") and "wandb-core was already gone" in last
+    assert "fractal-llm refill" in last and "agent returned" not in out.stdout
+    assert not list(tmp_path.glob("runs/*.json"))  # neither a result nor an `error` record for a stopped point
+
+
 def test_an_accelerator_error_ends_the_worker_after_finishing_its_run(tiny_base, tmp_path):
     script = SERVER + f'''
 from fractal_llm import train
@@ -230,6 +282,22 @@ def test_no_credentials_inside_a_sweep_run_exits_2_naming_wandb_login(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "wandb login" in out.stderr and "sw1" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_no_credentials_is_a_users_error_like_any_bad_input(tmp_path, monkeypatch):
+    from fractal_llm.errors import FractalLLMError
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no.netrc"))
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")
+    monkeypatch.setenv("WANDB_RUN_ID", "r0")
+    import wandb
+    wandb.teardown()
+    with pytest.raises(FractalLLMError, match="sweep sw1: no W&B credentials found"):  # the CLI's one root
+        point.default_wandb_mode()
+    wandb.teardown()
 
 
 def test_credentials_are_found_the_way_wandb_finds_them(tmp_path, monkeypatch):
