@@ -18,6 +18,8 @@ COMMANDS = {
     "agents": ("fractal_llm.runners.agents", "start/stop/list one W&B agent per GPU, on this host or over ssh"),
     "agent": ("fractal_llm.runners.agent", "one W&B sweep agent in the foreground (a SLURM task, a Kubernetes pod)"),
     "zoom": ("fractal_llm.runners.zoom", "a zoom sequence on any sweep: frames on one centre, each half as wide"),
+    "transect": ("fractal_llm.runners.transect", "a line of points through a border: its scales in 1-D (512 points, not 4096)"),
+    "boundary": ("fractal_llm.runners.boundary", "a point on the border by bisection along one axis"),
     "refine": ("fractal_llm.refine.refine", "adaptive refinement on W&B: create the next level's point-list sweep"),
     "sweep": ("fractal_llm.sweep", "write (`new`) or check (`check`) a grid sweep YAML"),
     "report": ("fractal_llm.report.report", "boundary images and fractal dimension of a sweep (W&B or local records)"),

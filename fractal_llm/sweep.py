@@ -38,7 +38,7 @@ MODULE_COMMAND = ["${env}", "${interpreter}", "-m", TRAIN_MODULE, "${args}"]
 # Top-level keys W&B accepts in a sweep config; anything else is most likely a typo.
 TOP_LEVEL_KEYS = ("program", "command", "method", "parameters", "metric", "name", "description", "project",
                   "entity", "run_cap", "early_terminate")
-N_AXES = 2
+N_AXES = 2  # a map; a transect (fractal_llm/plans/transect.py) has one axis
 POINT_KEY = "grid_point"  # the one swept parameter of a point-list sweep (not a train-config field)
 
 
@@ -191,10 +191,10 @@ def _read_parameters(params, numeric_strings: bool):
             axes[name] = _check_axis(name, spec["values"], numeric_strings)
     if points is not None:
         return _point_list_axes(points, axes, fixed), fixed, points
-    if len(axes) != N_AXES:
+    if len(axes) not in (N_AXES, 1):
         raise SweepError(f"parameters: {len(axes)} axes ({', '.join(sorted(axes)) or 'none'}); a sweep needs "
-                         f"exactly {N_AXES} parameters with `values` lists (the two axes of the map), every "
-                         f"other parameter a single `value` (or one `{POINT_KEY}` list of points)")
+                         f"exactly {N_AXES} parameters with `values` lists (the two axes of the map; one for a "
+                         f"transect), every other parameter a single `value` (or one `{POINT_KEY}` list of points)")
     return [(name, axes[name]) for name in sorted(axes)], fixed, None
 
 

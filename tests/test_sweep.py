@@ -132,10 +132,11 @@ def test_check_rejects_method_other_than_grid():
     assert "method='bayes'" in msg and "only grid" in msg
 
 
-def test_check_rejects_one_axis():
-    cfg = base_cfg(unembedding_lr={"value": 1.0e-3})
-    msg = check_error(cfg)
-    assert "1 axes (matrix_lr)" in msg and "exactly 2" in msg
+def test_one_axis_is_a_transect():
+    spec = check_sweep(base_cfg(unembedding_lr={"value": 1.0e-3}))
+    assert spec.axis_names == ["matrix_lr"] and spec.fixed["unembedding_lr"] == 1.0e-3
+    msg = check_error(base_cfg(unembedding_lr={"value": 1.0e-3}, matrix_lr={"value": 1.0e-3}))
+    assert "0 axes (none)" in msg and "one for a transect" in msg
 
 
 def test_check_rejects_three_axes():

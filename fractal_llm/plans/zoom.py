@@ -96,6 +96,9 @@ def frame_name(k: int) -> str:
 
 def parent_axes(spec: SweepSpec) -> tuple[Axis, Axis]:
     """(x, y) in the report's order: the axis whose name sorts first is x."""
+    if len(spec.axes) != 2:
+        raise ZoomError(f"{spec.name}: {len(spec.axes)} axis ({spec.axis_names[0]}), a transect; zoom frames and "
+                        "transects need a parent map with two axes")
     (x_name, xs), (y_name, ys) = sorted(spec.axes)
     axes = []
     for name, values in ((x_name, xs), (y_name, ys)):
@@ -123,7 +126,15 @@ def parse_centre(text: str, x: Axis, y: Axis) -> tuple[float, float]:
         if not math.isfinite(value) or (axis.log and value <= 0):
             raise ZoomError(f"--centre={text!r}: {axis.name}={value!r} must be finite"
                             f"{' and > 0 (a log axis)' if axis.log else ''}")
+        check_inside(axis, value, f"--centre={text!r}")
     return cx, cy
+
+
+def check_inside(axis: Axis, value: float, what: str) -> None:
+    """A centre outside the parent sweep's window trains frames (or a line) on a map nobody drew: refused."""
+    if not axis.lo <= value <= axis.hi:
+        raise ZoomError(f"{what}: {axis.name}={value:.6g} lies outside the parent sweep's window, "
+                        f"{axis.name} in [{axis.lo:.6g}, {axis.hi:.6g}]")
 
 
 def centre_from_report(report_dir: Path, x: Axis, y: Axis) -> tuple[float, float]:

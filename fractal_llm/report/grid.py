@@ -188,24 +188,35 @@ def build_grid(sweep_config: dict, records: list[RunRecord], rtol: float = 1e-6,
     if not allow_mixed_base:
         check_one_setup(records)
     axes, fixed = sweep_axes(sweep_config)
+    if len(axes) != 2:
+        raise GridError(f"{sweep_config.get('name')}: a sweep with one axis is a transect, not a map "
+                        "(`fractal-llm report` reads it as a line)")
     (x_name, x_values), (y_name, y_values) = axes
-    xs, ys = np.asarray(x_values), np.asarray(y_values)
-    best: dict[tuple[int, int], tuple[tuple, int]] = {}  # cell -> ((rank, -created_at, -index), record index)
+    best, skipped = place_records(records, [(y_name, y_values), (x_name, x_values)], fixed, rtol)
+    return _assemble(x_name, y_name, x_values, y_values, records, best, fixed, skipped,
+                     str(sweep_config.get("name") or ""))
+
+
+def place_records(records: list[RunRecord], axes: list[tuple[str, list[float]]], fixed: dict,
+                  rtol: float) -> tuple[dict[tuple, tuple[tuple, int]], list[str]]:
+    """{cell: (rank key, record index)} of the run that decides each cell (cell: one index per axis, in the
+    order of `axes`), and the runs that are no point of the axes, with why."""
+    arrays = [np.asarray(values) for _, values in axes]
+    best: dict[tuple, tuple[tuple, int]] = {}  # cell -> ((rank, -created_at, -index), record index)
     skipped = []
     for index, record in enumerate(records):
         check_fixed(record, fixed, rtol)
         outcome = _outcome_of(record)
-        values = [_axis_value(record, name, RANK[outcome] == 0) for name in (x_name, y_name)]
-        j, i = (axis_index(axis, v, rtol) if v is not None else -1 for axis, v in zip((xs, ys), values))
-        if i < 0 or j < 0:
-            skipped.append(f"{record.name}: {x_name}={values[0]!r}, {y_name}={values[1]!r} "
-                           "is not a point of this grid")
+        values = [_axis_value(record, name, RANK[outcome] == 0) for name, _ in axes]
+        cell = tuple(axis_index(a, v, rtol) if v is not None else -1 for a, v in zip(arrays, values))
+        if min(cell) < 0:
+            where = ", ".join(f"{name}={v!r}" for (name, _), v in zip(axes, values))
+            skipped.append(f"{record.name}: {where} is not a point of this grid")
             continue
         key = (RANK[outcome], -record.created_at, -index)  # same time: the later record in the list wins
-        if (i, j) not in best or key < best[(i, j)][0]:
-            best[(i, j)] = (key, index)
-    return _assemble(x_name, y_name, x_values, y_values, records, best, fixed, skipped,
-                     str(sweep_config.get("name") or ""))
+        if cell not in best or key < best[cell][0]:
+            best[cell] = (key, index)
+    return best, skipped
 
 
 def _assemble(x_name, y_name, x_values, y_values, records, best, fixed, skipped, name) -> Grid:
@@ -225,6 +236,49 @@ def _assemble(x_name, y_name, x_values, y_values, records, best, fixed, skipped,
                 labels=labels_from_verdicts(verdicts), verdicts=verdicts, scores=scores, final_loss=final_loss,
                 record_index=record_index, records=records, fixed=dict(fixed), counts=count_verdicts(verdicts),
                 skipped=skipped, name=name)
+
+
+@dataclass
+class Line:
+    """A transect's runs placed on its one axis (fractal_llm/plans/transect.py), in ascending axis order."""
+    axis: str
+    values: list[float]
+    verdicts: np.ndarray  # (n,) object: each point's outcome (verdict.OUTCOMES)
+    loss_ratio: np.ndarray  # (n,): the verdict's ratio, NaN where no result or undefined
+    loss_first: np.ndarray  # (n,)
+    final_loss: np.ndarray  # (n,): mean of the last K losses (the ratio's numerator), NaN where missing
+    records: list[RunRecord]
+    record_index: np.ndarray  # (n,) int, -1: no run
+    fixed: dict
+    counts: dict
+    skipped: list[str] = field(default_factory=list)
+    name: str = ""
+
+
+def build_line(sweep_config: dict, records: list[RunRecord], rtol: float = 1e-6,
+               allow_mixed_base: bool = False) -> Line:
+    """Place records on a one-axis sweep (a transect), by the same rules as build_grid."""
+    if not allow_mixed_base:
+        check_one_setup(records)
+    axes, fixed = sweep_axes(sweep_config)
+    if len(axes) != 1:
+        raise GridError(f"{sweep_config.get('name')}: {len(axes)} axes; a transect has one")
+    (axis, values), = axes
+    best, skipped = place_records(records, axes, fixed, rtol)
+    n = len(values)
+    verdicts = np.full(n, "missing", dtype=object)
+    ratio, first, final = (np.full(n, np.nan) for _ in range(3))
+    record_index = np.full(n, -1, dtype=np.int64)
+    for (i,), (_key, index) in best.items():
+        record = records[index]
+        verdicts[i], record_index[i] = record.outcome, index
+        if RANK[record.outcome] == 0:
+            ratio[i] = _float_or_nan(record.summary.get("loss_ratio"))
+            first[i] = _float_or_nan(record.summary.get("loss_first"))
+            final[i] = _float_or_nan(record.summary.get("loss_mean_last_k"))
+    return Line(axis=axis, values=list(values), verdicts=verdicts, loss_ratio=ratio, loss_first=first,
+                final_loss=final, records=records, record_index=record_index, fixed=dict(fixed),
+                counts=count_verdicts(verdicts), skipped=skipped, name=str(sweep_config.get("name") or ""))
 
 
 def _float_or_nan(value) -> float:

@@ -23,7 +23,8 @@ from rich.console import Console
 
 from fractal_llm import paths
 from fractal_llm.report.compare import compare_reports
-from fractal_llm.report.grid import Grid, GridError, apply_refinement, build_grid
+from fractal_llm.report.grid import Grid, GridError, apply_refinement, build_grid, build_line, sweep_axes
+from fractal_llm.report.line_report import LineReportError, print_line_summary, write_line_report
 from fractal_llm.refine.levels import RefineSettings
 from fractal_llm.report.writer import point_table, print_summary, write_report
 from fractal_llm.report.sources import (Loaded, SourceError, SourcePoller, add_api_arguments, api_settings,
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return sequence_main(argv)
     try:
         run(argv)
-    except (SourceError, GridError, FileNotFoundError) as e:
+    except (SourceError, GridError, LineReportError, FileNotFoundError) as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
         return 2
     return 0
@@ -107,6 +108,8 @@ def run(argv: list[str] | None = None, api=None, refreshes: int | None = None) -
         return watch(args, poller, refreshes)
     loaded = poller.pull()
     out_dir = Path(args.out) if args.out else Path("reports") / "out" / loaded.name
+    if is_transect(loaded.sweep_config):
+        return transect_report(args, loaded, out_dir)
     grid, report = report_of(args, loaded, out_dir)
     print_summary(report, out_dir)
     if args.compare or args.compare_local:
@@ -120,6 +123,24 @@ def run(argv: list[str] | None = None, api=None, refreshes: int | None = None) -
         wandb_report = WandbReport(loaded, project=args.wandb_project)
         wandb_report.log(report, out_dir, grid)
         console.print(f"W&B report run: {wandb_report.finish()}", soft_wrap=True)
+    return report
+
+
+def is_transect(sweep_config: dict) -> bool:
+    return len(sweep_axes(sweep_config)[0]) == 1
+
+
+def transect_report(args, loaded: Loaded, out_dir: Path) -> dict:
+    """A sweep with one axis (`fractal-llm transect`): the line's scale analysis (report/line_report.py)."""
+    for flag, given in (("--compare", args.compare or args.compare_local), ("--wandb", args.wandb),
+                        ("--lattice", args.lattice)):
+        if given:
+            raise GridError(f"{flag}: not for a transect ({loaded.name} has one axis); report it alone")
+    line = build_line(loaded.sweep_config, loaded.records, allow_mixed_base=args.allow_mixed_base)
+    line.name = loaded.name
+    report = write_line_report(line, out_dir, args.title or f"Transect: {loaded.name}",
+                               extra={"sources": loaded.sources})
+    print_line_summary(report, out_dir)
     return report
 
 

@@ -327,6 +327,8 @@ def main(argv: list[str]) -> int:
     out_dir = Path(args.out) if args.out else paths.runs_dir() / spec.name
     check_out_dir(out_dir, spec)
     make_out_dir(out_dir)
+    if args.adaptive and len(spec.axes) != 2:
+        raise RunnerError(f"--adaptive: {spec.name} has one axis (a transect); refinement needs a map's two axes")
     if args.adaptive:
         _, xs, _, ys = lattice(spec)
         RefinePlan((len(ys), len(xs)), args.levels, args.margin)  # bad --levels/--margin: before any run

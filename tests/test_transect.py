@@ -1,0 +1,107 @@
+"""Transects: the 1-D scale analysis against known answers, the plan's checks, and the command end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fractal_llm.cli import main as cli
+from fractal_llm.plans.transect import TransectError, axes_for, parse_through, plan_transect, read_transect
+from fractal_llm.plans.zoom import ZoomError, plan_sequence
+from fractal_llm.report.transect import analyse_line, analyse_transect
+from fractal_llm.sweep import load_sweep
+
+N = 4096
+
+
+def weierstrass(x: np.ndarray, hurst: float, base: float = 2.0, terms: int = 40) -> np.ndarray:
+    """A Weierstrass-type function of Hölder exponent `hurst`: its graph has dimension 2 - hurst, and a
+    level cuts it in a set of dimension 1 - hurst."""
+    return sum(base ** (-hurst * k) * np.cos(base ** k * np.pi * x + k) for k in range(terms))
+
+
+def test_smooth_line_has_flat_crossings_and_exponent_one():
+    x = np.linspace(0, 1, N)
+    r = 1 + 0.3 * np.sin(2 * np.pi * 3 * x)
+    s = analyse_line(r < 1, r, step=1 / N)
+    assert s.crossings[0] == s.crossings[5] == 5.0
+    assert abs(s.line_dimension) < 0.02
+    assert abs(s.roughness_exponent - 1) < 0.01
+    assert s.crossover is not None  # smooth down to the finest spacing
+
+
+@pytest.mark.parametrize("hurst", [0.3, 0.5, 0.7])
+def test_weierstrass_line_gives_its_known_exponents(hurst):
+    w = weierstrass(np.linspace(0, 1, N), hurst)
+    s = analyse_line(w < np.median(w), w, step=1 / N)
+    assert abs(s.roughness_exponent - hurst) < 0.03
+    assert abs(s.line_dimension - (1 - hurst)) < 0.08
+    assert s.interval[0] < 1 - hurst + 0.08 and s.interval[1] > 1 - hurst - 0.08
+    assert s.crossover is None  # rough at the finest spacing
+
+
+def test_references_bracket_a_rough_line():
+    w = weierstrass(np.linspace(0, 1, 1024), 0.5)
+    t = analyse_transect(w < np.median(w), w, step=1 / 1024, threshold=float(np.median(w)))
+    assert abs(t.noise.line_dimension - 1) < 0.1 and abs(t.noise.roughness_exponent) < 0.1
+    assert abs(t.smooth.roughness_exponent - 1) < 0.05
+    d = t.to_dict()
+    assert d["border_dimension"] == pytest.approx(1 + d["line_dimension"])
+    assert d["crossings"][0][0] == pytest.approx(1 / 1024)
+
+
+def test_through_outside_the_window_is_refused():
+    spec = load_sweep("sweeps/smoke.yaml")
+    along, held = axes_for(spec, "matrix_lr")
+    with pytest.raises(ZoomError, match=r"outside the parent sweep's window, matrix_lr in \[0.001, 1000\]"):
+        parse_through("1e9,1e9", along, held)
+    assert parse_through("unembedding_lr=0.5", along, held) == {"unembedding_lr": 0.5}
+    with pytest.raises(TransectError, match="not an axis"):
+        parse_through("seed=1", along, held)
+    with pytest.raises(ZoomError, match="outside the parent sweep's window"):
+        plan_sequence("sweeps/smoke.yaml", "1e9,1e9", None, "0:1", 8)
+
+
+def test_plan_is_centred_evenly_spaced_and_holds_the_other_axis():
+    t, cfg = plan_transect("sweeps/smoke.yaml", "matrix_lr", (1.0, 0.03), span=0.5, points=64)
+    values = np.log10(cfg["parameters"]["matrix_lr"]["values"])
+    assert len(values) == 64 and np.allclose(np.diff(values), 0.5 / 63)
+    assert values.mean() == pytest.approx(0.0, abs=1e-12)
+    assert cfg["parameters"]["unembedding_lr"] == {"value": 0.03}
+    with pytest.raises(TransectError, match="--points=8"):
+        plan_transect("sweeps/smoke.yaml", "matrix_lr", (1.0, 0.03), span=0.5, points=8)
+
+
+def test_transect_runs_resumes_and_reports(tiny_base, tmp_path, capsys):
+    out = tmp_path / "line"
+    args = ["transect", "sweeps/smoke.yaml", "--through", "1,0.03", "--along", "matrix_lr", "--span", "0.3",
+            "--points", "32", "--out", str(out), "--workers", "1"]
+    assert cli(args + ["--limit", "20"]) == 0
+    assert cli(["report", "--local", str(out), "--out", str(tmp_path / "r0")]) == 2  # 12 points still missing
+    assert "12 of 32 points have no result yet" in capsys.readouterr().err
+    assert cli(args) == 0
+    assert "ran 12 of 32 points" in capsys.readouterr().out
+    assert cli(["report", "--local", str(out), "--out", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    t = report["transect"]
+    assert report["kind"] == "transect" and report["points"] == 32
+    assert [round(s, 6) for s, _ in t["crossings"]] == [round(0.3 / 31 * 2 ** k, 6) for k in range(5)]
+    assert set(t) >= {"line_dimension", "interval", "roughness_exponent", "crossover", "smooth_reference",
+                      "shuffled_labels"}
+    assert (tmp_path / "r" / "line.png").exists() and (tmp_path / "r" / "scaling.png").exists()
+    assert read_transect(out).through == (1.0, 0.03)
+
+
+def test_through_one_coordinate_bisects_the_other(tiny_base, tmp_path, capsys):
+    out = tmp_path / "line"
+    args = ["transect", "sweeps/smoke.yaml", "--through", "matrix_lr=1", "--along", "matrix_lr", "--span", "0.3",
+            "--points", "32", "--out", str(out), "--bracket", "0.001,3000", "--bisect-steps", "3", "--limit", "1",
+            "--workers", "1"]
+    assert cli(args) == 0
+    first = read_transect(out).through
+    runs = capsys.readouterr().out.count("unembedding_lr=")
+    assert first[0] == 1.0 and 0.001 < first[1] < 3000
+    assert runs >= 5  # two ends, three halvings
+    assert cli(args) == 0  # a re-run keeps the line where it was and trains no bisection point again
+    assert read_transect(out).through == first
+    assert "loss ratio" not in capsys.readouterr().out.split("transect:")[0].replace("bisecting", "")
