@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from fractal_llm.records import read_records, record_name
+from fractal_llm.records import read_records, record_name, run_name
 from fractal_llm.sweep import check_sweep
 from test_agent_function import FAKE_KEY, SERVER
 from wandb_offline import offline_runs
@@ -92,8 +92,9 @@ def test_the_foreground_agent_runs_the_sweep_to_its_end_and_exits_0(tmp_path):
     assert all(r.config["model_family"] == "mlp" and r.verdict != "error" for r in records.values())
     runs = offline_runs(tmp_path / "wandb")
     assert set(runs) == set(names)
+    short = {f"r{i}": run_name(p, {"lr_input": [0.1, 1.0], "lr_output": [0.1, 1.0]}) for i, p in enumerate(POINTS)}
     for rid, run in runs.items():
-        assert run["name"] == names[rid] and run["job_type"] == "train"
+        assert run["name"] == short[rid] and run["job_type"] == "train" and run["group"] == "fg"
         assert run["config"]["verdict"] == records[rid].verdict  # the UI groups by config
         assert run["metrics"]["train/loss"] == {"step_metric": "step", "summary": ["last", "min"]}
         assert run["metrics"]["lr/*"]["step_metric"] == "step"
