@@ -133,7 +133,7 @@ def train_gpt(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
     resolved = config.resolved().to_dict()
     resolved["repro"] = repro_metadata(device, {"load_s": loaded - t_start, "data_s": data_ready - loaded,
                                                 "train_s": trained - data_ready, "base_load_s": base.load_s},
-                                       base_model=base.identity,
+                                       base_model=base.identity, vocab_size=base.tokenizer.get_vocab_size(),
                                        dataset=dataset_identity(config.dataset_id, config.dataset_revision))
     return RunResult(config=resolved, summary=summary, history=history, samples=samples or None)
 

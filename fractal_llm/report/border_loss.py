@@ -106,7 +106,8 @@ def border_loss_markdown(report: dict, shown_dir=None) -> list[str]:
     lines = ["## The loss on each side of the border", ""]
     if "note" in loss:
         return lines + [f"{loss['note']}.", ""]
-    lines += [f"The {loss['points']} run points next to the other class (the 2×2 blocks that hold both), "
+    where = loss.get("where", "the 2×2 blocks that hold both")
+    lines += [f"The {loss['points']} run points next to the other class ({where}), "
               "their final loss (mean of the last K steps) against where they started and a uniform guess:", "",
               "| | points | median | range |", "|---|---:|---:|---|"]
     for side, name in (("trainable", "final loss, trainable"), ("not_trainable", "final loss, not trainable")):

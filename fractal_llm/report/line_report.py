@@ -3,7 +3,8 @@
 The scale analysis is fractal_llm/report/transect.py; this module turns a Line (grid.build_line) into files.
 report.json's `transect` holds the crossings at every spacing ([[spacing, count], ...], spacings in decades on
 a log axis), the line's dimension with its interval, the roughness exponent and the crossover spacing, with
-the same figures for a smooth reference and for shuffled labels; `losses` gives the losses on each side.
+the same figures for a smooth reference and for shuffled labels; `border_loss` gives the losses on each side
+(report/border_loss.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.table import Table  # noqa: E402
 
 from fractal_llm.errors import FractalLLMError  # noqa: E402
 from fractal_llm.records import json_safe  # noqa: E402
+from fractal_llm.report.border_loss import border_loss_from, border_loss_markdown  # noqa: E402
 from fractal_llm.report.grid import Line  # noqa: E402
 from fractal_llm.report.transect import LineScaling, TransectAnalysis, analyse_transect  # noqa: E402
 from fractal_llm.sweep import axis_is_log  # noqa: E402
@@ -67,26 +69,14 @@ def threshold_of(line: Line) -> float:
     return values.pop()
 
 
-def border_losses(line: Line, labels: np.ndarray) -> dict:
-    """The losses a practitioner meets at this border: the final (last-K mean) loss of the points next to a
-    crossing, trainable and not, against the first loss and ln(vocab size) when the runs record it."""
+def border_loss_of_line(line: Line, labels: np.ndarray) -> dict:
+    """report.json `border_loss` (report/border_loss.py) of the points next to a crossing of the line."""
     near = np.zeros(len(labels), bool)
     change = labels[1:] != labels[:-1]
     near[:-1] |= change
     near[1:] |= change
-
-    def describe(mask) -> dict | None:
-        values = line.final_loss[mask & np.isfinite(line.final_loss)]
-        if not len(values):
-            return None
-        return {"points": int(len(values)), "median": float(np.median(values)), "min": float(values.min()),
-                "max": float(values.max())}
-
-    vocab = {r.config.get("vocab_size") or (r.config.get("repro") or {}).get("vocab_size") for r in line.records}
-    vocab.discard(None)
-    return {"near_border_trainable": describe(near & labels), "near_border_not_trainable": describe(near & ~labels),
-            "first_loss": float(np.nanmedian(line.loss_first)) if np.isfinite(line.loss_first).any() else None,
-            "uniform_guess": math.log(vocab.pop()) if len(vocab) == 1 else None}
+    summaries = [line.records[line.record_index[i]].summary for i in np.nonzero(near)[0]]
+    return {**border_loss_from(summaries, line.records), "where": "the two points of each crossing"}
 
 
 def write_line_report(line: Line, out_dir: Path, title: str, extra: dict | None = None) -> dict:
@@ -103,7 +93,7 @@ def write_line_report(line: Line, out_dir: Path, title: str, extra: dict | None 
               "kind": "transect", "axis": line.axis, "log_axis": log, "spacing_unit": unit,
               "points": len(x), "range": [line.values[0], line.values[-1]], "threshold": threshold,
               "counts": {v: int(line.counts.get(v, 0)) for v in VERDICTS}, "fixed": line.fixed,
-              "transect": analysis.to_dict(), "losses": border_losses(line, labels),
+              "transect": analysis.to_dict(), "border_loss": border_loss_of_line(line, labels),
               "images": {"line": "line.png", "scaling": "scaling.png"}, **(extra or {})}
     plot_line(line, x, ratio, threshold, log, out_dir / "line.png")
     plot_scaling(analysis, unit, out_dir / "scaling.png")
@@ -137,15 +127,8 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {s:.3g} | {c:.2f} | {_fmt(v)} | {_fmt(d)} | {_fmt(e)} |")
     lines += ["", "The local figures are measured between a spacing and twice it. A smooth border gives a flat "
               "crossing count (D_line 0) and exponent 1; noise gives D_line 1 and exponent 0. The interval is a "
-              "95% bootstrap over 8 contiguous blocks of the line.", "", "## Losses at the border", ""]
-    losses = report["losses"]
-    for key, what in (("near_border_trainable", "trainable"), ("near_border_not_trainable", "not trainable")):
-        d = losses[key]
-        lines.append(f"- final loss of the {what} points next to a crossing: " +
-                     (f"median {d['median']:.3f} ({d['min']:.3f} .. {d['max']:.3f}), {d['points']} points"
-                      if d else "none"))
-    lines.append(f"- first loss (median): {_fmt(losses['first_loss'])}; uniform guess ln(vocab): "
-                 f"{_fmt(losses['uniform_guess'])}")
+              "95% bootstrap over 8 contiguous blocks of the line.", ""]
+    lines += border_loss_markdown(report)
     lines += ["", "![line](line.png)", "", "![scaling](scaling.png)", ""]
     return "\n".join(lines)
 
