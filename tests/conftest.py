@@ -10,9 +10,10 @@ import pytest
 def isolated_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("fractal_home")
     saved = {k: os.environ.get(k) for k in ("FRACTAL_LLM_HOME", "WANDB_MODE", "WANDB_SILENT", "WANDB_DIR",
-                                            "FRACTAL_LLM_TINY_RECIPE")}
+                                            "FRACTAL_LLM_TINY_RECIPE", "FRACTAL_LLM_MID_RECIPE")}
     os.environ["FRACTAL_LLM_HOME"] = str(home)
     os.environ["FRACTAL_LLM_TINY_RECIPE"] = json.dumps(TEST_RECIPE_CHANGES)
+    os.environ["FRACTAL_LLM_MID_RECIPE"] = json.dumps(TEST_MID_RECIPE_CHANGES)
     os.environ["WANDB_MODE"] = "disabled"  # tests that want a real offline run set "offline" themselves
     os.environ["WANDB_SILENT"] = "true"
     os.environ["WANDB_DIR"] = str(home)
@@ -27,6 +28,8 @@ def isolated_home(tmp_path_factory):
 # The tiny base of the embedded default takes a minute or two to pre-train; tests (and the processes they
 # start, which inherit the environment) use a much shorter recipe of the same shape for model_id="tiny".
 TEST_RECIPE_CHANGES = dict(steps=25, batch_size=4, tokenizer_docs=300, pretrain_docs=400, vocab_size=512)
+# The same for the mid stage of model_id="tiny-mid" (about a second; its special tokens are learned by then).
+TEST_MID_RECIPE_CHANGES = dict(steps=10, batch_size=4, conversations=200)
 
 
 @pytest.fixture(scope="session")

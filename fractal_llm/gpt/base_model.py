@@ -2,7 +2,8 @@
 one loaded copy per process, and its lineage in W&B.
 
 model_id forms (TrainConfig.model_id):
-- "tiny", "tiny-2026": a tiny base of the embedded default, built on first use (tiny_base.py);
+- "tiny", "tiny-2026", "tiny-mid": a tiny base of the embedded default, built on first use (make_base.py;
+  tiny-mid is tiny mid-trained on chat conversations, the stage SFT starts from);
 - a local checkpoint directory (nanochat/checkpoint.py reads it);
 - "wandb:entity/project/name:version" (a W&B model artifact): an alias (":latest") is pinned to the version
   it names the first time this process resolves it, so every run of an agent fine-tunes one model. With an
