@@ -29,10 +29,14 @@ from fractal_llm.refine.levels import RefineSettings
 from fractal_llm.report.writer import point_table, print_summary, write_report
 from fractal_llm.report.sources import (Loaded, SourceError, SourcePoller, add_api_arguments, api_settings,
                                  load_sources)
-from fractal_llm.sweep import load_sweep
+from fractal_llm.sweep import load_sweep, sweep_map
 from fractal_llm.verdict import OUTCOMES
 
 DEFAULT_WATCH_S = 60.0  # --watch without SECONDS: a 4096-run sweep of minute-long runs changes every few s
+# --watch --wandb: at most one artifact version per this many minutes (and the last state when it ends). A
+# refresh every minute made ~60 versions an hour, each holding the whole report directory; 10 min keeps a
+# 10-hour sweep to ~60 versions.
+DEFAULT_WANDB_EVERY_MIN = 10.0
 console = Console()
 
 
@@ -59,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", nargs=2, metavar=("A", "B"), help="names of the two sweeps in a comparison")
     parser.add_argument("--wandb", action="store_true",
                         help="log the report to W&B: a run (job_type report) with the report directory and "
-                             "the table of points as an artifact of type `report`")
+                             "the table of points as an artifact of type `report`, and a W&B Report (online: "
+                             "the boundary, the runs by verdict, neighbours' loss curves, the dimension)")
     parser.add_argument("--lattice", metavar="FILE",
                         help="the full-resolution sweep YAML whose axes define the map (for `fractal-llm refine` "
                              "level sweeps, which list only their own points)")
@@ -70,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--watch", type=float, nargs="?", const=DEFAULT_WATCH_S, metavar="SECONDS",
                         help=f"re-pull every SECONDS (default {DEFAULT_WATCH_S:g}) and rewrite the report until "
                              "Ctrl-C; W&B sweeps: only runs updated since the last pull; with --wandb, a new "
-                             "version of the report artifact whenever a point finished")
+                             "version of the report artifact when points changed, at most every --wandb-every "
+                             "minutes, and the last state when it ends")
+    parser.add_argument("--wandb-every", type=float, default=DEFAULT_WANDB_EVERY_MIN, metavar="MINUTES",
+                        help=f"--watch --wandb: minutes between artifact versions at most (default "
+                             f"{DEFAULT_WANDB_EVERY_MIN:g}; 0: every refresh where points changed)")
     parser.add_argument("--sequence", metavar="DIR", help="one report over a `fractal-llm zoom` directory "
                                                           "(fractal_llm/report/sequence.py; with --out only)")
     add_api_arguments(parser)
@@ -103,6 +112,8 @@ def run(argv: list[str] | None = None, api=None, refreshes: int | None = None) -
     if args.watch is not None and (args.watch <= 0 or args.compare or args.compare_local):
         parser.error(f"--watch={args.watch:g}: must be > 0 seconds, and draws one map: use --compare and "
                      "--compare-local without it")
+    if not args.wandb_every >= 0:
+        parser.error(f"--wandb-every={args.wandb_every:g}: must be >= 0 minutes")
     poller = SourcePoller(args.sweeps, args.local, api=api, settings=api_settings(args, parser), console=console)
     if args.watch is not None:
         return watch(args, poller, refreshes)
@@ -122,6 +133,7 @@ def run(argv: list[str] | None = None, api=None, refreshes: int | None = None) -
     if args.wandb:
         wandb_report = WandbReport(loaded, project=args.wandb_project)
         wandb_report.log(report, out_dir, grid)
+        console.print(f"W&B Report: {wandb_report.publish(report, grid)}", highlight=False, soft_wrap=True)
         console.print(f"W&B report run: {wandb_report.finish()}", soft_wrap=True)
     return report
 
@@ -179,7 +191,8 @@ def refill_hint(sweep_paths: list[str]) -> str:
 
 class WandbReport:
     """The report's W&B run (job_type "report"), one per command: a --watch session is one run, whose
-    artifact gets a new version at each refresh where a point finished.
+    artifact gets a new version when points changed (at most every --wandb-every minutes), and the W&B Report
+    (report/wandb_report.py) that shows it with the map's runs, created once (publish).
 
     Each log puts the report directory and the table of points (with the run id that decided each point) in
     an artifact of type `report`, the images in the run's media, D and the counts in its summary. The table
@@ -192,11 +205,14 @@ class WandbReport:
         import wandb
 
         self.name = loaded.name or loaded.sweep_id or "local"
+        self.loaded, self.group = loaded, sweep_map(loaded.sweep_config)  # the W&B group of the map's runs
         self.mode = mode
         self.run = wandb.init(project=project or loaded.project or "fractal-llm", entity=loaded.entity or None,
                               job_type="report", tags=[loaded.sweep_id or self.name], name=f"report-{self.name}",
                               mode=mode, config={"sources": loaded.sources, "sweep_id": loaded.sweep_id})
-        self.logged_finished: int | None = None
+        self.logged_state: int | None = None  # points_state of the last version logged
+        self.logged_at = -math.inf  # time.monotonic() of it
+        self.report_url: str | None = None
 
     def log(self, report: dict, out_dir: Path, grid: Grid):
         """Log this refresh's report; returns the artifact."""
@@ -204,8 +220,11 @@ class WandbReport:
 
         self.run.config.update({"axes": report["axes"]["names"], "fixed": report["fixed"]}, allow_val_change=True)
         fractal = report["fractal"]
+        # A too-coarse map has no dimension: its rough hint (often 0) must not read as a measurement.
+        measured = {} if fractal["too_coarse"] else {"fractal/dimension": fractal["dimension"],
+                                                     "fractal/uncertainty": fractal["uncertainty"]}
         artifact = wandb.Artifact(artifact_name(self.name), type="report", description=report["title"],
-                                  metadata={"counts": report["counts"], "dimension": fractal["dimension"],
+                                  metadata={"counts": report["counts"], "dimension": measured.get("fractal/dimension"),
                                             "trainable_fraction": report["trainable_fraction"]})
         artifact.add_dir(str(out_dir))
         table = points_table(grid)
@@ -217,14 +236,29 @@ class WandbReport:
                 f.writelines(",".join("" if v is None else str(v) for v in row) + "\n" for row in table.data)
         self.run.log_artifact(artifact)
         self.run.log({f"report/{name}": wandb.Image(str(out_dir / file)) for name, file in report["images"].items()})
-        self.run.summary.update({"fractal/dimension": fractal["dimension"],
-                                 "fractal/uncertainty": fractal["uncertainty"],
-                                 "fractal/too_coarse": fractal["too_coarse"],
+        self.run.summary.update({**measured, "fractal/too_coarse": fractal["too_coarse"],
                                  "trainable_fraction": report["trainable_fraction"],
                                  **{f"counts/{k}": v for k, v in report["counts"].items()}})
-        self.logged_finished = finished_points(grid)
+        self.logged_state, self.logged_at = points_state(grid), time.monotonic()
         return artifact
 
+    def due(self, grid: Grid, every_s: float) -> bool:
+        """--watch: whether this refresh gets a new version (points changed, and every_s passed since the last)."""
+        return points_state(grid) != self.logged_state and time.monotonic() - self.logged_at >= every_s
+
+    def publish(self, report: dict, grid: Grid) -> str:
+        """Create the W&B Report once (it reads the runs live, so later refreshes need no new one); returns its
+        URL, or why there is none: a Report lives on a server."""
+        if self.report_url is None and (self.mode or os.environ.get("WANDB_MODE")) in ("offline", "disabled"):
+            return ("not created (offline: a W&B Report lives on a server; after `wandb sync`, run the same "
+                    "command online)")
+        if self.report_url is None:
+            from fractal_llm.report.wandb_report import build_report
+            page = build_report(report, grid, entity=self.run.entity, project=self.run.project,
+                                report_run_id=self.run.id, map_group=self.group,
+                                runs_entity=self.loaded.entity or None, runs_project=self.loaded.project or None)
+            self.report_url = page.save().url
+        return self.report_url
     def finish(self) -> str:
         """End the run; returns where it is (with the `wandb sync` hint when offline)."""
         where = str(self.run.path)
@@ -237,6 +271,12 @@ class WandbReport:
 def artifact_name(name: str) -> str:
     """W&B artifact names take letters, digits, '-', '_' and '.'."""
     return "report-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def points_state(grid: Grid) -> int:
+    """What a new artifact version would show that the last did not: each point's outcome and its run."""
+    table = point_table(grid)
+    return hash((tuple(table["verdict"]), tuple(table["run"])))
 
 
 def points_table(grid: Grid):
@@ -260,8 +300,9 @@ def _float(x) -> float | None:
 def watch(args, poller: SourcePoller, refreshes: int | None = None) -> dict:
     """Re-pull, rewrite the report directory whole (staging dir + paths.replace_dir), print one line; again
     every args.watch seconds until Ctrl-C, which leaves the last complete report in place. With --wandb, one
-    report run for the whole session, logged at the first refresh and whenever a point finished since."""
-    report, out_dir, staging, seen, wandb_report = {}, None, None, [], None
+    report run for the whole session, logged at the first refresh, then when points changed and
+    args.wandb_every minutes passed, and at the end when the last state was not logged yet."""
+    report, out_dir, staging, seen, wandb_report, last = {}, None, None, [], None, None
     try:
         while True:
             loaded = poller.pull()
@@ -272,12 +313,17 @@ def watch(args, poller: SourcePoller, refreshes: int | None = None) -> dict:
             shutil.rmtree(staging, ignore_errors=True)
             grid, report = report_of(args, loaded, staging, shown_dir=out_dir)
             paths.replace_dir(staging, out_dir)
+            last = (report, grid)  # the complete report in out_dir
             seen.append((time.monotonic(), finished_points(grid)))
             console.print(progress_line(grid, seen, loaded), highlight=False, soft_wrap=True)
             if args.wandb:
-                wandb_report = wandb_report or WandbReport(loaded, project=args.wandb_project)
-                if wandb_report.logged_finished != seen[-1][1]:
+                if wandb_report is None:
+                    wandb_report = WandbReport(loaded, project=args.wandb_project)
+                if wandb_report.due(grid, args.wandb_every * 60):
                     wandb_report.log(report, out_dir, grid)
+                if len(seen) == 1:  # one Report for the session: it reads the runs live
+                    console.print(f"W&B Report: {wandb_report.publish(report, grid)}", highlight=False,
+                                  soft_wrap=True)
             if refreshes is not None and len(seen) >= refreshes:
                 return report
             time.sleep(args.watch)
@@ -289,6 +335,8 @@ def watch(args, poller: SourcePoller, refreshes: int | None = None) -> dict:
         return report
     finally:
         if wandb_report is not None:
+            if wandb_report.due(last[1], 0):  # the last state, whatever --wandb-every
+                wandb_report.log(last[0], out_dir, last[1])
             console.print(f"W&B report run: {wandb_report.finish()}", highlight=False, soft_wrap=True)
 
 
