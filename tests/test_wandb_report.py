@@ -59,7 +59,7 @@ def test_a_too_coarse_map_logs_no_dimension_and_the_report_needs_a_server(tmp_pa
     report = run(["--local", str(sweep_dir), "--out", str(tmp_path / "out"), "--zoom", "0", "--wandb"])
     assert report["fractal"]["too_coarse"]
     (logged,) = offline_runs(tmp_path / "wandb").values()
-    assert logged["summary"]["fractal/too_coarse"] is True
+    assert logged["summary"]["fractal/too_coarse"] is True and logged["group"] == "small"  # the map's group
     assert "fractal/dimension" not in logged["summary"] and "fractal/uncertainty" not in logged["summary"]
     assert offline_wandb[0].metadata["dimension"] is None
     assert "W&B Report: not created (offline" in capsys.readouterr().out

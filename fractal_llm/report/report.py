@@ -209,6 +209,7 @@ class WandbReport:
         self.mode = mode
         self.run = wandb.init(project=project or loaded.project or "fractal-llm", entity=loaded.entity or None,
                               job_type="report", tags=[loaded.sweep_id or self.name], name=f"report-{self.name}",
+                              group=self.group,
                               mode=mode, config={"sources": loaded.sources, "sweep_id": loaded.sweep_id})
         self.logged_state: int | None = None  # points_state of the last version logged
         self.logged_at = -math.inf  # time.monotonic() of it
