@@ -34,6 +34,10 @@ echo "ssh $*" >> "$STUB_LOG"
 while [ "${1#-}" != "$1" ]; do shift 2; done   # ssh options (-o X ...)
 host=$1; shift
 [ "$host" = unreachable ] && { echo "ssh: connect to host unreachable: No route" >&2; exit 255; }
+if [ "$host" = flaky ]; then  # answers the checks, then drops: its STUB_FLAKY_AFTER-th call fails
+  n=$(( $(cat "$STUB_LOG.flaky" 2>/dev/null || echo 0) + 1 )); echo $n > "$STUB_LOG.flaky"
+  [ "$n" -gt "${STUB_FLAKY_AFTER:-2}" ] && { echo "ssh: connection to flaky closed" >&2; exit 255; }
+fi
 STUB_HOST=$host exec bash -c "$*"
 """
 
@@ -41,7 +45,8 @@ STUB_HOST=$host exec bash -c "$*"
 # it was started, then lives like an agent until signalled.
 FAKE_PYTHON = """#!/bin/bash
 case " $* " in *" --check "*)
-  if [ -n "$STUB_REFUSE" ]; then echo "error: $STUB_REFUSE" >&2; echo "agent exit: refused: $STUB_REFUSE"; exit 2; fi
+  if [ -n "$STUB_REFUSE" ] && [ "${STUB_REFUSE_HOST:-${STUB_HOST:-local}}" = "${STUB_HOST:-local}" ]; then
+    echo "error: $STUB_REFUSE" >&2; echo "agent exit: refused: $STUB_REFUSE"; exit 2; fi
   echo "agent check: ok"; exit 0;;
 esac
 printf '%s\\n' "{\\"argv\\": \\"$*\\", \\"cuda\\": \\"${CUDA_VISIBLE_DEVICES-unset}\\", \\"cwd\\": \\"$PWD\\", \
@@ -241,6 +246,37 @@ def test_hosts_over_ssh(stubs, monkeypatch, capsys):
     assert {p.stem for p in remote_logs.glob("*.pid")} == {"agent-h1-gpu0", "agent-h1-gpu1"}
 
 
+def test_every_host_is_checked_before_any_agent_starts(stubs, monkeypatch, capsys):
+    """With --hosts good,bad: `good` used to get its agents before `bad` refused, and the command did not say."""
+    monkeypatch.setenv("STUB_HOST_GPUS", "good=2,bad=1")
+    monkeypatch.setenv("STUB_REFUSE", "no W&B credentials found on this host")
+    monkeypatch.setenv("STUB_REFUSE_HOST", "bad")
+    code = agents.main(["e/p/sw1", "--python", stubs["python"], "--hosts", "good,bad", "--workdir",
+                        str(stubs["workdir"])])
+    err = capsys.readouterr().err
+    assert code == 2 and "no agent started on any host: bad: the worker's check failed" in err, err
+    assert not stubs["starts"].exists()  # not even on `good`
+    code = agents.main(["e/p/sw1", "--python", stubs["python"], "--hosts", "good,unreachable", "--workdir",
+                        str(stubs["workdir"])])
+    assert code == 2 and "no agent started on any host: unreachable: ssh failed" in capsys.readouterr().err
+    assert not stubs["starts"].exists()
+
+
+def test_a_host_that_fails_while_starting_names_the_agents_already_started(stubs, monkeypatch, capsys):
+    monkeypatch.setenv("STUB_HOST_GPUS", "h1=2,flaky=1")
+    monkeypatch.setenv("STUB_FLAKY_AFTER", "2")  # flaky answers nvidia-smi and the check, then drops
+    code = agents.main(["e/p/sw1", "--python", stubs["python"], "--hosts", "h1,flaky", "--workdir",
+                        str(stubs["workdir"])])
+    err = " ".join(capsys.readouterr().err.split())
+    starts = wait_for_starts(stubs["starts"], 2)
+    pids = {p.stem: int(p.read_text()) for p in (Path(os.environ["FRACTAL_LLM_HOME"]) / "agents").glob("*.pid")}
+    assert code == 2 and "flaky: ssh failed" in err, err
+    assert sorted(s["host"] for s in starts) == ["h1", "h1"]
+    for label in ("agent-h1-gpu0", "agent-h1-gpu1"):
+        assert f"{label} (pid {pids[label]})" in err, err
+    assert "stop them with `fractal-llm agents --stop --hosts h1`" in err
+
+
 def test_unreachable_host_is_a_clear_error(stubs, capsys):
     assert agents.main(["e/p/sw1", "--hosts", "unreachable"]) == 2
     assert "unreachable: ssh failed" in capsys.readouterr().err
@@ -336,7 +372,7 @@ def test_a_refusing_check_over_ssh_starts_no_agent(stubs, monkeypatch, capsys):
     monkeypatch.setenv("STUB_REFUSE", "no W&B credentials found on this host")
     code = agents.main(["e/p/sw1", "--python", stubs["python"], "--hosts", "h1", "--workdir", str(stubs["workdir"])])
     err = capsys.readouterr().err
-    assert code == 2 and "h1: no agent started" in err and "no W&B credentials" in err, err
+    assert code == 2 and "no agent started on any host: h1" in err and "no W&B credentials" in err, err
     assert not stubs["starts"].exists()
 
 

@@ -4,9 +4,11 @@ Each agent is the W&B worker `PYTHON -m fractal_llm.runners.agent SWEEP` (fracta
 `fractal-llm agent SWEEP`), started detached with CUDA_VISIBLE_DEVICES=i: the runs of one agent share its
 process, so the base model and the tokenized data are loaded once per GPU, not once per run.
 
-- Before detaching anything, the worker's own checks run once in the foreground on each host
-  (`PYTHON -m fractal_llm.runners.agent SWEEP --check`: offline mode, credentials, the sweep on the server), so a
-  host without credentials or a bad sweep is an error here, not a started agent that dies.
+- Before detaching anything, every host is checked: reachable over ssh, its GPUs, and the worker's own checks
+  in the foreground (`PYTHON -m fractal_llm.runners.agent SWEEP --check`: offline mode, credentials, the sweep
+  on the server), so a host without credentials or a bad sweep is an error here, with no agent started on any
+  host. A host that fails after that (ssh drops while starting) ends the command with the agents already
+  started named, and how to stop them.
 - Agents start STAGGER_S apart: agents that ask for their first run at the same moment can be handed the
   same grid point (a known W&B issue).
 - A CPU-only host (no nvidia-smi, or no GPU listed) gets one agent with CUDA_VISIBLE_DEVICES="" (explicit:
@@ -96,12 +98,17 @@ def threads_per_agent(cores: int, slots: list[Slot]) -> int | None:
     return max(1, cores // len(gpu_slots)) if gpu_slots else None
 
 
+def remote_check_script(workdir: str, argv: list[str]) -> str:
+    """The worker's checks on a host, in the foreground: exit 4 with their output when they refuse."""
+    return "\n".join([f"cd {shlex.quote(workdir)} || exit 3",
+                      f'CHECK=$({shlex.join([*argv, "--check"])} 2>&1) || {{ printf "%s\\n" "$CHECK"; exit 4; }}'])
+
+
 def remote_start_script(slots: list[Slot], workdir: str, logdir: str, argv: list[str]) -> str:
-    """One shell script for a host: the worker's checks in the foreground (exit 4 with their output when they
-    refuse), then per slot, STAGGER_S apart, start the agent unless its pid file names a live agent."""
+    """One shell script for a host (checked before: remote_check_script): per slot, STAGGER_S apart, start the
+    agent unless its pid file names a live agent."""
     command = shlex.join(argv)
-    lines = [f"cd {shlex.quote(workdir)} || exit 3", f"LOGDIR={logdir}", 'mkdir -p "$LOGDIR" || exit 3',
-             f'CHECK=$({shlex.join([*argv, "--check"])} 2>&1) || {{ printf "%s\\n" "$CHECK"; exit 4; }}']
+    lines = [f"cd {shlex.quote(workdir)} || exit 3", f"LOGDIR={logdir}", 'mkdir -p "$LOGDIR" || exit 3']
     threads = ""
     gpu_slots = [s for s in slots if s.gpu != "cpu"]
     if gpu_slots:  # threads_per_agent, with the remote host's core count
@@ -237,13 +244,41 @@ def parse_script_output(text: str) -> list[tuple[str, str, int, str]]:
 
 def run_remote(ssh: str, host: str, script: str) -> list[tuple[str, str, int]]:
     out = ssh_run(ssh, host, script)
-    if out.returncode == 4:  # the worker's check refused (remote_start_script)
-        raise AgentsError(f"{host}: no agent started: the worker's check failed: "
+    if out.returncode == 255:
+        raise AgentsError(f"{host}: ssh failed: {out.stderr.strip()}")
+    if out.returncode == 4:  # the worker's check refused (remote_check_script)
+        raise AgentsError(f"{host}: the worker's check failed: "
                           f"{(out.stdout.strip().splitlines() or ['no output'])[-1]}")
     if out.returncode != 0:
         raise AgentsError(f"{host}: remote command failed (exit {out.returncode}): "
                           f"{out.stderr.strip() or out.stdout.strip()}")
     return parse_script_output(out.stdout)
+
+
+def start_remote(args, hosts: list[str], workdir: str, gpus: list[str] | None) -> list[tuple[str, str, str, int, str]]:
+    """Check every host (ssh, GPUs, the worker's checks), then start the agents host by host; a host that
+    fails while starting names the agents already started."""
+    argv = worker_argv(args.python or "python", args.sweep, args.count, args.max_failures)
+    logdir = shlex.quote(args.logdir) if args.logdir else REMOTE_LOGDIR
+    planned = []
+    for host in hosts:
+        try:
+            found = gpus if gpus is not None else detect_remote_gpus(args.ssh, host)
+            run_remote(args.ssh, host, remote_check_script(workdir, argv))
+        except AgentsError as e:
+            raise AgentsError(f"no agent started on any host: {e}") from None
+        planned.append((host, [Slot(host, g) for g in found or ["cpu"]]))
+    rows = []
+    for host, slots in planned:
+        try:
+            rows += [(host, *row) for row in run_remote(args.ssh, host, remote_start_script(slots, workdir, logdir, argv))]
+        except AgentsError as e:
+            started = [f"{label} (pid {pid})" for _, label, state, pid, _ in rows if state == "started"]
+            on_hosts = ",".join(dict.fromkeys(h for h, *_ in rows))
+            raise AgentsError(f"{e}; agents already started: {', '.join(started) or 'none'}"
+                              + (f"; stop them with `fractal-llm agents --stop --hosts {on_hosts}` (same "
+                                 "--workdir, --logdir)" if started else "")) from None
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -303,14 +338,7 @@ def _run(args) -> list[tuple[str, str, str, int]]:
         check_local(Path(workdir), argv)
         logdir = _local_logdir(args, workdir)
         return [(LOCAL, s.label, state, pid, "") for s, state, pid in start_local(slots, Path(workdir), logdir, argv)]
-    rows = []
-    argv = worker_argv(args.python or "python", args.sweep, args.count, args.max_failures)
-    logdir = shlex.quote(args.logdir) if args.logdir else REMOTE_LOGDIR
-    for host in hosts:
-        slots = [Slot(host, g) for g in (gpus if gpus is not None else detect_remote_gpus(args.ssh, host)) or ["cpu"]]
-        script = remote_start_script(slots, workdir, logdir, argv)
-        rows += [(host, *row) for row in run_remote(args.ssh, host, script)]
-    return rows
+    return start_remote(args, hosts, workdir, gpus)
 
 
 def _local_logdir(args, workdir: str) -> Path:
