@@ -32,6 +32,7 @@ CHOICES = {
     "lr_schedule": ("cosine", "constant"),
     "dtype": ("auto", "float32", "bfloat16"),
     "device": ("auto", "cpu", "cuda"),
+    "compile": ("auto", "compiled", "eager"),
     "nonlinearity": ("tanh", "relu", "linear"),
     "init_offset_mode": ("init", "every_step"),
     "mlp_weights": ("torch", "notebook"),
@@ -65,7 +66,7 @@ FAMILY_FIELDS = {
             "learning_rate", "matrix_lr", "embedding_lr", "unembedding_lr", "embedding_lr_mult",
             "unembedding_lr_mult", "value_embedding_lr", "scalar_lr", "smear_lr", "trainable_param_groups",
             "weight_decay", "init_lr_frac", "warmup_frac", "final_lr_frac", "lr_schedule", "num_tokens",
-            "deterministic", "dtype", "device", "eval_every", "sample_every", "sample_before_after"),
+            "deterministic", "dtype", "device", "compile", "eval_every", "sample_every", "sample_before_after"),
     "mlp": ("nonlinearity", "width", "dataset_size", "batch_size", "lr_input", "lr_output", "init_offset",
             "init_offset_mode", "mlp_weights"),
 }
@@ -110,6 +111,9 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms (slower on GPU; CPU runs repeat bit for bit anyway)
     dtype: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 elsewhere
     device: str = "auto"  # "auto": CUDA when present, else CPU
+    # the training step: "compiled" (torch.compile, once per process, eager if compiling fails), "eager", or
+    # "auto": compiled on CUDA, eager on CPU, where a point saves less than the compile costs (docs/design.md)
+    compile: str = "auto"
     trainable_window_steps: int = 20  # K: the verdict compares the mean loss of the last K steps ...
     trainable_loss_ratio_threshold: float = 1.0  # ... with the first loss: trainable when their ratio is below this
     eval_every: int = -1  # validation loss every N steps; <= 0 off

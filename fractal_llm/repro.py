@@ -1,7 +1,9 @@
 """Reproducibility metadata: the one `repro` shape every run's resolved config carries, whatever its family.
 
 repro = {git_commit, python, torch, wandb, device, device_name, host, timing: {...}} plus family extras
-(the mlp family adds dtype and batched). `timing` holds seconds per phase; point.execute adds log_s.
+(the mlp family adds dtype and batched; the gpt family base_model, vocab_size, dataset and training_step,
+"compiled" or "eager": whether torch.compile ran the step). `timing` holds seconds per phase; point.execute
+adds log_s.
 """
 
 import platform

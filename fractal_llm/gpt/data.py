@@ -330,9 +330,12 @@ def _example_order(n: int, seed: int) -> Iterator[int]:
         epoch += 1
 
 
-def collate(ds: TokenizedDataset, indices: list[int], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets) int64 arrays padded to the longest example; targets IGNORE_INDEX off the mask."""
+def collate(ds: TokenizedDataset, indices: list[int], pad_id: int,
+            widths: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) int64 arrays padded to the longest example, or to the smallest of `widths` that holds
+    it (a few static shapes for a compiled step); targets IGNORE_INDEX off the mask and on the padding."""
     width = max(len(ds.ids[i]) for i in indices) - 1
+    width = min((w for w in widths if w >= width), default=width)
     inputs = np.full((len(indices), width), pad_id, dtype=np.int64)
     targets = np.full((len(indices), width), IGNORE_INDEX, dtype=np.int64)
     for row, i in enumerate(indices):
@@ -343,8 +346,10 @@ def collate(ds: TokenizedDataset, indices: list[int], pad_id: int) -> tuple[np.n
     return inputs, targets
 
 
-def iterate_batches(ds: TokenizedDataset, batch_size: int, seed: int, pad_id: int, device="cpu") -> Iterator[Batch]:
-    """Endless batches in a seed-determined order; batches with no supervised target are skipped."""
+def iterate_batches(ds: TokenizedDataset, batch_size: int, seed: int, pad_id: int, device="cpu",
+                    widths: tuple[int, ...] = ()) -> Iterator[Batch]:
+    """Endless batches in a seed-determined order; batches with no supervised target are skipped. `widths`:
+    pad each batch to the smallest of these that holds its longest example (collate)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DatasetError(f"batch_size={batch_size!r}: must be a positive int")
     if not any(mask[1:].any() for mask in ds.masks):
@@ -353,7 +358,7 @@ def iterate_batches(ds: TokenizedDataset, batch_size: int, seed: int, pad_id: in
     order = _example_order(len(ds), seed)
     while True:
         indices = [next(order) for _ in range(batch_size)]
-        inputs, targets = collate(ds, indices, pad_id)
+        inputs, targets = collate(ds, indices, pad_id, widths)
         n_supervised = int((targets != IGNORE_INDEX).sum())
         if n_supervised == 0:
             continue

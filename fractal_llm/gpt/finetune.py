@@ -5,8 +5,10 @@ W&B agent or a runner worker serves many points): the second call only copies th
 working model, and every run starts from fresh optimizer state and no gradients.
 """
 
+import itertools
 import math
 import os
+import sys
 import time
 from typing import Callable
 
@@ -29,6 +31,7 @@ OnStep = Callable[[int, dict], None]
 
 
 _DATASETS: dict[tuple, object] = {}
+_STEP_MODELS: dict[int, tuple[BaseModel, torch.nn.Module]] = {}  # id(base) -> (base, what its steps call)
 
 
 def resolve_device(config: TrainConfig) -> torch.device:
@@ -52,6 +55,7 @@ def get_dataset(config: TrainConfig, split: str, tokenizer):
 def clear_caches() -> None:
     base_model.clear_caches()
     _DATASETS.clear()
+    _STEP_MODELS.clear()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,6 +102,67 @@ def autocast_context(config: TrainConfig, device: torch.device):
 
 
 # ----------------------------------------------------------------------------------------------
+# The compiled step (docs/design.md, "Compiled step")
+
+
+def compile_wanted(config: TrainConfig, device: torch.device) -> bool:
+    """compile="auto" compiles on CUDA only. On CPU (tiny model, 8 x 256 tokens, one thread, process CPU time
+    per step with Muon) the compiled step took 24 ms against 34 ms eager, so a 20-step point saves ~0.2 s,
+    while compiling took 41 s per process with a cold inductor cache and 7.5 s with a warm one: it pays only
+    past ~40-200 points per process, and would slow every test and README's one-sweep command.
+    (benchmarks/bench_compile.py measures it.)"""
+    if config.compile == "auto":
+        return device.type == "cuda"
+    return config.compile == "compiled"
+
+
+def training_batches(config: TrainConfig, dataset, tokenizer, device: torch.device, compiled: bool):
+    """The run's batches. A CUDA step is compiled with static shapes (as nanochat does), so its batches are
+    padded to one of 4 widths (quarters of max_seq_len): at most 4 graphs, never one per batch. On CPU the
+    step is compiled with dynamic shapes (one graph for every width): padding every tiny-model batch to 256
+    tokens cost 25% of an eager step (37.5 ms against 30.1 ms forward and backward), more than compiling
+    saves."""
+    from fractal_llm.gpt.data import iterate_batches
+    pad_id = tokenizer.encode_special("<|assistant_end|>")
+    quarters = sorted({math.ceil(config.max_seq_len * k / 4) for k in range(1, 5)})
+    widths = tuple(quarters) if compiled and device.type == "cuda" else ()
+    return iterate_batches(dataset, config.device_batch_size, config.seed, pad_id, device=device, widths=widths)
+
+
+def training_model(config: TrainConfig, base: BaseModel, device: torch.device, batch) -> torch.nn.Module:
+    """The process's compiled model of `base`, compiled on the first call and reused by every later run: the
+    runs reload the base weights into the same parameters (fresh_model), which the compiled graph reads."""
+    cached = _STEP_MODELS.get(id(base))
+    if cached is None or cached[0] is not base:
+        cached = _STEP_MODELS[id(base)] = (base, compile_model(config, base.model, device, batch))
+    return cached[1]
+
+
+def compile_model(config: TrainConfig, model: torch.nn.Module, device: torch.device, batch) -> torch.nn.Module:
+    """torch.compile(model), tried at once on one forward and backward of `batch` (its gradients dropped, the
+    weights unchanged). If that fails for any reason (most often: no C++ compiler, which inductor needs on
+    CPU), one line says why and the runs train `model` eagerly; a fault of the model itself then raises in
+    the eager step as it always did."""
+    # The loss selects the supervised rows with nonzero() (nanochat/gpt.py, supervised_loss), a size that
+    # depends on the data: captured, it is one symbolic size in one graph, not a graph break and a recompile
+    # for every batch.
+    import torch._dynamo
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
+    compiled = torch.compile(model, dynamic=device.type != "cuda")
+    try:
+        with autocast_context(config, device):
+            compiled(batch.inputs, batch.targets).backward()
+    except Exception as err:  # noqa: BLE001 -- any compile failure means eager; see the docstring
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"compile={config.compile!r}: torch.compile failed ({type(err).__name__}: {reason}); "
+              "training eagerly", file=sys.stderr)
+        return model
+    finally:
+        model.zero_grad(set_to_none=True)
+    return compiled
+
+
+# ----------------------------------------------------------------------------------------------
 # Training
 
 
@@ -119,8 +184,12 @@ def train_gpt(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
                                         trainable=config.trainable_groups(groups))
     total_steps = planned_steps(config, dataset)
     samples = generate_samples(config, base, "before") if config.sample_before_after else []
-    losses, history, step_samples = run_steps(config, model, optimizers, dataset, base, total_steps, device,
-                                              on_step)
+    compiled = compile_wanted(config, device)
+    batches = training_batches(config, dataset, base.tokenizer, device, compiled)
+    first = next(batches)
+    step_model = training_model(config, base, device, first) if compiled else model
+    losses, history, step_samples = run_steps(config, model, step_model, optimizers, itertools.chain([first], batches),
+                                              base, total_steps, device, on_step)
     samples += step_samples
     trained = time.perf_counter()
     if config.sample_before_after:
@@ -134,7 +203,8 @@ def train_gpt(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
     resolved["repro"] = repro_metadata(device, {"load_s": loaded - t_start, "data_s": data_ready - loaded,
                                                 "train_s": trained - data_ready, "base_load_s": base.load_s},
                                        base_model=base.identity, vocab_size=base.tokenizer.get_vocab_size(),
-                                       dataset=dataset_identity(config.dataset_id, config.dataset_revision))
+                                       dataset=dataset_identity(config.dataset_id, config.dataset_revision),
+                                       training_step="eager" if step_model is model else "compiled")
     return RunResult(config=resolved, summary=summary, history=history, samples=samples or None)
 
 
@@ -149,13 +219,11 @@ def fresh_model(base: BaseModel):
     return model
 
 
-def run_steps(config, model, optimizers, dataset, base, total_steps, device, on_step):
-    """The optimizer loop -> (losses, history, samples). Stops at the first non-finite loss (recorded: it is
-    the divergence). Samples are taken every `sample_every` steps."""
-    from fractal_llm.gpt.data import iterate_batches
+def run_steps(config, model, step_model, optimizers, batches, base, total_steps, device, on_step):
+    """The optimizer loop -> (losses, history, samples). step_model (the compiled model, or model itself)
+    computes the training loss; evaluation runs `model`, eagerly. Stops at the first non-finite loss
+    (recorded: it is the divergence). Samples are taken every `sample_every` steps."""
     tokenizer = base.tokenizer
-    pad_id = tokenizer.encode_special("<|assistant_end|>")
-    batches = iterate_batches(dataset, config.device_batch_size, config.seed, pad_id, device=device)
     groups = [g for opt in optimizers for g in opt.param_groups]
     history: dict[str, list[float]] = {"train/loss": [], "train/tokens_seen": []}
     history.update({f"lr/{g['name']}": [] for g in groups})
@@ -166,7 +234,7 @@ def run_steps(config, model, optimizers, dataset, base, total_steps, device, on_
         set_lr(groups, lr_multiplier(step, total_steps, config))
         batch = next(batches)
         with autocast_context(config, device):
-            loss = model(batch.inputs, batch.targets)
+            loss = step_model(batch.inputs, batch.targets)
         loss_value = loss.item()
         losses.append(loss_value)
         tokens_seen += batch.n_supervised

@@ -158,7 +158,8 @@ def _outcome_of(record: RunRecord) -> str:
 RANK = {"trainable": 0, "not_trainable": 0, "diverged": 0, "pending": 1, "error": 2, "missing": 3}
 
 
-ONE_PER_MAP = {"base_model": "base models", "dataset": "datasets"}  # repro keys a map must not mix
+ONE_PER_MAP = {"base_model": "base models", "dataset": "datasets",  # repro keys a map must not mix
+               "training_step": "training steps (compiled and eager)"}
 
 
 def repro_of(record: RunRecord, key: str) -> str | None:
@@ -172,8 +173,9 @@ def repro_of(record: RunRecord, key: str) -> str | None:
 
 
 def check_one_setup(records: list[RunRecord]) -> None:
-    """One map, one base model and one dataset: agents that resolved `latest` (or a hub dataset's branch)
-    before and after a new version would otherwise mix two of them in one map without a word."""
+    """One map, one base model, one dataset and one training step: agents that resolved `latest` (or a hub
+    dataset's branch) before and after a new version would otherwise mix two of them in one map without a
+    word; compiled and eager steps round differently, which can flip a point near the border."""
     for key, what in ONE_PER_MAP.items():
         seen = Counter(value for record in records if (value := repro_of(record, key)) is not None)
         if len(seen) > 1:
