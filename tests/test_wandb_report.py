@@ -3,6 +3,7 @@ objects (never saved: that needs a server), the dimension a too-coarse map does 
 artifact versions (only when points changed, at most every --wandb-every minutes, and the last state)."""
 
 import numpy as np
+import wandb
 import wandb_workspaces.reports.v2 as wr
 
 from fractal_llm.report import report as report_command
@@ -58,6 +59,7 @@ def test_a_too_coarse_map_logs_no_dimension_and_the_report_needs_a_server(tmp_pa
     sweep_dir = write_local_sweep(tmp_path / "sweep", n=6, name="small")
     report = run(["--local", str(sweep_dir), "--out", str(tmp_path / "out"), "--zoom", "0", "--wandb"])
     assert report["fractal"]["too_coarse"]
+    wandb.teardown()  # the run file is written by wandb's service process: whole once it shuts down
     (logged,) = offline_runs(tmp_path / "wandb").values()
     assert logged["summary"]["fractal/too_coarse"] is True and logged["group"] == "small"  # the map's group
     assert "fractal/dimension" not in logged["summary"] and "fractal/uncertainty" not in logged["summary"]
