@@ -34,6 +34,7 @@ MODEL_FORMS = (f"{' or '.join(repr(m) for m in TINY_MODELS)}, a local checkpoint
 WANDB_RE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
 WANDB_VERSION_RE = re.compile(r":v\d+$")  # a pinned version; anything else after ':' is a movable alias
 HF_RE = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
+HF_COMMIT_RE = re.compile(r"@[0-9a-f]{40}$")  # an hf: model_id at a full commit: it never moves
 OPTIMIZER_FILES = ["optim_*", "*/optim_*"]  # nanochat's optimizer state beside the weights: never read here
 
 
@@ -90,6 +91,33 @@ def resolve_model(model_id: str) -> ModelSource:
             source = ModelSource(model_id, model_id, Path(model_id).expanduser())
         _SOURCES[model_id] = source
     return _SOURCES[model_id]
+
+
+def is_movable(model_id: str) -> bool:
+    """A model_id that may name other weights later: a W&B alias (anything but :vN), an hf: repo at a branch
+    (or none: the default branch) rather than a full commit."""
+    if model_id.startswith("wandb:"):
+        return not WANDB_VERSION_RE.search(model_id)
+    if model_id.startswith("hf:"):
+        return not HF_COMMIT_RE.search(model_id)
+    return False
+
+
+def pin_model(model_id: str, identity: str) -> ModelSource:
+    """Make this process fine-tune `identity` (wandb:e/p/name:vN or hf:owner/repo@<commit>) for model_id,
+    whatever its alias or branch names today: a sweep's pin (fractal_llm/runners/pins.py), so a run requeued
+    days later fine-tunes the same weights."""
+    if model_id.startswith("wandb:") and WANDB_RE.match(identity.removeprefix("wandb:")) \
+            and WANDB_VERSION_RE.search(identity):
+        source = ModelSource(model_id, identity, None)
+    elif model_id.startswith("hf:") and HF_COMMIT_RE.search(identity):
+        repo_id, _, commit = identity.removeprefix("hf:").partition("@")
+        source = ModelSource(model_id, identity, hf_snapshot(repo_id, commit))
+    else:
+        raise ConfigError(f"model_id={model_id!r}: pinned to {identity!r}, which is not a W&B version (:vN) or an "
+                          "hf: repo at a full commit")
+    _SOURCES[model_id] = source
+    return source
 
 
 def pinned_artifact(spec: str) -> str:

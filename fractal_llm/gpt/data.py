@@ -139,6 +139,20 @@ def resolve_revision(dataset_id: str, revision: str) -> str:
     return _COMMITS[(dataset_id, revision)]
 
 
+def is_movable_revision(dataset_id: str, revision: str) -> bool:
+    """A hub dataset's revision that may name other data later (a branch or tag, or empty: the default branch)."""
+    return is_hub_id(dataset_id) and not COMMIT_RE.match(revision)
+
+
+def pin_revision(dataset_id: str, revision: str, commit: str) -> None:
+    """Make this process read `revision` of a hub dataset at `commit`, whatever it names today: a sweep's pin
+    (fractal_llm/runners/pins.py), so a run requeued days later trains on the same data."""
+    if not COMMIT_RE.match(commit):
+        raise DatasetError(f"dataset_id={dataset_id!r} dataset_revision={revision!r}: pinned to {commit!r}, "
+                           "which is not a full commit hash")
+    _COMMITS[(dataset_id, revision)] = commit
+
+
 def dataset_identity(dataset_id: str, revision: str) -> str:
     """What a run trained on, for its record: a hub dataset at its commit (owner/name@<commit>), else the id."""
     return f"{dataset_id}@{resolve_revision(dataset_id, revision)}" if is_hub_id(dataset_id) else dataset_id

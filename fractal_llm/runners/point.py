@@ -207,7 +207,8 @@ def _stopped(run, reason: str, preempted: bool) -> bool:
 
 def execute(train_fn: TrainFn, config: TrainConfig, name: str, record_dir: Path, run,
             progress: OnStep | None = None) -> RunRecord:
-    """Train, stream each step to the W&B run, write summary, verdict and local record.
+    """Train (a sweep's run on the sweep's pinned inputs: runners/pins.py), stream each step to the W&B run,
+    write summary, verdict and local record.
 
     `run` is a W&B run or NoRun(); `progress(step, row)` is called after each step is logged (the CLI's
     progress line). Never raises for the run's own failure: an exception becomes an `error` record. A stop
@@ -229,6 +230,9 @@ def execute(train_fn: TrainFn, config: TrainConfig, name: str, record_dir: Path,
 
     IN_FLIGHT.set()
     try:
+        if run.sweep_id:  # a sweep's run trains on the sweep's pinned model and data, requeued days later too
+            from fractal_llm.runners.pins import pin_sweep_inputs
+            pin_sweep_inputs(run, config, run.sweep_id)
         result = train_fn(config, on_step)
     except RunStopped as stop:
         if not _stopped(run, str(stop), preempted=True):
