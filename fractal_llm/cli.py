@@ -19,6 +19,7 @@ COMMANDS = {
     "agent": ("fractal_llm.runners.agent", "one W&B sweep agent in the foreground (a SLURM task, a Kubernetes pod)"),
     "zoom": ("fractal_llm.runners.zoom", "a zoom sequence on any sweep: frames on one centre, each half as wide"),
     "transect": ("fractal_llm.runners.transect", "a line of points through a border: its scales in 1-D (512 points, not 4096)"),
+    "perturb": ("fractal_llm.runners.perturb", "uncertainty exponent and precision floor around a transect's border"),
     "boundary": ("fractal_llm.runners.boundary", "a point on the border by bisection along one axis"),
     "refine": ("fractal_llm.refine.refine", "adaptive refinement on W&B: create the next level's point-list sweep"),
     "sweep": ("fractal_llm.sweep", "write (`new`) or check (`check`) a grid sweep YAML"),

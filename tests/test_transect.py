@@ -9,6 +9,7 @@ from fractal_llm.cli import main as cli
 from fractal_llm.plans.transect import TransectError, axes_for, parse_through, plan_transect, read_transect
 from fractal_llm.plans.zoom import ZoomError, plan_sequence
 from fractal_llm.report.transect import analyse_line, analyse_transect
+from fractal_llm.report.uncertainty import precision_floor, uncertainty_exponent
 from fractal_llm.sweep import load_sweep
 
 N = 4096
@@ -105,3 +106,42 @@ def test_through_one_coordinate_bisects_the_other(tiny_base, tmp_path, capsys):
     assert cli(args) == 0  # a re-run keeps the line where it was and trains no bisection point again
     assert read_transect(out).through == first
     assert "loss ratio" not in capsys.readouterr().out.split("transect:")[0].replace("bisecting", "")
+
+
+def test_uncertainty_exponent_tells_smooth_from_riddled():
+    rng = np.random.default_rng(0)
+    eps = [1e-4, 1e-3, 1e-2]
+    xy = rng.uniform(-0.5, 0.5, size=(4000, 2))
+    step = rng.choice([-1, 1], size=(4000, 2))
+    smooth_class = lambda p: (p.sum(axis=-1) > 0).astype(float)  # noqa: E731 (a straight border)
+    moved = np.stack([smooth_class(xy + e * step) for e in eps], axis=1)
+    u = uncertainty_exponent(eps, smooth_class(xy), moved)
+    assert abs(u["alpha"] - 1) < 0.15 and u["interval"][0] < 1 < u["interval"][1] + 0.15
+    assert abs(u["dimension"] - 1) < 0.15
+    noise = rng.integers(0, 2, size=(4000, len(eps) + 1)).astype(float)  # a riddled border: flips at every eps
+    assert abs(uncertainty_exponent(eps, noise[:, 0], noise[:, 1:])["alpha"]) < 0.05
+
+
+def test_precision_floor_is_the_largest_spacing_rounding_reaches():
+    structure = [[0.001, 0.0004], [0.002, 0.001], [0.004, 0.003]]
+    floor = precision_floor([1.0, 1.01], [1.0008, 1.0092], [1, 0], [1, 0], structure)
+    assert floor["mean_change"] == pytest.approx(0.0008) and floor["floor"] == 0.002 and floor["flips"] == 0
+    assert precision_floor([1.0], [1.0], [1], [0], structure) | {"floor": None, "flips": 1} == \
+        precision_floor([1.0], [1.0], [1], [0], structure)
+
+
+def test_perturb_runs_part_of_a_study_and_resumes(tiny_base, tmp_path, capsys):
+    line = tmp_path / "line"
+    assert cli(["transect", "sweeps/smoke.yaml", "--through", "1,0.03", "--along", "matrix_lr", "--span", "0.3",
+                "--points", "32", "--out", str(line), "--limit", "1", "--workers", "1"]) == 0
+    study = tmp_path / "study"
+    args = ["perturb", str(line), "--out", str(study), "--points", "8", "--eps", "1e-6,1e-2", "--rounding-sample",
+            "2", "--limit", "3", "--workers", "1"]
+    assert cli(args) == 0
+    first = json.loads((study / "uncertainty.json").read_text())
+    assert first["runs"] == 8 * 3 + 2 * 2 and first["finished"] == 3
+    assert cli(args) == 0
+    assert json.loads((study / "uncertainty.json").read_text())["finished"] == 6
+    assert "alpha" in (study / "uncertainty.md").read_text()
+    assert cli(args[:-4] + ["--seed", "1"]) == 2  # another study in the same --out: refused before any run
+    assert "another perturbation study" in capsys.readouterr().err

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from fractal_llm.errors import FractalLLMError  # noqa: E402
@@ -183,8 +184,8 @@ def print_line_summary(report: dict, out_dir: Path) -> None:
     for verdict, n in report["counts"].items():
         if n:
             table.add_row(verdict, str(n))
-    table.add_row("line dimension (border D - 1)", f"{t['line_dimension']:.3f} [{t['interval'][0]:.3f}, "
-                                                   f"{t['interval'][1]:.3f}]")
+    table.add_row("line dimension (border D - 1)", escape(f"{t['line_dimension']:.3f} [{t['interval'][0]:.3f}, "
+                                                          f"{t['interval'][1]:.3f}]"))
     table.add_row("roughness exponent", f"{t['roughness_exponent']:.3f}")
     table.add_row("smooth below", f"{t['crossover']:.3g} {unit}" if t["crossover"] is not None else "none")
     table.add_row("spacings", f"{t['crossings'][0][0]:.3g} .. {t['crossings'][-1][0]:.3g} {unit}")
