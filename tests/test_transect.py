@@ -145,3 +145,17 @@ def test_perturb_runs_part_of_a_study_and_resumes(tiny_base, tmp_path, capsys):
     assert "alpha" in (study / "uncertainty.md").read_text()
     assert cli(args[:-4] + ["--seed", "1"]) == 2  # another study in the same --out: refused before any run
     assert "another perturbation study" in capsys.readouterr().err
+
+
+def test_through_from_a_reports_zoom_box_and_the_scope_it_holds_for(tiny_base, tmp_path, capsys):
+    report_dir = tmp_path / "smoke_report"
+    report_dir.mkdir()
+    boxes = [{"rank": 2, "x_range": [0.01, 0.1], "y_range": [0.1, 1.0]},
+             {"rank": 1, "x_range": [1.0, 4.0], "y_range": [0.01, 0.04]}]
+    (report_dir / "report.json").write_text(json.dumps({"zoom": boxes}))
+    out = tmp_path / "line"
+    assert cli(["transect", "sweeps/smoke.yaml", "--through-from", str(report_dir), "--along", "matrix_lr",
+                "--span", "0.3", "--points", "32", "--out", str(out), "--limit", "1", "--workers", "1"]) == 0
+    assert read_transect(out).through == pytest.approx((2.0, 0.02))
+    assert cli(["transect", "sweeps/smoke.yaml", "--along", "matrix_lr", "--span", "0.3", "--out", str(out)]) == 2
+    assert "one of --through and --through-from" in capsys.readouterr().err

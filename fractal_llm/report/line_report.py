@@ -94,13 +94,30 @@ def write_line_report(line: Line, out_dir: Path, title: str, extra: dict | None 
               "kind": "transect", "axis": line.axis, "log_axis": log, "spacing_unit": unit,
               "points": len(x), "range": [line.values[0], line.values[-1]], "threshold": threshold,
               "counts": {v: int(line.counts.get(v, 0)) for v in VERDICTS}, "fixed": line.fixed,
-              "transect": analysis.to_dict(), "border_loss": border_loss_of_line(line, labels),
+              "scope": scope_of(line), "transect": analysis.to_dict(), "border_loss": border_loss_of_line(line, labels),
               "images": {"line": "line.png", "scaling": "scaling.png"}, **(extra or {})}
     plot_line(line, x, ratio, threshold, log, out_dir / "line.png")
     plot_scaling(analysis, unit, out_dir / "scaling.png")
     (out_dir / "report.json").write_text(json.dumps(json_safe(report), indent=1))
     (out_dir / "report.md").write_text(render_markdown(report))
     return report
+
+
+SCOPE_FIELDS = ("model_id", "num_iterations", "lr_schedule", "seed", "trainable_param_groups")
+
+
+def scope_of(line: Line) -> dict:
+    """What a figure of this line holds for: the model, budget, schedule and data order it was measured at,
+    and where on the map (the held axis is one of the fixed values)."""
+    return {key: line.fixed[key] for key in SCOPE_FIELDS if key in line.fixed}
+
+
+def scope_sentence(report: dict) -> str:
+    s = report["scope"]
+    held = {k: v for k, v in report["fixed"].items() if k.endswith("_lr") and k != report["axis"]}
+    where = ", ".join(f"{k}={v:.6g}" for k, v in held.items())
+    return (f"{s.get('num_iterations', '?')} steps, {s.get('lr_schedule', '?')} schedule, data-order seed "
+            f"{s.get('seed', '?')}, model {s.get('model_id', '?')}, along {report['axis']} at {where}")
 
 
 def scaling_sentence(s: dict, unit: str) -> str:
@@ -117,6 +134,7 @@ def render_markdown(report: dict) -> str:
              f"({report['range'][0]:.6g} .. {report['range'][1]:.6g}, one step = {t['step']:.3g} {unit}), "
              f"loss-ratio threshold {report['threshold']:g}. Created {report['created']}.", "",
              "Outcomes: " + ", ".join(f"{n} {v}" for v, n in report["counts"].items() if n), "",
+             f"Scope: every figure here holds for {scope_sentence(report)}, and nowhere else.", "",
              "## Scale", "",
              f"- **measured**: {scaling_sentence(t, unit)}",
              f"- smooth reference (the loss ratio smoothed): {scaling_sentence(t['smooth_reference'], unit)}",
@@ -190,4 +208,5 @@ def print_line_summary(report: dict, out_dir: Path) -> None:
     table.add_row("smooth below", f"{t['crossover']:.3g} {unit}" if t["crossover"] is not None else "none")
     table.add_row("spacings", f"{t['crossings'][0][0]:.3g} .. {t['crossings'][-1][0]:.3g} {unit}")
     console.print(table)
+    console.print(f"holds for: {scope_sentence(report)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"report: {out_dir / 'report.md'}\njson:   {out_dir / 'report.json'}", soft_wrap=True)

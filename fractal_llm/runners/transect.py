@@ -3,7 +3,8 @@
 N points evenly spaced along AXIS (in log10 on a log axis, linearly on a linear one), centred on (X, Y), the
 other axis held at its value there: a 1-D probe of the border's scales (fractal_llm/plans/transect.py is the
 plan, fractal_llm/report/transect.py the analysis). `--through NAME=VALUE` gives one coordinate and finds the
-other by bisection (`fractal-llm boundary`), so a ladder of budgets finds its border again at each budget.
+other by bisection (`fractal-llm boundary`), so a ladder of budgets finds its border again at each budget;
+`--through-from REPORT_DIR` goes through the centre of a map report's top-ranked zoom box.
 
 The line runs here like any map (`fractal-llm local`: claims, workers, a re-run resumes) into DIR, which then
 holds transect.yaml (the plan), sweep.yaml (the line's sweep), boundary.yaml (the bisection's runs) and one
@@ -21,6 +22,7 @@ from rich.console import Console
 from fractal_llm.paths import atomic_write_text
 from fractal_llm.plans.transect import (TRANSECT_FILE, TransectError, axes_for, check_span, parse_through, plan_transect,
                                         read_transect, write_transect)
+from fractal_llm.plans.zoom import centre_from_report
 from fractal_llm.runners.boundary import DEFAULT_STEPS, find_border
 from fractal_llm.sweep import load_sweep
 
@@ -31,8 +33,10 @@ WANDB_SWEEP_FILE = "wandb_sweep.txt"  # --wandb: the line's sweep path, so a re-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fractal-llm transect", description=__doc__.split("\n\n")[1])
     p.add_argument("file", help="the parent sweep YAML (two axes; its other fields are the line's)")
-    p.add_argument("--through", required=True,
+    p.add_argument("--through",
                    help="X,Y (x: the axis name that sorts first) or NAME=VALUE (the other found by bisection)")
+    p.add_argument("--through-from", metavar="REPORT_DIR",
+                   help="through the centre of a map report's top-ranked zoom box (a stretch of its border)")
     p.add_argument("--along", required=True, help="the axis the points move along")
     p.add_argument("--span", type=float, required=True, help="the line's length: decades on a log axis")
     p.add_argument("--points", type=int, default=512, help="points on the line (default 512)")
@@ -53,6 +57,12 @@ def resolve_through(args, out: Path, console: Console) -> tuple[float, float]:
     spec = load_sweep(args.file)
     along, held = axes_for(spec, args.along)
     check_span(args.span, args.points, along)
+    if (args.through is None) == (args.through_from is None):
+        raise TransectError("give one of --through and --through-from")
+    if args.through_from is not None:
+        x, y = sorted((along, held), key=lambda a: a.name)
+        centre = dict(zip((x.name, y.name), centre_from_report(Path(args.through_from), x, y)))
+        return centre[along.name], centre[held.name]
     given = parse_through(args.through, along, held)
     if len(given) == 2:
         return given[along.name], given[held.name]
