@@ -50,3 +50,14 @@ def test_local_smoke_run_then_report_writes_every_file(tmp_path, tiny_base):
     assert on_disk["axes"]["names"] == ["matrix_lr", "unembedding_lr"]
     for name in ("report.md", "score_map.png", "boundary.png", "box_counting.png", "overview.png"):
         assert (out / name).stat().st_size > 0, name
+
+    # README's main job goes on: a transect through the border the map found ends with a measured figure.
+    from fractal_llm.cli import main as cli
+    line = tmp_path / "line"
+    assert cli(["transect", str(small_smoke(tmp_path)), "--through-from", str(out), "--along", "matrix_lr",
+                "--span", "0.64", "--points", "32", "--out", str(line), "--workers", "1"]) == 0
+    assert cli(["report", "--local", str(line), "--out", str(tmp_path / "line_report")]) == 0
+    transect = json.loads((tmp_path / "line_report" / "report.json").read_text())
+    assert transect["points"] == 32 and len(transect["transect"]["interval"]) == 2
+    assert transect["scope"] == {"model_id": "tiny", "num_iterations": 8, "lr_schedule": "cosine", "seed": 0,
+                                 "trainable_param_groups": "matrix,unembedding"}
