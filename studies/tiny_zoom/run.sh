@@ -6,8 +6,8 @@
 #
 # The centre is a point of the loss-ratio = 1 boundary of sweeps/smoke_band32.yaml, found by bisection along
 # unembedding_lr at matrix_lr = 5.9456 (16 runs, bracket 1.2e-5 decades):
-#   python scripts/find_boundary_point.py sweeps/smoke_band32.yaml --axis unembedding_lr --bracket 0.05,0.3 \
-#       --at matrix_lr=5.945570708544395 --steps 16
+#   fractal-llm boundary sweeps/smoke_band32.yaml --along unembedding_lr --bracket 0.05,0.3 \
+#       --at matrix_lr=5.945570708544395 --bisect-steps 16
 # Records live in runs/tiny_zoom/ (git-ignored); records.tar.gz carries them between machines and sessions.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
