@@ -30,7 +30,7 @@ GROUP_ALIASES = {
 CHOICES = {
     "model_family": ("gpt", "mlp"),
     "lr_schedule": ("cosine", "constant"),
-    "dtype": ("auto", "float32", "bfloat16"),
+    "dtype": ("auto", "float32", "bfloat16", "float64"),
     "device": ("auto", "cpu", "cuda"),
     "compile": ("auto", "compiled", "eager"),
     "nonlinearity": ("tanh", "relu", "linear"),
@@ -109,7 +109,9 @@ class TrainConfig:
     num_iterations: int = -1  # -1: derived from num_tokens (gpt) or 500 steps (mlp)
     seed: int = 0  # the data order (gpt) or the initial weights and data (mlp)
     deterministic: bool = False  # torch deterministic algorithms (slower on GPU; CPU runs repeat bit for bit anyway)
-    dtype: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 elsewhere
+    # "auto": bfloat16 autocast on CUDA, float32 elsewhere; "float64": weights, optimizer state and loss in
+    # float64, trained eagerly (the precision-floor probe of `fractal-llm perturb`, docs/design.md)
+    dtype: str = "auto"
     device: str = "auto"  # "auto": CUDA when present, else CPU
     # the training step: "compiled" (torch.compile, once per process, eager if compiling fails), "eager", or
     # "auto": compiled on CUDA, eager on CPU, where a point saves less than the compile costs (docs/design.md)
@@ -156,6 +158,9 @@ class TrainConfig:
                 raise ConfigError(
                     f"{group}_lr={lrs[group]!r}: group {group!r} is trainable, so its learning rate must be > 0 "
                     f"(set {group}_lr, or learning_rate > 0 to derive it)")
+        if self.dtype == "float64" and self.compile == "compiled":
+            raise ConfigError("dtype='float64' with compile='compiled': a float64 run trains eagerly (the compiled "
+                              "step is float32); use compile='auto' or 'eager'")
         if not self.model_id:
             raise ConfigError("model_id='': a model is required (\"tiny\", a local directory, wandb:..., hf:...)")
         if not self.dataset_id:

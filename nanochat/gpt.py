@@ -203,8 +203,9 @@ class KVGeneration:
 
 
 def softcapped_logits(lm_head: nn.Linear, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """fp32 logits of hidden states x (..., n_embd), padding columns cut, softcapped: (..., vocab_size)."""
-    logits = lm_head(x)[..., :vocab_size].float()
+    """fp32 (fp64 in a float64 model) logits of hidden states x (..., n_embd), padding columns cut, softcapped."""
+    logits = lm_head(x)[..., :vocab_size]
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     return LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
 
 

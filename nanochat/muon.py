@@ -13,6 +13,11 @@ import torch
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp32, or fp64 when x is fp64 (a float64 run keeps its precision through the orthogonalisation)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def newton_schulz(grad: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Approximately orthogonalise a 2-D matrix: returns ~U V^T of its SVD, same shape as `grad`.
 
@@ -21,7 +26,7 @@ def newton_schulz(grad: torch.Tensor, steps: int = 5) -> torch.Tensor:
     if grad.ndim != 2:
         raise ValueError(f"newton_schulz: expected a 2-D matrix, got shape {tuple(grad.shape)}")
     a, b, c = NS_COEFFS
-    x = grad.bfloat16() if grad.is_cuda else grad.float()
+    x = grad.bfloat16() if grad.is_cuda else at_least_fp32(grad)
     transposed = x.size(0) > x.size(1)
     if transposed:  # iterate on the wide orientation so X X^T is the small Gram matrix
         x = x.mT
@@ -103,9 +108,9 @@ def polar_express(grad: torch.Tensor, steps: int = 5) -> torch.Tensor:
         raise ValueError(f"polar_express: expected a 2-D matrix, got shape {tuple(grad.shape)}")
     if not 1 <= steps <= len(POLAR_EXPRESS_COEFFS):
         raise ValueError(f"polar_express: steps={steps}: must be 1..{len(POLAR_EXPRESS_COEFFS)}")
-    x = grad.bfloat16() if grad.is_cuda else grad.float()
-    target = x.float().norm() / x.size(0) ** 0.5
-    row_norms = x.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    x = grad.bfloat16() if grad.is_cuda else at_least_fp32(grad)
+    target = at_least_fp32(x).norm() / x.size(0) ** 0.5
+    row_norms = at_least_fp32(x).norm(dim=-1, keepdim=True).clamp_min(1e-6)
     x = x * (target / row_norms).to(x.dtype)
     x = x / (x.norm() * 1.01 + 1e-6)
     tall = x.size(0) > x.size(1)
@@ -160,11 +165,11 @@ class NorMuon(torch.optim.Optimizer):
         buf, second = state["momentum_buffer"], state["second_momentum_buffer"]
         buf.lerp_(p.grad, 1 - group["momentum"])
         update = p.grad.lerp(buf, group["momentum"])
-        g = polar_express(update, group["ns_steps"]).float()
+        g = at_least_fp32(polar_express(update, group["ns_steps"]))
         g = g * (min(rows, cols) ** 0.5 / g.norm().clamp_min(1e-6))
         v_mean = g.square().mean(dim=-1 if rows >= cols else -2, keepdim=True)
         second.lerp_(v_mean.to(second.dtype), 1 - group["beta2"])
-        scaled = g * second.float().clamp_min(1e-10).rsqrt()
+        scaled = g * at_least_fp32(second).clamp_min(1e-10).rsqrt()
         g = scaled * (g.norm() / scaled.norm().clamp_min(1e-10))
         lr = group["lr"] * max(1.0, rows / cols) ** 0.5
         agree = (g * p) >= 0

@@ -143,6 +143,8 @@ def test_perturb_runs_part_of_a_study_and_resumes(tiny_base, tmp_path, capsys):
     assert cli(args) == 0
     assert json.loads((study / "uncertainty.json").read_text())["finished"] == 6
     assert "alpha" in (study / "uncertainty.md").read_text()
+    double = load_sweep(study / "float64" / "sweep.yaml")
+    assert double.fixed["dtype"] == "float64" and len(double.points) == 2
     assert cli(args[:-4] + ["--seed", "1"]) == 2  # another study in the same --out: refused before any run
     assert "another perturbation study" in capsys.readouterr().err
 

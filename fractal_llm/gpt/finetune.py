@@ -111,6 +111,8 @@ def compile_wanted(config: TrainConfig, device: torch.device) -> bool:
     while compiling took 41 s per process with a cold inductor cache and 7.5 s with a warm one: it pays only
     past ~40-200 points per process, and would slow every test and README's one-sweep command.
     (benchmarks/bench_compile.py measures it.)"""
+    if config.dtype == "float64":
+        return False  # the compiled graph is float32 (config refuses compile="compiled" with float64)
     if config.compile == "auto":
         return device.type == "cuda"
     return config.compile == "compiled"
@@ -177,7 +179,7 @@ def train_gpt(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
     dataset = get_dataset(config, config.dataset_split, base.tokenizer)
     data_ready = time.perf_counter()
 
-    model = fresh_model(base)
+    model = fresh_model(base, torch.float64 if config.dtype == "float64" else torch.float32)
     groups = tuple(model.param_groups_by_name())  # the Dec-2025 model's three, or the 2026 model's six
     lrs = {f"{group}_lr": lr for group, lr in config.group_lrs().items() if group in groups}
     optimizers = model.setup_optimizers(**lrs, weight_decay=config.weight_decay,
@@ -208,10 +210,14 @@ def train_gpt(config: TrainConfig, on_step: OnStep | None = None) -> RunResult:
     return RunResult(config=resolved, summary=summary, history=history, samples=samples or None)
 
 
-def fresh_model(base: BaseModel):
-    """The working model with the base weights, every parameter trainable and no gradient left over: the
-    previous run in this process may have frozen groups, or died mid-backward with gradients in place."""
+def fresh_model(base: BaseModel, dtype: torch.dtype = torch.float32):
+    """The working model with the base weights in `dtype`, every parameter trainable and no gradient left over:
+    the previous run in this process may have frozen groups, trained in float64, or died mid-backward with
+    gradients in place."""
     model = base.model
+    for p in model.parameters():  # parameters only: buffers (rotary tables) keep their dtype
+        if p.dtype != dtype:
+            p.data = p.data.to(dtype)
     model.load_state_dict(base.state)
     model.zero_grad(set_to_none=True)
     for p in model.parameters():

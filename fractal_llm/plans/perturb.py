@@ -7,7 +7,7 @@
 - Precision floor: every k-th point of the transect (`rounding_sample` of them) run as is and with its
   learning rate along the line moved by one part in 10^7 (ROUNDING, float32's resolution). How far that moves
   the loss ratio, against the transect's structure function, is the scale below which structure is
-  precision noise.
+  precision noise. The same line points run once more in float64 (DIR/float64/, a sweep of its own).
 Every run is one point of a point-list sweep (DIR/sweep.yaml, `grid_point`), so the local runner runs it with
 claims and resumes it; DIR/perturb.yaml holds this plan. The analysis is fractal_llm/report/uncertainty.py.
 """
@@ -123,6 +123,25 @@ def study_config(plan: PerturbPlan, runs: list[Run]) -> dict:
     return cfg
 
 
+FLOAT64_DIR = "float64"  # the line sample again in float64: a sweep of its own (dtype is fixed per sweep)
+
+
+def float64_config(cfg: dict, runs: list[Run]) -> dict | None:
+    """The study's line points (kind "line") as a sweep of their own in float64, trained eagerly; None when the
+    study samples no line points."""
+    points = [run.point for run in runs if run.kind == "line"]
+    if not points:
+        return None
+    out = {key: value for key, value in cfg.items() if key != "parameters"}
+    params = {name: spec for name, spec in cfg["parameters"].items() if name != POINT_KEY}
+    params.update(dtype={"value": "float64"}, compile={"value": "eager"})
+    params[POINT_KEY] = {"values": points}
+    out.update(parameters=params, name=f"{cfg['name']}-float64",
+               description=f"The line points of {cfg['name']} again in float64")
+    check_sweep(out)
+    return out
+
+
 def write_plan(out: Path, plan: PerturbPlan, cfg: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / PLAN_FILE
@@ -130,6 +149,10 @@ def write_plan(out: Path, plan: PerturbPlan, cfg: dict) -> None:
         raise TransectError(f"--out {out}: holds another perturbation study ({read_plan(out)}); use another --out")
     atomic_write_text(path, yaml.safe_dump(plan.to_dict(), sort_keys=False))
     atomic_write_text(out / "sweep.yaml", dump_sweep_yaml(cfg))
+    double = float64_config(cfg, plan_runs(plan))
+    if double is not None:
+        (out / FLOAT64_DIR).mkdir(exist_ok=True)
+        atomic_write_text(out / FLOAT64_DIR / "sweep.yaml", dump_sweep_yaml(double))
 
 
 def read_plan(out: Path) -> PerturbPlan:

@@ -4,8 +4,8 @@ Runs the perturbation study of fractal_llm/plans/perturb.py on this machine (the
 workers, a re-run resumes) and writes its analysis (fractal_llm/report/uncertainty.py) to DIR/uncertainty.json
 and DIR/uncertainty.md: f(eps), the exponent alpha with its interval and D = 2 - alpha; and how far a
 rounding-level change of the learning rate moves the line's loss ratio, how many verdicts it flips, and the
-precision floor against the transect's structure function. With --limit it runs part of the study and
-analyses what has finished.
+precision floor against the transect's structure function; the same for the line points run in float64
+(DIR/float64/). With --limit it runs part of the study and analyses what has finished.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from fractal_llm.plans.perturb import (EPSILONS, PerturbPlan, Run, check_plan, parse_epsilons, plan_runs, study_config,
+from fractal_llm.plans.perturb import (EPSILONS, FLOAT64_DIR, PerturbPlan, Run, check_plan, parse_epsilons, plan_runs, study_config,
                                        write_plan)
 from fractal_llm.plans.transect import TransectError, read_transect
 from fractal_llm.records import file_name, json_safe, read_record, record_name
@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
                           wandb_mode=runner.point_wandb_mode(None, out), console=console)
     if rc == 130:
         return rc
+    if (out / FLOAT64_DIR / "sweep.yaml").exists():
+        double = load_sweep(out / FLOAT64_DIR / "sweep.yaml")
+        rc = runner.run_sweep(double, out / FLOAT64_DIR, workers=args.workers, limit=args.limit,
+                              wandb_mode=runner.point_wandb_mode(None, out), console=console) or rc
+        if rc == 130:
+            return rc
     analysis = analyse_study(out, plan, runs)
     (out / "uncertainty.json").write_text(json.dumps(json_safe(analysis), indent=1))
     (out / "uncertainty.md").write_text(render_markdown(analysis))
@@ -92,9 +98,13 @@ def analyse_study(out: Path, plan: PerturbPlan, runs: list[Run]) -> dict:
     line = [r for r in runs if r.kind == "line"]
     if line:
         rounded = {r.index: results[id(r)] for r in runs if r.kind == "rounding"}
-        analysis["rounding"] = precision_floor([results[id(r)][1] for r in line], [rounded[r.index][1] for r in line],
-                                               [results[id(r)][0] for r in line], [rounded[r.index][0] for r in line],
-                                               transect_structure(Path(plan.transect)))
+        structure = transect_structure(Path(plan.transect))
+        line_ratio, line_class = [results[id(r)][1] for r in line], [results[id(r)][0] for r in line]
+        analysis["rounding"] = precision_floor(line_ratio, [rounded[r.index][1] for r in line],
+                                               line_class, [rounded[r.index][0] for r in line], structure)
+        double = [outcome(out / FLOAT64_DIR, r) for r in line]
+        analysis["float64"] = precision_floor(line_ratio, [d[1] for d in double], line_class, [d[0] for d in double],
+                                              structure)
     return analysis
 
 
@@ -136,12 +146,15 @@ def render_markdown(analysis: dict) -> str:
     lines += ["", f"alpha = {u['alpha']:.3f}, 95% interval [{u['interval'][0]:.3f}, {u['interval'][1]:.3f}] "
               f"(bootstrap over the {u['points']} base points); D = 2 - alpha = {u['dimension']:.3f}. alpha 1: a "
               "smooth border; near 0: a riddled one.", ""]
+    probes = (("rounding", "with the learning rate moved by one part in 10^7"), ("float64", "in float64"))
     if "rounding" in analysis:
-        r = analysis["rounding"]
-        lines += ["## Precision floor", "",
-                  f"{r['points']} line points run again with the learning rate moved by one part in 10^7: the loss "
-                  f"ratio moved by a mean {r['mean_change']:.3g} (median {r['median_change']:.3g}, max "
-                  f"{r['max_change']:.3g}); {r['flips']} verdicts flipped. Precision floor (largest spacing where "
-                  f"that change is at least half the line's mean |dr|): "
-                  f"{r['floor'] if r['floor'] is not None else 'below the finest spacing'}.", ""]
+        lines += ["## Precision floor", ""]
+    for key, what in probes:
+        if key in analysis:
+            r = analysis[key]
+            lines += [f"- {r['points']} line points run again {what}: the loss ratio moved by a mean "
+                      f"{r['mean_change']:.3g} (median {r['median_change']:.3g}, max {r['max_change']:.3g}); "
+                      f"{r['flips']} verdicts flipped. Floor (largest spacing where that change is at least half "
+                      f"the line's mean |dr|): {r['floor'] if r['floor'] is not None else 'below the finest spacing'}."]
+    lines.append("")
     return "\n".join(lines)
