@@ -9,7 +9,6 @@ The scale analysis of the finished line is fractal_llm/report/transect.py; the c
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from fractal_llm.paths import atomic_write_text
-from fractal_llm.plans.zoom import Axis, ZoomError, check_inside, frame_values, parent_axes
-from fractal_llm.sweep import POINT_KEY, SweepError, check_sweep, dump_sweep_yaml, load_sweep
+from fractal_llm.plans.zoom import Axis, ZoomError, check_inside, derived_sweep, frame_values, parent_axes
+from fractal_llm.sweep import dump_sweep_yaml, load_sweep
 
 TRANSECT_FILE = "transect.yaml"
 LINE_FILE = "sweep.yaml"  # the name a local runner gives its sweep: DIR is the line's record directory
@@ -116,20 +115,11 @@ def check_span(span: float, points: int, along: Axis) -> None:
 
 def line_config(parent: dict, t: Transect) -> dict:
     """The line as a sweep config: the parent with the held axis fixed and the along axis replaced."""
-    cfg = copy.deepcopy(parent)
-    cfg.pop("run_cap", None)
-    cfg["parameters"].pop(POINT_KEY, None)
-    cfg["parameters"][t.held.name] = {"value": t.through[1]}
-    cfg["parameters"][t.along.name] = {"values": t.values()}
     unit = "decades" if t.along.log else "units"
-    cfg["name"] = f"{t.parent}-transect-{t.along.name}"
-    cfg["description"] = (f"Transect of {t.parent}: {t.points} points along {t.along.name} over {t.span:g} {unit}, "
-                          f"through {t.along.name}={t.through[0]:.10g}, {t.held.name}={t.through[1]:.10g}")
-    try:
-        check_sweep(cfg)
-    except SweepError as e:
-        raise TransectError(f"the transect's sweep: {e}") from None
-    return cfg
+    description = (f"Transect of {t.parent}: {t.points} points along {t.along.name} over {t.span:g} {unit}, "
+                   f"through {t.along.name}={t.through[0]:.10g}, {t.held.name}={t.through[1]:.10g}")
+    axes = {t.held.name: {"value": t.through[1]}, t.along.name: {"values": t.values()}}
+    return derived_sweep(parent, axes, f"{t.parent}-transect-{t.along.name}", description, "the transect")
 
 
 def plan_transect(parent_file: str, along: str, through: tuple[float, float], span: float,

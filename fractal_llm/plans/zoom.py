@@ -213,14 +213,21 @@ def frame_config(parent: dict, seq: Sequence, k: int) -> dict:
     """Frame k as a sweep config: the parent with both axes replaced, checked by sweep.check_sweep."""
     x0, x1, y0, y1 = seq.window(k)
     what = f"frame {k}"
+    axes = {seq.x.name: {"values": frame_values(seq.x, x0, x1, seq.res, what)},
+            seq.y.name: {"values": frame_values(seq.y, y0, y1, seq.res, what)}}
+    description = (f"Frame {k} of a zoom sequence on {seq.parent}: centre {seq.x.name}={seq.centre[0]:.6g}, "
+                   f"{seq.y.name}={seq.centre[1]:.6g}, span / 2^{k}")
+    return derived_sweep(parent, axes, f"{seq.parent}-{frame_name(k)}", description, what)
+
+
+def derived_sweep(parent: dict, parameters: dict, name: str, description: str, what: str) -> dict:
+    """A sweep made from a parent sweep (a zoom frame, a transect): the parent's fixed values with `parameters`
+    replacing its axes, checked by sweep.check_sweep; a point-list parent gives a full grid."""
     cfg = copy.deepcopy(parent)
     cfg.pop("run_cap", None)
-    cfg["parameters"].pop(POINT_KEY, None)  # a point-list parent: the frame is a full grid
-    cfg["parameters"][seq.x.name] = {"values": frame_values(seq.x, x0, x1, seq.res, what)}
-    cfg["parameters"][seq.y.name] = {"values": frame_values(seq.y, y0, y1, seq.res, what)}
-    cfg["name"] = f"{seq.parent}-{frame_name(k)}"
-    cfg["description"] = (f"Frame {k} of a zoom sequence on {seq.parent}: centre {seq.x.name}={seq.centre[0]:.6g}, "
-                          f"{seq.y.name}={seq.centre[1]:.6g}, span / 2^{k}")
+    cfg["parameters"].pop(POINT_KEY, None)
+    cfg["parameters"].update(parameters)
+    cfg["name"], cfg["description"] = name, description
     try:
         check_sweep(cfg)
     except SweepError as e:
