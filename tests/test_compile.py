@@ -30,9 +30,10 @@ def test_compiled_training_matches_eager_and_compiles_once_per_process(tiny_base
     assert counters["stats"]["unique_graphs"] == graphs, "the second point of the process recompiled"
     for e, c in zip(eager, (first, second)):
         assert (e.config["repro"]["training_step"], c.config["repro"]["training_step"]) == ("eager", "compiled")
-        # Stated tolerance: compiled and eager fp32 steps differ at the level of rounding; over 6 steps of
-        # Muon the losses stayed within 1e-5 relative here. 1e-4 leaves room for other CPUs.
-        np.testing.assert_allclose(c.history["train/loss"], e.history["train/loss"], rtol=1e-4)
+        # The stated tolerance: compiled and eager fp32 steps differ at the level of rounding. Over these 6
+        # steps of Muon and AdamW the losses differed by at most 1.5e-6 relative (2.2e-7 for the first
+        # point; the second's large LRs amplify rounding); 1e-5 leaves room for other CPUs' kernels.
+        np.testing.assert_allclose(c.history["train/loss"], e.history["train/loss"], rtol=1e-5)
         assert c.summary["verdict"] == e.summary["verdict"]
 
 
