@@ -161,3 +161,20 @@ def test_through_from_a_reports_zoom_box_and_the_scope_it_holds_for(tiny_base, t
     assert read_transect(out).through == pytest.approx((2.0, 0.02))
     assert cli(["transect", "sweeps/smoke.yaml", "--along", "matrix_lr", "--span", "0.3", "--out", str(out)]) == 2
     assert "one of --through and --through-from" in capsys.readouterr().err
+
+
+def test_a_paper_mode_line_through_a_fractal_border(tmp_path, one_torch_thread):
+    """Sohl-Dickstein's tanh one-point border (D 1.41 in the paper, 1.36 on its tile here, docs/paper.md): a
+    512-point line through the centre of its zoom sequence, 1 decade of lr_input, 500 steps of GD."""
+    parent = tmp_path / "paper.yaml"
+    assert cli(["paper", "tanh-one-point", "--write-yaml", str(parent), "--res", "32", "--frames", "10:10"]) == 0
+    centre = f"{10 ** 1.6839376040!r},{10 ** 1.2602310346!r}"  # the sequence's centre (plans in log10 units)
+    line = tmp_path / "line"
+    assert cli(["transect", str(parent), "--through", centre, "--along", "lr_input", "--span", "1",
+                "--points", "512", "--out", str(line), "--workers", "1"]) == 0
+    assert cli(["report", "--local", str(line), "--out", str(tmp_path / "r")]) == 0
+    t = json.loads((tmp_path / "r" / "report.json").read_text())["transect"]
+    assert 0.25 < t["line_dimension"] < 0.5  # measured 0.32: D = 1.32
+    assert t["interval"][0] > 0.1 and t["interval"][1] < 0.7  # rough, and far from noise's 1
+    smooth = t["smooth_reference"]["line_dimension"]  # None: the smoothed ratio crosses no more (no border)
+    assert (smooth is None or abs(smooth) < 0.1) and t["shuffled_labels"]["line_dimension"] > 0.8
