@@ -103,7 +103,7 @@ def write_line_report(line: Line, out_dir: Path, title: str, extra: dict | None 
     return report
 
 
-SCOPE_FIELDS = ("model_id", "num_iterations", "lr_schedule", "seed", "trainable_param_groups")
+SCOPE_FIELDS = ("model_id", "model_family", "num_iterations", "lr_schedule", "seed", "trainable_param_groups")
 
 
 def scope_of(line: Line) -> dict:
@@ -114,10 +114,13 @@ def scope_of(line: Line) -> dict:
 
 def scope_sentence(report: dict) -> str:
     s = report["scope"]
-    held = {k: v for k, v in report["fixed"].items() if k.endswith("_lr") and k != report["axis"]}
-    where = ", ".join(f"{k}={v:.6g}" for k, v in held.items())
-    return (f"{s.get('num_iterations', '?')} steps, {s.get('lr_schedule', '?')} schedule, data-order seed "
-            f"{s.get('seed', '?')}, model {s.get('model_id', '?')}, along {report['axis']} at {where}")
+    parts = [text.format(s[key]) for key, text in (("num_iterations", "{} steps"), ("lr_schedule", "{} schedule"),
+                                                    ("seed", "data-order seed {}"), ("model_id", "model {}"))
+             if key in s]
+    held = {k: v for k, v in report["fixed"].items() if k.endswith("_lr") or k in ("lr_input", "lr_output")}
+    held.pop(report["axis"], None)
+    where = ", ".join(f"{k}={v:.6g}" for k, v in held.items() if isinstance(v, (int, float)))
+    return ", ".join(parts) + f", along {report['axis']}" + (f" at {where}" if where else "")
 
 
 def scaling_sentence(s: dict, unit: str) -> str:
