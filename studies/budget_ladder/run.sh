@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The budget ladder (docs/results.md, "The budget ladder"): 512-point transects through the border, found
 # again at each budget by bisection, at T = 20, 40, 80, 160 steps, constant and cosine schedules, data-order
-# seeds 0 and 1. Steps of 0.001 decades: spacings 0.001 .. 0.256 decades. Two locations:
+# seeds 0 and 1. Steps of 0.001 decades: spacings 0.001 .. 0.256 decades; a part named ..._fine runs the same
+# line ten times finer (1e-4 .. 0.0256 decades). Two locations:
 # - centre: the 20-step study's centre on the tiny base (both sides of its border fail): along matrix LR,
 #   the border found by bisecting unembedding LR at matrix_lr = 5.94557, in smoke_band32's window;
 # - mid: the mid-trained tiny base (tiny-mid), whose trainable side trains well: along unembedding LR through
@@ -22,7 +23,8 @@ PARENTS=studies/budget_ladder/parents
 DEFAULT_PARTS="centre_constant_seed0_T20 centre_constant_seed0_T40 centre_constant_seed0_T80
   centre_cosine_seed0_T20 centre_cosine_seed0_T40 centre_cosine_seed0_T80
   mid_constant_seed0_T20 mid_constant_seed0_T40 mid_constant_seed0_T80
-  centre_constant_seed0_T160 mid_constant_seed0_T160 centre_cosine_seed0_T160
+  centre_constant_seed0_T20_fine centre_constant_seed0_T40_fine centre_constant_seed0_T80_fine
+  centre_constant_seed0_T160 mid_constant_seed0_T160 centre_cosine_seed0_T160 centre_constant_seed0_T160_fine
   centre_constant_seed1_T20 centre_constant_seed1_T40 centre_constant_seed1_T80 centre_constant_seed1_T160
   mid_cosine_seed0_T20 mid_cosine_seed0_T40 mid_cosine_seed0_T80 mid_cosine_seed0_T160"
 PARTS=${PARTS:-$DEFAULT_PARTS}
@@ -54,14 +56,16 @@ parent() {  # parent sweep of one part: the location's window and settings at th
 }
 
 for part in $PARTS; do
-  IFS=_ read -r location schedule seed steps <<<"$part"
+  IFS=_ read -r location schedule seed steps scale <<<"$part"
   seed=${seed#seed}; steps=${steps#T}
+  span=0.511  # "..._fine": the same line ten times finer (steps of 1e-4 decades: spacings 1e-4 .. 0.0256)
+  [ "${scale:-}" = fine ] && span=0.0511
   file=$(parent "$location" "$schedule" "$seed" "$steps")
   if [ "$location" = centre ]; then line="--through matrix_lr=5.94557070854 --along matrix_lr"
   else line="--through matrix_lr=0.02 --along unembedding_lr"; fi
   start=$(date +%s)
   # shellcheck disable=SC2086
-  "$FL" transect "$file" $line --span 0.511 --points 512 --workers "$WORKERS" --out "$OUT/$location/${part#*_}"
+  "$FL" transect "$file" $line --span "$span" --points 512 --workers "$WORKERS" --out "$OUT/$location/${part#*_}"
   "$FL" report --local "$OUT/$location/${part#*_}" --out "$OUT/$location/${part#*_}/report" >/dev/null
   printf '%s\t%s\t%s\n' "$part" "$(( $(date +%s) - start ))" "$(date -u +%FT%TZ)" >> "$OUT/wall_times.tsv"
 done
