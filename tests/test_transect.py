@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from fractal_llm.cli import main as cli
 from fractal_llm.plans.transect import TransectError, axes_for, parse_through, plan_transect, read_transect
@@ -13,6 +14,18 @@ from fractal_llm.report.uncertainty import precision_floor, uncertainty_exponent
 from fractal_llm.sweep import load_sweep
 
 N = 4096
+
+
+@pytest.fixture(scope="module")
+def short_smoke(tmp_path_factory):
+    """sweeps/smoke.yaml at 10 steps of 4 rows (the fewest that keep a border along unembedding_lr at matrix_lr
+    = 1 on the test base): the commands' tests train many points, each should be cheap."""
+    cfg = yaml.safe_load(open("sweeps/smoke.yaml"))
+    cfg["parameters"].update(num_iterations={"value": 10}, device_batch_size={"value": 4},
+                             trainable_window_steps={"value": 3})
+    path = tmp_path_factory.mktemp("parent") / "smoke_short.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def weierstrass(x: np.ndarray, hurst: float, base: float = 2.0, terms: int = 40) -> np.ndarray:
@@ -73,9 +86,9 @@ def test_plan_is_centred_evenly_spaced_and_holds_the_other_axis():
         plan_transect("sweeps/smoke.yaml", "matrix_lr", (1.0, 0.03), span=0.5, points=8)
 
 
-def test_transect_runs_resumes_and_reports(tiny_base, tmp_path, capsys):
+def test_transect_runs_resumes_and_reports(tiny_base, short_smoke, tmp_path, capsys):
     out = tmp_path / "line"
-    args = ["transect", "sweeps/smoke.yaml", "--through", "1,0.03", "--along", "matrix_lr", "--span", "0.3",
+    args = ["transect", str(short_smoke), "--through", "1,0.03", "--along", "matrix_lr", "--span", "0.3",
             "--points", "32", "--out", str(out), "--workers", "1"]
     assert cli(args + ["--limit", "20"]) == 0
     assert cli(["report", "--local", str(out), "--out", str(tmp_path / "r0")]) == 2  # 12 points still missing
@@ -93,16 +106,15 @@ def test_transect_runs_resumes_and_reports(tiny_base, tmp_path, capsys):
     assert read_transect(out).through == (1.0, 0.03)
 
 
-def test_through_one_coordinate_bisects_the_other(tiny_base, tmp_path, capsys):
+def test_through_one_coordinate_bisects_the_other(tiny_base, short_smoke, tmp_path, capsys):
     out = tmp_path / "line"
-    args = ["transect", "sweeps/smoke.yaml", "--through", "matrix_lr=1", "--along", "matrix_lr", "--span", "0.3",
-            "--points", "32", "--out", str(out), "--bracket", "0.001,3000", "--bisect-steps", "3", "--limit", "1",
-            "--workers", "1"]
+    args = ["transect", str(short_smoke), "--through", "matrix_lr=1", "--along", "matrix_lr", "--span", "0.3",
+            "--points", "32", "--out", str(out), "--bisect-steps", "2", "--limit", "1", "--workers", "1"]
     assert cli(args) == 0
     first = read_transect(out).through
     runs = capsys.readouterr().out.count("unembedding_lr=")
     assert first[0] == 1.0 and 0.001 < first[1] < 3000
-    assert runs >= 5  # two ends, three halvings
+    assert runs >= 11  # a scan of 9 values, two halvings
     assert cli(args) == 0  # a re-run keeps the line where it was and trains no bisection point again
     assert read_transect(out).through == first
     assert "loss ratio" not in capsys.readouterr().out.split("transect:")[0].replace("bisecting", "")
@@ -130,9 +142,9 @@ def test_precision_floor_is_the_largest_spacing_rounding_reaches():
         precision_floor([1.0], [1.0], [1], [0], structure)
 
 
-def test_perturb_runs_part_of_a_study_and_resumes(tiny_base, tmp_path, capsys):
+def test_perturb_runs_part_of_a_study_and_resumes(tiny_base, short_smoke, tmp_path, capsys):
     line = tmp_path / "line"
-    assert cli(["transect", "sweeps/smoke.yaml", "--through", "1,0.03", "--along", "matrix_lr", "--span", "0.3",
+    assert cli(["transect", str(short_smoke), "--through", "1,0.03", "--along", "matrix_lr", "--span", "0.3",
                 "--points", "32", "--out", str(line), "--limit", "1", "--workers", "1"]) == 0
     study = tmp_path / "study"
     args = ["perturb", str(line), "--out", str(study), "--points", "8", "--eps", "1e-6,1e-2", "--rounding-sample",
@@ -149,17 +161,17 @@ def test_perturb_runs_part_of_a_study_and_resumes(tiny_base, tmp_path, capsys):
     assert "another perturbation study" in capsys.readouterr().err
 
 
-def test_through_from_a_reports_zoom_box_and_the_scope_it_holds_for(tiny_base, tmp_path, capsys):
+def test_through_from_a_reports_zoom_box_and_the_scope_it_holds_for(tiny_base, short_smoke, tmp_path, capsys):
     report_dir = tmp_path / "smoke_report"
     report_dir.mkdir()
     boxes = [{"rank": 2, "x_range": [0.01, 0.1], "y_range": [0.1, 1.0]},
              {"rank": 1, "x_range": [1.0, 4.0], "y_range": [0.01, 0.04]}]
     (report_dir / "report.json").write_text(json.dumps({"zoom": boxes}))
     out = tmp_path / "line"
-    assert cli(["transect", "sweeps/smoke.yaml", "--through-from", str(report_dir), "--along", "matrix_lr",
+    assert cli(["transect", str(short_smoke), "--through-from", str(report_dir), "--along", "matrix_lr",
                 "--span", "0.3", "--points", "32", "--out", str(out), "--limit", "1", "--workers", "1"]) == 0
     assert read_transect(out).through == pytest.approx((2.0, 0.02))
-    assert cli(["transect", "sweeps/smoke.yaml", "--along", "matrix_lr", "--span", "0.3", "--out", str(out)]) == 2
+    assert cli(["transect", str(short_smoke), "--along", "matrix_lr", "--span", "0.3", "--out", str(out)]) == 2
     assert "one of --through and --through-from" in capsys.readouterr().err
 
 
