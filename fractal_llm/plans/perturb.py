@@ -4,8 +4,8 @@
   half-width `window` decades around the transect's centre (both learning rates, log10-uniform), each run as
   is and moved by eps decades on both axes (a random sign per axis and point) for every eps of `epsilons`.
   The fraction f(eps) whose verdict flips goes as eps^alpha; the border's dimension is D = 2 - alpha.
-- Precision floor: every k-th point of the transect (`rounding_sample` of them) run as is and with its
-  learning rate along the line moved by one part in 10^7 (ROUNDING, float32's resolution). How far that moves
+- Precision floor: every k-th point of the transect (`rounding_sample` of them) run as is and with both
+  learning rates moved by one part in 10^7 (ROUNDING, float32's resolution). How far that moves
   the loss ratio, against the transect's structure function, is the scale below which structure is
   precision noise. The same line points run once more in float64 (DIR/float64/, a sweep of its own).
 Every run is one point of a point-list sweep (DIR/sweep.yaml, `grid_point`), so the local runner runs it with
@@ -100,7 +100,7 @@ def plan_runs(plan: PerturbPlan) -> list[Run]:
         for j in range(0, len(values), stride)[:plan.rounding_sample]:
             point = {t.along.name: float(values[j]), t.held.name: t.through[1]}
             runs.append(Run("line", j, 0.0, point))
-            runs.append(Run("rounding", j, ROUNDING, {**point, t.along.name: float(values[j]) * (1 + ROUNDING)}))
+            runs.append(Run("rounding", j, ROUNDING, {name: value * (1 + ROUNDING) for name, value in point.items()}))
     return runs
 
 

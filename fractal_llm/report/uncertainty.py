@@ -5,7 +5,7 @@
   Grebogi, Ott and Yorke, 1985): alpha 1 for a smooth border, alpha near 0 for a riddled one, where no
   precision predicts a verdict. alpha is fitted over the eps with f > 0, its interval a percentile bootstrap
   over the base points.
-- The rounding probe: line points run again with the learning rate moved by one part in 10^7: how far the
+- The rounding probe: line points run again with both learning rates moved by one part in 10^7: how far the
   loss ratio moves (|dr|), how many verdicts flip, and the precision floor: the largest transect spacing s at
   which the mean |dr| is at least half the transect's S(s) (structure below it is precision noise).
 """

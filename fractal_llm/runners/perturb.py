@@ -3,7 +3,7 @@
 Runs the perturbation study of fractal_llm/plans/perturb.py on this machine (the local runner: claims,
 workers, a re-run resumes) and writes its analysis (fractal_llm/report/uncertainty.py) to DIR/uncertainty.json
 and DIR/uncertainty.md: f(eps), the exponent alpha with its interval and D = 2 - alpha; and how far a
-rounding-level change of the learning rate moves the line's loss ratio, how many verdicts it flips, and the
+rounding-level change of both learning rates moves the line's loss ratio, how many verdicts it flips, and the
 precision floor against the transect's structure function; the same for the line points run in float64
 (DIR/float64/). With --limit it runs part of the study and analyses what has finished.
 """
@@ -146,7 +146,7 @@ def render_markdown(analysis: dict) -> str:
     lines += ["", f"alpha = {u['alpha']:.3f}, 95% interval [{u['interval'][0]:.3f}, {u['interval'][1]:.3f}] "
               f"(bootstrap over the {u['points']} base points); D = 2 - alpha = {u['dimension']:.3f}. alpha 1: a "
               "smooth border; near 0: a riddled one.", ""]
-    probes = (("rounding", "with the learning rate moved by one part in 10^7"), ("float64", "in float64"))
+    probes = (("rounding", "with both learning rates moved by one part in 10^7"), ("float64", "in float64"))
     if "rounding" in analysis:
         lines += ["## Precision floor", ""]
     for key, what in probes:
