@@ -102,6 +102,11 @@ def analyse_study(out: Path, plan: PerturbPlan, runs: list[Run]) -> dict:
         line_ratio, line_class = [results[id(r)][1] for r in line], [results[id(r)][0] for r in line]
         analysis["rounding"] = precision_floor(line_ratio, [rounded[r.index][1] for r in line],
                                                line_class, [rounded[r.index][0] for r in line], structure)
+        transect = read_transect(Path(plan.transect))
+        recorded = [outcome(Path(plan.transect), Run("line", r.index, 0.0, {transect.along.name: r.point[transect.along.name]}))
+                    for r in line]
+        analysis["repeat"] = precision_floor(line_ratio, [d[1] for d in recorded], line_class, [d[0] for d in recorded],
+                                             structure)
         double = [outcome(out / FLOAT64_DIR, r) for r in line]
         analysis["float64"] = precision_floor(line_ratio, [d[1] for d in double], line_class, [d[0] for d in double],
                                               structure)
@@ -146,7 +151,8 @@ def render_markdown(analysis: dict) -> str:
     lines += ["", f"alpha = {u['alpha']:.3f}, 95% interval [{u['interval'][0]:.3f}, {u['interval'][1]:.3f}] "
               f"(bootstrap over the {u['points']} base points); D = 2 - alpha = {u['dimension']:.3f}. alpha 1: a "
               "smooth border; near 0: a riddled one.", ""]
-    probes = (("rounding", "with both learning rates moved by one part in 10^7"), ("float64", "in float64"))
+    probes = (("repeat", "exactly as the transect ran them (determinism: expect 0)"),
+              ("rounding", "with both learning rates moved by one part in 10^7"), ("float64", "in float64"))
     if "rounding" in analysis:
         lines += ["## Precision floor", ""]
     for key, what in probes:
