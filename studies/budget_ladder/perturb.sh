@@ -12,12 +12,19 @@ OUT=${OUT:-runs/budget_ladder}
 WORKERS=${WORKERS:-2}
 export WANDB_MODE=${WANDB_MODE:-disabled}  # the records are the results; an offline W&B run per point costs 0.05-0.5 s
 POINTS=${POINTS:-128}
+WINDOW=${WINDOW:-}  # half-width in decades (default: half the line); the uncertainty runs alone go to perturb_wWINDOW
 PARTS=${PARTS:-"centre_constant_seed0_T20 centre_constant_seed0_T40 centre_constant_seed0_T80
   mid_constant_seed0_T20 mid_constant_seed0_T40 mid_constant_seed0_T80 centre_constant_seed0_T160 mid_constant_seed0_T160"}
 for part in $PARTS; do
   line="$OUT/${part%%_*}/${part#*_}"
   [ -f "$line/report/report.json" ] || { echo "$part: its transect is not finished; skipped"; continue; }
   start=$(date +%s)
-  "$FL" perturb "$line" --out "$OUT/perturb/$part" --points "$POINTS" --workers "$WORKERS"
-  printf '%s\t%s\t%s\n' "perturb_$part" "$(( $(date +%s) - start ))" "$(date -u +%FT%TZ)" >> "$OUT/wall_times.tsv"
+  if [ -n "$WINDOW" ]; then  # a narrower window around the border: the uncertainty exponent only
+    study="$OUT/perturb_w$WINDOW/$part"
+    "$FL" perturb "$line" --out "$study" --points "$POINTS" --window "$WINDOW" --rounding-sample 0 --workers "$WORKERS"
+  else
+    study="$OUT/perturb/$part"
+    "$FL" perturb "$line" --out "$study" --points "$POINTS" --workers "$WORKERS"
+  fi
+  printf '%s\t%s\t%s\n' "perturb${WINDOW:+_w$WINDOW}_$part" "$(( $(date +%s) - start ))" "$(date -u +%FT%TZ)" >> "$OUT/wall_times.tsv"
 done
