@@ -21,6 +21,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from fractal_llm.pool import usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "sweeps" / "smoke.yaml"
 
