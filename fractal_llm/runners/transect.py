@@ -79,7 +79,7 @@ def resolve_through(args, out: Path, console: Console) -> tuple[float, float]:
     return point[along.name], point[held.name]
 
 
-def main(argv: list[str] | None = None, api=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from fractal_llm.runners import local as runner
     args = build_parser().parse_args(argv)
     console = Console()
