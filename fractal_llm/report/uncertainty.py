@@ -3,8 +3,8 @@
 - f(eps): the share of base points (with results) whose class (trainable or not) differs from that of the
   point moved by eps decades. For a border of dimension D, f(eps) ∝ eps^alpha with alpha = 2 - D (McDonald,
   Grebogi, Ott and Yorke, 1985): alpha 1 for a smooth border, alpha near 0 for a riddled one, where no
-  precision predicts a verdict. alpha is fitted over the eps with f > 0, its interval a percentile bootstrap
-  over the base points.
+  precision predicts a verdict. alpha is fitted over the eps with f > 0 (at least three of them), its
+  interval a percentile bootstrap over the base points.
 - The rounding probe: line points run again with both learning rates moved by one part in 10^7: how far the
   loss ratio moves (|dr|), how many verdicts flip, and the precision floor: the largest transect spacing s at
   which the mean |dr| is at least half the transect's S(s) (structure below it is precision noise).
@@ -27,10 +27,15 @@ def flip_fractions(base: np.ndarray, moved: np.ndarray) -> np.ndarray:
     return flips.sum(axis=0) / np.maximum(ok.sum(axis=0), 1)
 
 
+MIN_FIT_POINTS = 3  # eps values with a flip a slope needs: through two, any f(eps) fits a line
+
+
 def fit_alpha(epsilons, fractions) -> float:
+    """Slope of log f against log eps over the eps with f > 0; NaN with fewer than MIN_FIT_POINTS (no flips at
+    the small eps is then the finding: f falls faster than any power the data can show)."""
     e, f = np.asarray(epsilons, float), np.asarray(fractions, float)
     keep = f > 0
-    if keep.sum() < 2:
+    if keep.sum() < MIN_FIT_POINTS:
         return math.nan
     return float(np.polyfit(np.log(e[keep]), np.log(f[keep]), 1)[0])
 
